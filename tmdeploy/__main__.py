@@ -1,0 +1,5 @@
+import sys
+
+from tmdeploy.cli import main
+
+sys.exit(main())

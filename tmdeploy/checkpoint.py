@@ -1,0 +1,251 @@
+"""One checkpoint file that carries everything needed to rebuild and deploy a model.
+
+The file is a plain ``torch.save`` of a dict of tensors, strings, numbers and lists, so that
+``torch.load(path, weights_only=True)`` opens it and loading never unpickles arbitrary objects.
+A ``.safetensors`` file is accepted too: its weights, with our metadata as JSON in the header.
+A bare state_dict (either format) is accepted when the caller names the architecture.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import pickle
+import zipfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from tmdeploy import __version__, models
+from tmdeploy.errors import TmdeployError, UsageError
+from tmdeploy.fileio import atomic_write, file_sha256
+
+FORMAT = "tmdeploy-checkpoint"
+FORMAT_VERSION = 1
+SAFETENSORS_METADATA_KEY = "tmdeploy"
+
+
+@dataclass
+class ModelCard:
+    """What a deployed model must know about itself besides its weights."""
+
+    arch: str
+    arch_kwargs: dict
+    class_names: list[str]
+    input_size: tuple[int, int, int]  # C, H, W
+    mean: list[float]
+    std: list[float]
+    extra: dict = field(default_factory=dict)  # training record: epochs, accuracy, seed, data
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+@dataclass
+class Checkpoint:
+    card: ModelCard
+    state_dict: dict[str, torch.Tensor]
+    path: Path | None = None
+    sha256: str | None = None
+
+    def build_model(self) -> nn.Module:
+        """Rebuild the architecture and load the weights, naming the first tensor that does not fit."""
+        model = models.create(self.card.arch, **self.card.arch_kwargs)
+        expected = model.state_dict()
+        for name, tensor in expected.items():
+            if name not in self.state_dict:
+                raise TmdeployError(f"checkpoint does not fit {self.card.arch}: tensor '{name}' is missing")
+            got = self.state_dict[name]
+            if not isinstance(got, torch.Tensor) or tuple(got.shape) != tuple(tensor.shape):
+                shape = tuple(got.shape) if isinstance(got, torch.Tensor) else type(got).__name__
+                raise TmdeployError(
+                    f"checkpoint does not fit {self.card.arch}: tensor '{name}' has shape {shape}, "
+                    f"the architecture needs {tuple(tensor.shape)}"
+                )
+        unexpected = sorted(set(self.state_dict) - set(expected))
+        if unexpected:
+            raise TmdeployError(f"checkpoint does not fit {self.card.arch}: unexpected tensor '{unexpected[0]}'")
+        model.load_state_dict(self.state_dict)
+        return model.eval()
+
+
+def card_for(model: nn.Module, class_names, mean, std, input_size=None, extra=None) -> ModelCard:
+    """The card of a model built by :func:`tmdeploy.models.create`."""
+    size = tuple(input_size) if input_size is not None else tuple(model.default_input_size)
+    return ModelCard(
+        arch=model.arch_name,
+        arch_kwargs=dict(model.arch_kwargs),
+        class_names=[str(c) for c in class_names],
+        input_size=tuple(int(s) for s in size),
+        mean=[float(m) for m in mean],
+        std=[float(s) for s in std],
+        extra=dict(extra or {}),
+    )
+
+
+def save(path, model: nn.Module, card: ModelCard) -> Path:
+    """Save model and card: safetensors when the suffix says so, else a weights_only-loadable torch file."""
+    path = Path(path)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    meta = _card_to_dict(card)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        atomic_write(path, lambda tmp: save_file(state, str(tmp), metadata={SAFETENSORS_METADATA_KEY: json.dumps(meta)}))
+    else:
+        payload = {**meta, "state_dict": state}
+        atomic_write(path, lambda tmp: torch.save(payload, tmp))
+    return path
+
+
+def load(path, arch: str | None = None, num_classes: int | None = None, in_chans: int | None = None) -> Checkpoint:
+    """Load a checkpoint safely. A bare state_dict needs ``arch`` (and takes ``num_classes``/``in_chans``)."""
+    path = Path(path)
+    if not path.exists():
+        raise TmdeployError(f"checkpoint not found: {path}")
+    if path.is_dir():
+        raise TmdeployError(f"checkpoint path is a directory, not a file: {path}")
+    if path.stat().st_size == 0:
+        raise TmdeployError(f"checkpoint is empty (0 bytes): {path}")
+    meta, state = _read_safetensors(path) if _is_safetensors(path) else _read_torch(path)
+    if meta is None:
+        if arch is None:
+            raise UsageError(f"{path} is a bare state_dict without tmdeploy metadata: name its architecture with --arch")
+        meta = _bare_card(state, arch, num_classes, in_chans)
+    card = _card_from_dict(meta, path)
+    return Checkpoint(card=card, state_dict=state, path=path, sha256=file_sha256(path))
+
+
+def check_finite(state_dict: dict[str, torch.Tensor]) -> None:
+    """Refuse NaN or Inf weights, naming the tensor: an exported graph would silently emit NaN."""
+    for name, tensor in state_dict.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise TmdeployError(f"weight '{name}' contains NaN or Inf values; refusing to export it")
+
+
+def _is_safetensors(path: Path) -> bool:
+    if path.suffix == ".safetensors":
+        return True
+    with open(path, "rb") as f:
+        head = f.read(9)
+    # safetensors: 8-byte little-endian header length, then a JSON object.
+    return len(head) == 9 and head[8:9] == b"{"
+
+
+def _read_torch(path: Path):
+    if not zipfile.is_zipfile(path):
+        raise TmdeployError(f"{path} is not a PyTorch checkpoint (not a torch.save zip archive)")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else "unsupported object"
+        raise TmdeployError(
+            f"refusing to load {path}: it holds objects other than tensors and plain data, "
+            f"which could run code when unpickled ({first[:160]})"
+        ) from err
+    except (RuntimeError, EOFError, ValueError, OSError, zipfile.BadZipFile, KeyError, AttributeError) as err:
+        raise TmdeployError(f"cannot read checkpoint {path}: file is truncated or corrupt ({type(err).__name__})") from err
+    if not isinstance(obj, dict):
+        raise TmdeployError(f"{path} holds a {type(obj).__name__}, not a checkpoint dict or state_dict")
+    if obj.get("format") == FORMAT:
+        state = obj.get("state_dict")
+        if not isinstance(state, dict):
+            raise TmdeployError(f"{path} is a tmdeploy checkpoint without a state_dict")
+        meta = {k: v for k, v in obj.items() if k != "state_dict"}
+        return meta, state
+    if "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        obj = obj["state_dict"]  # a common training-script layout: {"state_dict": ..., "epoch": ...}
+    if not obj or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
+        raise TmdeployError(f"{path} is neither a tmdeploy checkpoint nor a state_dict of tensors")
+    return None, obj
+
+
+def _read_safetensors(path: Path):
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            header = f.metadata() or {}
+            state = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        raise TmdeployError(f"cannot read safetensors file {path}: {str(err).splitlines()[0][:160]}") from err
+    raw = header.get(SAFETENSORS_METADATA_KEY)
+    if raw is None:
+        return None, state
+    try:
+        meta = json.loads(raw)
+    except json.JSONDecodeError as err:
+        raise TmdeployError(f"{path}: tmdeploy metadata in the safetensors header is not valid JSON") from err
+    return meta, state
+
+
+def _card_to_dict(card: ModelCard) -> dict:
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "tmdeploy_version": __version__,
+        **asdict(card),
+        "input_size": list(card.input_size),
+    }
+
+
+def _card_from_dict(meta: dict, path: Path) -> ModelCard:
+    if not isinstance(meta, dict):
+        raise TmdeployError(f"{path}: checkpoint metadata is not a mapping")
+    version = meta.get("format_version", FORMAT_VERSION)
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise TmdeployError(f"{path}: checkpoint format version {version!r} is newer than this tmdeploy supports")
+    try:
+        card = ModelCard(
+            arch=str(meta["arch"]),
+            arch_kwargs=dict(meta.get("arch_kwargs") or {}),
+            class_names=[str(c) for c in meta["class_names"]],
+            input_size=tuple(int(s) for s in meta["input_size"]),
+            mean=[float(m) for m in meta["mean"]],
+            std=[float(s) for s in meta["std"]],
+            extra=dict(meta.get("extra") or {}),
+        )
+    except (KeyError, TypeError, ValueError) as err:
+        raise TmdeployError(f"{path}: checkpoint metadata is incomplete or malformed ({type(err).__name__}: {err})") from err
+    if len(card.input_size) != 3 or min(card.input_size) < 1:
+        raise TmdeployError(f"{path}: input_size must be three positive integers (C, H, W), got {card.input_size}")
+    channels = card.input_size[0]
+    if len(card.mean) != channels or len(card.std) != channels:
+        raise TmdeployError(f"{path}: mean/std must have one value per input channel ({channels})")
+    if any(not math.isfinite(s) or s <= 0 for s in card.std) or any(not math.isfinite(m) for m in card.mean):
+        raise TmdeployError(f"{path}: std must be positive and finite, mean finite")
+    if not card.class_names:
+        raise TmdeployError(f"{path}: checkpoint has no class names")
+    if card.arch not in models.list_models():
+        raise TmdeployError(f"{path}: unknown architecture '{card.arch}'; choose one of: {', '.join(models.list_models())}")
+    return card
+
+
+def _bare_card(state: dict, arch: str, num_classes: int | None, in_chans: int | None) -> dict:
+    """Card for a bare state_dict: classes and channels default to what the weights imply."""
+    if arch not in models.list_models():
+        raise UsageError(f"unknown architecture '{arch}'; choose one of: {', '.join(models.list_models())}")
+    if num_classes is None:
+        num_classes = _infer_num_classes(state)
+    if in_chans is None:
+        first_conv = next((t for t in state.values() if t.ndim == 4), None)
+        in_chans = int(first_conv.shape[1]) if first_conv is not None else 3
+    return {
+        "arch": arch,
+        "arch_kwargs": {"num_classes": int(num_classes), "in_chans": int(in_chans)},
+        "class_names": [str(i) for i in range(num_classes)],
+        "input_size": [in_chans, 32, 32],
+        "mean": [0.5] * in_chans,
+        "std": [0.5] * in_chans,
+        "extra": {"note": "bare state_dict: class names and normalization are placeholders"},
+    }
+
+
+def _infer_num_classes(state: dict) -> int:
+    last_linear = [t for k, t in state.items() if k.endswith(".weight") and t.ndim == 2]
+    if not last_linear:
+        raise UsageError("cannot tell the number of classes from this state_dict: pass --num-classes")
+    return int(last_linear[-1].shape[0])

@@ -1,0 +1,157 @@
+"""Data sources for training, calibration and accuracy checks, named by one string.
+
+``digits``         scikit-learn's built-in 8x8 digit images (offline), resized to the model's input
+``cifar10:DIR``    a local CIFAR-10 copy, read by torchvision with downloading off
+``cifar100:DIR``   likewise CIFAR-100
+``folder:DIR``     an image folder (``DIR/train`` and ``DIR/val`` class folders, or one class-folder tree split 80/20)
+
+Every source yields images as float tensors in [0, 1] (C, H, W) and integer labels. Normalization
+(mean/std per channel, measured on the training split) is kept separate: it is part of the model's card,
+so that a deployed model can bake it into its graph or an application can apply it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+from torch.utils.data import Dataset, Subset, TensorDataset
+
+from tmdeploy.errors import TmdeployError, UsageError
+
+SOURCES = ("digits", "cifar10:DIR", "cifar100:DIR", "folder:DIR")
+
+
+@dataclass
+class DataSplit:
+    train: Dataset
+    test: Dataset
+    class_names: list[str]
+    in_chans: int
+    image_size: int
+    mean: list[float]
+    std: list[float]
+    name: str
+
+
+def load(spec: str, image_size: int = 32, in_chans: int | None = None, seed: int = 0) -> DataSplit:
+    """Resolve a data spec (see module docstring) into train/test datasets with their statistics."""
+    kind, _, arg = spec.partition(":")
+    if kind == "digits" and not arg:
+        train, test, names, native = _digits(image_size, seed)
+    elif kind in ("cifar10", "cifar100") and arg:
+        train, test, names, native = _cifar(kind, Path(arg), image_size)
+    elif kind == "folder" and arg:
+        train, test, names, native = _folder(Path(arg), image_size, seed)
+    else:
+        raise UsageError(f"unknown data source '{spec}'; use one of: {', '.join(SOURCES)}")
+    channels = in_chans or native
+    if channels not in (1, 3) or (native == 3 and channels == 1):
+        raise UsageError(f"data '{spec}' has {native}-channel images; the model asks for {channels}")
+    if channels != native:
+        train, test = _RepeatChannels(train, channels), _RepeatChannels(test, channels)
+    mean, std = channel_stats(train)
+    return DataSplit(train, test, names, channels, image_size, mean, std, spec)
+
+
+def channel_stats(dataset: Dataset, limit: int = 2000) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std over (at most ``limit``) training images."""
+    xs = torch.stack([dataset[i][0] for i in range(min(len(dataset), limit))])
+    mean = xs.mean(dim=(0, 2, 3))
+    std = xs.std(dim=(0, 2, 3)).clamp_min(1e-3)
+    return [round(float(m), 6) for m in mean], [round(float(s), 6) for s in std]
+
+
+def stack(dataset: Dataset, limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``limit`` samples as one image batch and one label vector (for checks and calibration)."""
+    n = len(dataset) if limit is None else min(limit, len(dataset))
+    items = [dataset[i] for i in range(n)]
+    return torch.stack([x for x, _ in items]), torch.tensor([int(y) for _, y in items])
+
+
+def normalize(images: torch.Tensor, mean, std) -> torch.Tensor:
+    shape = (1, -1, 1, 1)
+    return (images - torch.tensor(mean).view(shape)) / torch.tensor(std).view(shape)
+
+
+def _digits(image_size: int, seed: int):
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    images = torch.from_numpy(digits.images.astype(np.float32) / 16.0).unsqueeze(1)  # 0..16 -> [0, 1]
+    if image_size != images.shape[-1]:
+        images = F.interpolate(images, size=(image_size, image_size), mode="bilinear", align_corners=False)
+    images = images.clamp(0.0, 1.0)
+    labels = torch.from_numpy(digits.target.astype(np.int64))
+    train_idx, test_idx = train_test_split(
+        np.arange(len(labels)), test_size=0.2, random_state=seed, stratify=digits.target
+    )
+    full = TensorDataset(images, labels)
+    return Subset(full, train_idx.tolist()), Subset(full, test_idx.tolist()), [str(i) for i in range(10)], 1
+
+
+def _cifar(kind: str, root: Path, image_size: int):
+    from torchvision import datasets
+
+    cls = datasets.CIFAR10 if kind == "cifar10" else datasets.CIFAR100
+    tf = _image_transform(image_size)
+    try:
+        train = cls(str(root), train=True, download=False, transform=tf)
+        test = cls(str(root), train=False, download=False, transform=tf)
+    except RuntimeError as err:
+        folder = "cifar-10-batches-py" if kind == "cifar10" else "cifar-100-python"
+        raise TmdeployError(
+            f"{root} does not hold the {kind.upper()} data set (expected {root / folder} from the python "
+            f"version of the archive; downloading is off): {err}"
+        ) from err
+    return train, test, list(train.classes), 3
+
+
+def _folder(root: Path, image_size: int, seed: int):
+    from torchvision import datasets
+
+    if not root.is_dir():
+        raise TmdeployError(f"image folder not found: {root}")
+    tf = _image_transform(image_size)
+    split_dirs = [root / "train", next((root / d for d in ("val", "test") if (root / d).is_dir()), None)]
+    try:
+        if split_dirs[0].is_dir() and split_dirs[1] is not None:
+            train = datasets.ImageFolder(str(split_dirs[0]), transform=tf)
+            test = datasets.ImageFolder(str(split_dirs[1]), transform=tf)
+            if test.classes != train.classes:
+                raise TmdeployError(f"{root}: train and {split_dirs[1].name} folders have different classes")
+        else:
+            full = datasets.ImageFolder(str(root), transform=tf)
+            order = torch.randperm(len(full), generator=torch.Generator().manual_seed(seed)).tolist()
+            cut = max(1, int(0.8 * len(order)))
+            train, test = Subset(full, order[:cut]), Subset(full, order[cut:])
+            train.classes = full.classes
+    except FileNotFoundError as err:
+        raise TmdeployError(f"{root} is not an image folder with one sub-folder per class: {err}") from err
+    return train, test, list(train.classes), 3
+
+
+def _image_transform(image_size: int):
+    from torchvision import transforms
+
+    return transforms.Compose(
+        [transforms.Resize((image_size, image_size)), transforms.Lambda(lambda im: im.convert("RGB")), transforms.ToTensor()]
+    )
+
+
+class _RepeatChannels(Dataset):
+    """Grayscale images for a model that expects RGB input."""
+
+    def __init__(self, base: Dataset, channels: int):
+        self.base, self.channels = base, channels
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i):
+        x, y = self.base[i]
+        return x.expand(self.channels, *x.shape[1:]).contiguous(), y
