@@ -1,0 +1,73 @@
+"""The thin command line over tmdeploy's Python API: one module per command, each with ``register``.
+
+Every error reaches the user as one line on stderr with exit status 2 (usage) or 1 (failure);
+``--debug`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+
+from tmdeploy import __version__
+from tmdeploy.errors import TmdeployError, UsageError
+
+# Command modules, in the order `tmdeploy --help` lists them. Each has register(subparsers) that
+# adds its parser and sets ``func`` to a function taking the parsed args and returning an exit status.
+COMMANDS = ("models", "train", "export", "info", "check", "bench", "serve", "demo")
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse that reports a bad command line as one line and exit status 2, not a usage block."""
+
+    def error(self, message):
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    import importlib
+
+    parser = ArgumentParser(prog="tmdeploy", description="Template-matching CNNs from a PyTorch checkpoint to ONNX "
+                            "and TensorRT, verified and benchmarked.")
+    parser.add_argument("--version", action="version", version=f"tmdeploy {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=ArgumentParser)
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f"tmdeploy.cli.{name}_cmd")
+        except ModuleNotFoundError as err:
+            if err.name != f"tmdeploy.cli.{name}_cmd":
+                raise
+            continue
+        module.register(sub)
+    return parser
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    debug = "--debug" in argv
+    try:
+        args = build_parser().parse_args(argv)
+        if not getattr(args, "func", None):
+            build_parser().print_help(sys.stderr)
+            return 2
+        return int(args.func(args) or 0)
+    except TmdeployError as err:
+        if debug:
+            traceback.print_exc()
+        print(f"tmdeploy: error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("tmdeploy: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # a bug, not bad input: still one line, the traceback behind --debug
+        if debug:
+            traceback.print_exc()
+        print(f"tmdeploy: internal error: {type(err).__name__}: {err} (rerun with --debug for the traceback)",
+              file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
