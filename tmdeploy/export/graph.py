@@ -1,0 +1,104 @@
+"""Graph passes after ``torch.onnx.export``: BatchNorm folding, clean-up, and full checks."""
+
+from __future__ import annotations
+
+import ast
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+import onnx_ir as ir
+from onnxscript import rewriter
+from onnxscript.rewriter.rules.common import fuse_batchnorm_into_conv_rule, fuse_batchnorm_into_gemm_rule
+
+from tmdeploy.errors import TmdeployError
+
+MODULE_KEY = "tmdeploy.module"  # node metadata: the PyTorch module path the node was exported from
+
+
+def module_scopes(model: ir.Model) -> dict[str, str]:
+    """Node name → PyTorch module path, from the exporter's name scopes (lost in later passes otherwise)."""
+    scopes = {}
+    for node in model.graph.all_nodes():
+        raw = node.metadata_props.get("pkg.torch.onnx.name_scopes")
+        if node.name and raw:
+            try:
+                names = ast.literal_eval(raw)
+            except (ValueError, SyntaxError):
+                continue
+            if len(names) >= 2 and names[-2]:
+                scopes[node.name] = names[-2]
+    return scopes
+
+
+def attach_module_scopes(model: onnx.ModelProto, scopes: dict[str, str]) -> None:
+    """Keep one short key per node so ``tmdeploy check --localize`` can map tensors back to modules."""
+    for node in model.graph.node:
+        if node.name in scopes:
+            del node.metadata_props[:]
+            entry = node.metadata_props.add()
+            entry.key, entry.value = MODULE_KEY, scopes[node.name]
+
+
+def fold_batchnorm(model: ir.Model) -> ir.Model:
+    """Fold inference BatchNorm into the preceding Conv/Gemm (onnxscript's maintained rewrite rules)."""
+    return rewriter.rewrite(model, pattern_rewrite_rules=[fuse_batchnorm_into_conv_rule, fuse_batchnorm_into_gemm_rule])
+
+
+def batchnorm_to_affine(graph: gs.Graph) -> int:
+    """Lower each BatchNormalization that had no Conv to fold into (pre-activation BN) to Mul + Add.
+
+    Such a BN follows a Concat or an Add, so no convolution can absorb it; in inference it is a fixed
+    per-channel affine map, and Mul/Add keep the graph free of batch-statistics operators. Written by
+    hand because it is five lines on graphsurgeon and no maintained pass does exactly this.
+    """
+    count = 0
+    for node in [n for n in graph.nodes if n.op == "BatchNormalization"]:
+        x = node.inputs[0]
+        scale, bias, mean, var = (np.asarray(t.values, dtype=np.float64) for t in node.inputs[1:5])
+        eps = float(node.attrs.get("epsilon", 1e-5))
+        mul = scale / np.sqrt(var + eps)
+        add = bias - mean * mul
+        shape = (1, -1, 1, 1) if (x.shape is None or len(x.shape) == 4) else (1, -1)
+        mul_c = gs.Constant(f"{node.name}_scale", mul.astype(np.float32).reshape(shape))
+        add_c = gs.Constant(f"{node.name}_shift", add.astype(np.float32).reshape(shape))
+        scaled = gs.Variable(f"{node.name}_scaled", dtype=np.float32)
+        out = node.outputs[0]
+        node.outputs.clear()
+        graph.nodes.append(gs.Node("Mul", f"{node.name}_mul", inputs=[x, mul_c], outputs=[scaled]))
+        graph.nodes.append(gs.Node("Add", f"{node.name}_add", inputs=[scaled, add_c], outputs=[out]))
+        count += 1
+    return count
+
+
+def clean_up(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Constant folding, dead-node removal and topological order with onnx-graphsurgeon."""
+    graph = gs.import_onnx(model)
+    batchnorm_to_affine(graph)
+    graph.fold_constants().cleanup().toposort()
+    cleaned = gs.export_onnx(graph)
+    cleaned.ir_version = model.ir_version
+    cleaned.producer_name, cleaned.producer_version = model.producer_name, model.producer_version
+    del cleaned.opset_import[:]
+    cleaned.opset_import.extend(model.opset_import)
+    return cleaned
+
+
+def check(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``onnx.checker`` with full checks, then strict shape inference; returns the inferred model."""
+    try:
+        onnx.checker.check_model(model, full_check=True)
+        return onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as err:
+        raise TmdeployError(f"exported graph failed onnx.checker: {str(err).splitlines()[0][:200]}") from err
+
+
+def op_histogram(model: onnx.ModelProto) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for node in model.graph.node:
+        counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def parameter_count(model: onnx.ModelProto) -> int:
+    return int(sum(np.prod(t.dims, dtype=np.int64) for t in model.graph.initializer))

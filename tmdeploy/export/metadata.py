@@ -1,0 +1,110 @@
+"""The description an exported ONNX file carries about itself, in ``metadata_props``.
+
+An application that loads the file with onnxruntime alone reads these with
+``session.get_modelmeta().custom_metadata_map``: plain string keys, lists and numbers as JSON.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import onnx
+
+from tmdeploy.errors import TmdeployError
+
+METADATA_FORMAT = "1"
+_JSON_FIELDS = {"class_names", "input_size", "mean", "std", "outputs"}
+
+
+@dataclass
+class ModelMetadata:
+    arch: str
+    class_names: list[str]
+    input_size: list[int]  # C, H, W of the network itself
+    mean: list[float]  # per channel, on the [0, 1] pixel scale
+    std: list[float]
+    layout: str = "NCHW"  # of the graph input: NCHW (float, normalized) or NHWC (uint8, --bake-preprocess)
+    input_dtype: str = "float32"
+    preprocess: str = "none"  # "none": feed normalized float NCHW; "baked": feed raw uint8 NHWC pixels
+    precision: str = "fp32"
+    tm_form: str = ""
+    opset: int = 0
+    outputs: list[str] = field(default_factory=lambda: ["logits"])
+    source_sha256: str = ""
+    source_checkpoint: str = ""
+    tmdeploy_version: str = ""
+    tmdeploy_format: str = METADATA_FORMAT
+
+    def to_props(self) -> dict[str, str]:
+        return {k: json.dumps(v) if k in _JSON_FIELDS else str(v) for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_props(cls, props: dict[str, str]) -> "ModelMetadata":
+        """Parse metadata_props; raise TmdeployError when they are not tmdeploy's or are malformed."""
+        if props.get("tmdeploy_format") is None:
+            raise TmdeployError("the ONNX file has no tmdeploy metadata (was it exported by tmdeploy?)")
+        values = {}
+        try:
+            for f in fields(cls):
+                if f.name not in props:
+                    continue
+                raw = props[f.name]
+                values[f.name] = json.loads(raw) if f.name in _JSON_FIELDS else raw
+            values["opset"] = int(values.get("opset", 0))
+            meta = cls(**values)
+        except (TypeError, ValueError) as err:
+            raise TmdeployError(f"the ONNX file's tmdeploy metadata is malformed ({type(err).__name__}: {err})") from err
+        _validate(meta)
+        return meta
+
+
+def _validate(meta: ModelMetadata) -> None:
+    def ok_list(value, kind, length=None):
+        return isinstance(value, list) and all(isinstance(v, kind) and not isinstance(v, bool) for v in value) and (
+            length is None or len(value) == length
+        )
+
+    if not ok_list(meta.class_names, str) or not meta.class_names:
+        raise TmdeployError("the ONNX file's tmdeploy metadata is malformed: class_names must be a list of strings")
+    if not ok_list(meta.input_size, int, 3) or min(meta.input_size) < 1:
+        raise TmdeployError("the ONNX file's tmdeploy metadata is malformed: input_size must be [C, H, W]")
+    channels = meta.input_size[0]
+    if not ok_list(meta.mean, (int, float), channels) or not ok_list(meta.std, (int, float), channels):
+        raise TmdeployError("the ONNX file's tmdeploy metadata is malformed: mean/std need one number per channel")
+    if any(not s > 0 for s in meta.std):
+        raise TmdeployError("the ONNX file's tmdeploy metadata is malformed: std must be positive")
+    if meta.preprocess not in ("none", "baked") or meta.layout not in ("NCHW", "NHWC"):
+        raise TmdeployError("the ONNX file's tmdeploy metadata is malformed: unknown preprocess or layout")
+    if not ok_list(meta.outputs, str) or not meta.outputs:
+        raise TmdeployError("the ONNX file's tmdeploy metadata is malformed: outputs must be a list of names")
+
+
+def write(model: onnx.ModelProto, meta: ModelMetadata) -> None:
+    """Replace the model's metadata_props with ``meta`` (in place)."""
+    del model.metadata_props[:]
+    onnx.helper.set_model_props(model, meta.to_props())
+
+
+def props(model: onnx.ModelProto) -> dict[str, str]:
+    return {p.key: p.value for p in model.metadata_props}
+
+
+def read(path) -> ModelMetadata:
+    """Read the metadata of an ONNX file without loading its weights."""
+    return ModelMetadata.from_props(props(load_onnx(path, load_weights=False)))
+
+
+def load_onnx(path, load_weights: bool = True) -> onnx.ModelProto:
+    """Load an ONNX file, turning every parse failure into one clear TmdeployError."""
+    path = Path(path)
+    if not path.is_file():
+        raise TmdeployError(f"ONNX file not found: {path}" if not path.exists() else f"not a file: {path}")
+    try:
+        model = onnx.load(str(path), load_external_data=load_weights)
+    except Exception as err:  # protobuf raises DecodeError, RuntimeWarning-ish and others for non-ONNX bytes
+        raise TmdeployError(f"{path} is not a valid ONNX file (truncated or another format): {type(err).__name__}") from err
+    if not model.graph.node and not model.graph.input:
+        raise TmdeployError(f"{path} is not a valid ONNX file: it holds no graph")
+    return model
