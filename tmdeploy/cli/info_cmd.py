@@ -1,0 +1,69 @@
+"""`tmdeploy info`: what an ONNX file says about itself — metadata, inputs/outputs, ops, parameters."""
+
+from pathlib import Path
+
+
+def register(sub) -> None:
+    p = sub.add_parser("info", help="show an ONNX file's metadata, inputs and outputs, op histogram, parameters")
+    p.add_argument("onnx", type=Path)
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=run)
+
+
+def describe(path: Path) -> dict:
+    import onnx
+
+    from tmdeploy.errors import TmdeployError
+    from tmdeploy.export import graph, metadata
+
+    model = metadata.load_onnx(path)
+
+    def tensor(v):
+        t = v.type.tensor_type
+        dims = [d.dim_param or d.dim_value for d in t.shape.dim]
+        return {"name": v.name, "dtype": onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name, "shape": dims}
+
+    props = metadata.props(model)
+    try:
+        meta = metadata.ModelMetadata.from_props(props)
+        tmdeploy_meta, note = vars(meta), None
+    except TmdeployError as err:
+        tmdeploy_meta, note = None, str(err)
+    return {
+        "path": str(path), "opset": {o.domain or "ai.onnx": o.version for o in model.opset_import},
+        "producer": f"{model.producer_name} {model.producer_version}".strip(),
+        "inputs": [tensor(v) for v in model.graph.input], "outputs": [tensor(v) for v in model.graph.output],
+        "ops": graph.op_histogram(model), "parameters": graph.parameter_count(model),
+        "tmdeploy": tmdeploy_meta, "metadata_props": props, "note": note,
+    }
+
+
+def run(args) -> int:
+    import json
+
+    info = describe(args.onnx)
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    console.print(f"[bold]{info['path']}[/bold]  opset {info['opset']}  producer {info['producer'] or '?'}  "
+                  f"parameters {info['parameters']:,}")
+    io = Table("", "name", "dtype", "shape", title="inputs and outputs")
+    for kind in ("inputs", "outputs"):
+        for t in info[kind]:
+            io.add_row(kind[:-1], t["name"], t["dtype"], str(t["shape"]))
+    console.print(io)
+    meta = Table("key", "value", title="tmdeploy metadata" if info["tmdeploy"] else "metadata_props")
+    for key, value in (info["tmdeploy"] or info["metadata_props"]).items():
+        meta.add_row(key, str(value))
+    console.print(meta)
+    if info["note"]:
+        console.print(f"note: {info['note']}")
+    ops = Table("op", "count", title="op histogram")
+    for op, n in info["ops"].items():
+        ops.add_row(op, str(n))
+    console.print(ops)
+    return 0

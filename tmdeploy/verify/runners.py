@@ -1,0 +1,53 @@
+"""Polygraphy runners for the two sides of a parity check."""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+
+import numpy as np
+import torch
+from polygraphy.backend.base import BaseRunner
+from polygraphy.backend.onnx import BytesFromOnnx, ModifyOutputs, OnnxFromPath
+from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
+from polygraphy.common import TensorMetadata
+from polygraphy import constants
+
+
+class TorchRunner(BaseRunner):
+    """Runs a PyTorch module on the CPU (or the module's device) inside polygraphy's Comparator.
+
+    Written here because polygraphy's own PytRunner moves inputs to CUDA unconditionally and expects
+    a tuple of outputs; this one runs where the model lives and names single or tuple outputs.
+    """
+
+    def __init__(self, module: torch.nn.Module, input_metadata: TensorMetadata, output_names, name="pytorch"):
+        super().__init__(name=name, prefix="pytorch-runner")
+        self.module, self.input_metadata, self.output_names = module, input_metadata, list(output_names)
+
+    def activate_impl(self):
+        self.module.eval()
+        self.device = next(self.module.parameters()).device
+
+    def get_input_metadata_impl(self):
+        return self.input_metadata
+
+    def infer_impl(self, feed_dict):
+        inputs = [torch.from_numpy(np.ascontiguousarray(v)).to(self.device) for v in feed_dict.values()]
+        with torch.no_grad():
+            start = time.perf_counter()
+            outputs = self.module(*inputs)
+            self.inference_time = time.perf_counter() - start
+        outputs = outputs if isinstance(outputs, (tuple, list)) else (outputs,)
+        return OrderedDict((n, o.detach().cpu().numpy()) for n, o in zip(self.output_names, outputs))
+
+    def deactivate_impl(self):
+        pass
+
+
+def onnxrt_runner(onnx_path, mark_all: bool = False, name="onnxruntime") -> OnnxrtRunner:
+    """polygraphy's onnxruntime runner; ``mark_all`` also returns every intermediate tensor."""
+    source = str(onnx_path)
+    if mark_all:
+        source = BytesFromOnnx(ModifyOutputs(OnnxFromPath(source), outputs=constants.MARK_ALL))
+    return OnnxrtRunner(SessionFromOnnx(source, providers=["CPUExecutionProvider"]), name=name)
