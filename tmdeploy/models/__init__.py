@@ -1,0 +1,36 @@
+"""Model zoo: CIFAR-style baselines and their template-matching, SGE, ResCNet and ConvMix variants.
+
+``create(name, num_classes=10, in_chans=3, **kwargs)`` builds a registered architecture; every model has
+``forward(x) -> logits`` and ``forward_with_patch_logits(x) -> (logits, patch_logits | None)``, plus the
+attributes ``has_patch_logits``, ``patch_logits_in_inference``, ``arch_name``, ``arch_kwargs`` and
+``default_input_size``.
+"""
+
+from . import densenet, resnet, wrn  # noqa: F401  (importing registers the architectures)
+from .convmix import ClassifierHead, ConvMixHead
+from .densenet import DenseLayer
+from .losses import auxiliary_loss
+from .registry import count_parameters, create, list_models, register_model
+from .rescnet import ResponseCalibration
+from .resnet import BasicBlock, Bottleneck, StagedNet
+from .sge import SpatialGroupEnhance
+from .template_matching import ClassSemanticBlock, TemplateMatching, TMBlock
+
+__all__ = [
+    "BasicBlock",
+    "Bottleneck",
+    "ClassSemanticBlock",
+    "ClassifierHead",
+    "ConvMixHead",
+    "DenseLayer",
+    "ResponseCalibration",
+    "SpatialGroupEnhance",
+    "StagedNet",
+    "TMBlock",
+    "TemplateMatching",
+    "auxiliary_loss",
+    "count_parameters",
+    "create",
+    "list_models",
+    "register_model",
+]
