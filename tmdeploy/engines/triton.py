@@ -1,0 +1,207 @@
+"""A Triton Inference Server model repository for an exported model (ONNX Runtime or TensorRT backend).
+
+Layout: ``REPO/NAME/config.pbtxt``, ``REPO/NAME/labels.txt`` and ``REPO/NAME/1/model.onnx`` (or ``model.plan``).
+Input/output names, dims (without the batch axis) and types come from the ONNX graph; class names from
+the metadata. For a ``.plan`` the graph is the ONNX file its sidecar names (or one given), checked by hash.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+
+from tmdeploy.engines import tensorrt as trt_engine
+from tmdeploy.errors import TmdeployError, UsageError
+from tmdeploy.export import metadata
+from tmdeploy.fileio import file_sha256
+
+PLATFORMS = {".onnx": "onnxruntime_onnx", ".plan": "tensorrt_plan"}
+DEFAULT_MAX_BATCH = 256
+LABELS_FILE = "labels.txt"
+# ONNX element type → (numpy dtype name, Triton data type): the types tmdeploy graphs take and give.
+_TYPES = {onnx.TensorProto.FLOAT: ("float32", "TYPE_FP32"), onnx.TensorProto.UINT8: ("uint8", "TYPE_UINT8")}
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    dtype: str  # numpy name
+    triton_type: str
+    dims: tuple[int, ...]  # without the batch axis; -1 where the graph leaves it open
+
+
+@dataclass(frozen=True)
+class ModelSignature:
+    """What a server needs to know about a model file: its tensors, its metadata, its batch range."""
+
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    metadata: metadata.ModelMetadata
+    batch_range: tuple[int, int] | None  # a TensorRT engine's optimization profile; None: any batch
+
+
+def graph_signature(model: onnx.ModelProto) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """The graph's inputs and outputs; TmdeployError if a type is not one Triton gets from us or the batch is fixed."""
+    initializers = {init.name for init in model.graph.initializer}
+    inputs = [_tensor_spec(v) for v in model.graph.input if v.name not in initializers]
+    return inputs, [_tensor_spec(v) for v in model.graph.output]
+
+
+def _tensor_spec(value: onnx.ValueInfoProto) -> TensorSpec:
+    tensor_type = value.type.tensor_type
+    if tensor_type.elem_type not in _TYPES:
+        name = onnx.TensorProto.DataType.Name(tensor_type.elem_type)
+        raise TmdeployError(f"tensor '{value.name}' has type {name}; tmdeploy serves float32 and uint8 tensors")
+    if not tensor_type.HasField("shape") or not tensor_type.shape.dim:
+        raise TmdeployError(f"tensor '{value.name}' has no shape in the ONNX graph")
+    dims = [d.dim_value if d.HasField("dim_value") else -1 for d in tensor_type.shape.dim]
+    if dims[0] != -1:
+        raise TmdeployError(f"tensor '{value.name}' has a fixed batch size {dims[0]}: "
+                            f"Triton batching needs a dynamic batch axis")
+    dtype, triton_type = _TYPES[tensor_type.elem_type]
+    return TensorSpec(value.name, dtype, triton_type, tuple(dims[1:]))
+
+
+def model_signature(model_path, onnx_path=None) -> ModelSignature:
+    """The signature of an ``.onnx`` file, or of a ``.plan`` through the ONNX file it was built from."""
+    model_path = Path(model_path)
+    if model_path.suffix == ".onnx":
+        source, meta, batch_range = model_path, metadata.read(model_path), None
+    elif model_path.suffix == ".plan":
+        source, meta, batch_range = _engine_source(model_path, onnx_path)
+    else:
+        raise UsageError(f"{model_path}: expected an .onnx or .plan file")
+    inputs, outputs = graph_signature(metadata.load_onnx(source, load_weights=False))
+    return ModelSignature(inputs, outputs, meta, batch_range)
+
+
+def _engine_source(engine_path: Path, onnx_path):
+    if not engine_path.is_file():
+        raise TmdeployError(f"engine file not found: {engine_path}")
+    sidecar = trt_engine.read_sidecar(engine_path)
+    source = Path(onnx_path if onnx_path is not None else sidecar["onnx_path"])
+    if not source.is_file():
+        raise TmdeployError(f"{engine_path} was built from {source}, which is gone: pass the ONNX file (onnx_path)")
+    if file_sha256(source) != sidecar["onnx_sha256"]:
+        raise TmdeployError(f"{source} is not the ONNX file {engine_path} was built from (its sha256 differs)")
+    batch = sidecar["batch"]
+    return source, trt_engine.sidecar_metadata(sidecar), (batch["min"], batch["max"])
+
+
+def model_name(model_path, name=None) -> str:
+    """Triton model names are directory names: letters, digits, '.', '_' and '-', not starting with '.'."""
+    if name is None:
+        return re.sub(r"[^A-Za-z0-9._-]", "_", Path(model_path).stem).lstrip(".") or "model"
+    if not re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9._-]*", name):
+        raise UsageError(f"model name '{name}': use letters, digits, '.', '_' and '-' (not starting with '.')")
+    return name
+
+
+def check_batching(max_batch_size: int, preferred_batch_sizes, max_queue_delay_us: int, instance_count: int,
+                   batch_range: tuple[int, int] | None) -> None:
+    def positive(value):
+        return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+    if not positive(max_batch_size):
+        raise UsageError(f"max_batch_size {max_batch_size!r}: expected a positive integer")
+    if batch_range is not None and max_batch_size > batch_range[1]:
+        raise UsageError(f"max_batch_size {max_batch_size} exceeds the engine's profile maximum {batch_range[1]}")
+    if batch_range is not None and batch_range[0] != 1:
+        raise TmdeployError(f"the engine's profile starts at batch {batch_range[0]}, but Triton sends batches "
+                            f"from 1: rebuild it with MIN=1")
+    for size in preferred_batch_sizes or ():
+        if not positive(size) or size > max_batch_size:
+            raise UsageError(f"preferred batch size {size!r}: expected an integer in 1..{max_batch_size}")
+    if not isinstance(max_queue_delay_us, int) or max_queue_delay_us < 0:
+        raise UsageError(f"max_queue_delay_us {max_queue_delay_us!r}: expected an integer >= 0")
+    if not positive(instance_count):
+        raise UsageError(f"instance_count {instance_count!r}: expected a positive integer")
+
+
+def config_pbtxt(name: str, platform: str, sig: ModelSignature, *, max_batch_size: int, preferred_batch_sizes,
+                 max_queue_delay_us: int, instance_count: int) -> str:
+    """Triton's model configuration in protobuf text format."""
+    def tensor(spec: TensorSpec, labels: bool) -> str:
+        label = f'\n    label_filename: "{LABELS_FILE}"' if labels else ""
+        dims = ", ".join(map(str, spec.dims))
+        return f'  {{\n    name: "{spec.name}"\n    data_type: {spec.triton_type}\n    dims: [ {dims} ]{label}\n  }}'
+
+    inputs = ",\n".join(tensor(s, False) for s in sig.inputs)
+    outputs = ",\n".join(tensor(s, s.name == "logits") for s in sig.outputs)
+    sizes = ", ".join(map(str, preferred_batch_sizes or ()))
+    preferred = f"  preferred_batch_size: [ {sizes} ]\n" if sizes else ""
+    kind = "\n    kind: KIND_GPU" if platform == "tensorrt_plan" else ""
+    return (
+        f'name: "{name}"\nplatform: "{platform}"\nmax_batch_size: {max_batch_size}\n'
+        f"input [\n{inputs}\n]\noutput [\n{outputs}\n]\n"
+        f"dynamic_batching {{\n{preferred}  max_queue_delay_microseconds: {max_queue_delay_us}\n}}\n"
+        f"instance_group [\n  {{\n    count: {instance_count}{kind}\n  }}\n]\n"
+    )
+
+
+def labels_text(meta: metadata.ModelMetadata) -> str:
+    if any("\n" in name or "\r" in name for name in meta.class_names):
+        raise TmdeployError("a class name contains a line break: it cannot go into Triton's labels file")
+    return "".join(f"{name}\n" for name in meta.class_names)
+
+
+def write_model_repository(model_path, repo_dir, name=None, max_batch_size: int | None = None,
+                           preferred_batch_sizes=None, max_queue_delay_us: int = 100, instance_count: int = 1,
+                           onnx_path=None) -> Path:
+    """Write ``repo_dir/NAME`` for ``model_path`` (.onnx or .plan) and return that directory.
+
+    ``max_batch_size`` defaults to 256, or to the profile maximum of a ``.plan``. The directory appears
+    whole or not at all: it is written beside its final place and renamed in, replacing an older one.
+    """
+    model_path, repo_dir = Path(model_path), Path(repo_dir)
+    sig = model_signature(model_path, onnx_path)
+    if max_batch_size is None:
+        max_batch_size = sig.batch_range[1] if sig.batch_range else DEFAULT_MAX_BATCH
+    check_batching(max_batch_size, preferred_batch_sizes, max_queue_delay_us, instance_count, sig.batch_range)
+    name = model_name(model_path, name)
+    config = config_pbtxt(
+        name, PLATFORMS[model_path.suffix], sig, max_batch_size=max_batch_size,
+        preferred_batch_sizes=preferred_batch_sizes, max_queue_delay_us=max_queue_delay_us,
+        instance_count=instance_count,
+    )
+    labels = labels_text(sig.metadata)
+
+    def fill(tmp: Path) -> None:
+        (tmp / "1").mkdir()
+        shutil.copyfile(model_path, tmp / "1" / f"model{model_path.suffix}")
+        (tmp / "config.pbtxt").write_text(config)
+        (tmp / LABELS_FILE).write_text(labels)
+
+    return _write_dir(repo_dir / name, fill)
+
+
+def _write_dir(final: Path, fill) -> Path:
+    """Fill a temporary directory beside ``final``, then swap it in (the old one, if any, is removed after)."""
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    except OSError as err:
+        raise TmdeployError(f"cannot write {final}: {err.strerror or err}") from err
+    old = final.with_name(f".{final.name}.{uuid.uuid4().hex}.old")
+    try:
+        fill(tmp)
+        os.chmod(tmp, 0o755)  # mkdtemp makes 0700 directories; the server may run as another user
+        if final.exists():
+            os.rename(final, old)
+        os.rename(tmp, final)
+    except BaseException as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old.exists() and not final.exists():
+            os.rename(old, final)
+        if isinstance(err, OSError):
+            raise TmdeployError(f"cannot write {final}: {err.strerror or err}") from err
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+    return final

@@ -1,0 +1,262 @@
+"""Run an exported model: ``load(path)`` gives a Predictor over onnxruntime (``.onnx``) or TensorRT (``.plan``).
+
+What the Predictor takes (always a batch, rank 4; for one image pass ``images[None]``):
+
+- ``predict(images)`` takes what the graph takes: normalized float N×C×H×W (metadata preprocess "none",
+  any float dtype, cast to float32) or uint8 N×H×W×C pixels (preprocess "baked").
+- ``predict(images, raw=True)`` and ``classify(images)`` take raw images of either kind: uint8 N×H×W×C
+  pixels in 0..255, or float N×C×H×W in [0, 1]. They apply the metadata's scaling and mean/std, or only
+  convert the layout/dtype for graphs with baked preprocessing.
+- Numpy arrays and torch tensors (moved to the CPU) are accepted; torch is never imported here.
+
+Everything is checked before the runtime sees it (rank, shape, channels, dtype, value range of raw floats,
+an engine's batch range), each failure one TmdeployError naming what was expected and what came.
+
+Non-finite input (NaN/Inf) raises a TmdeployError naming the rows: a NaN image gives NaN logits and
+``classify`` would turn them into an arbitrary label. ``check_finite=False`` skips the check and returns
+whatever the model computes (NaN rows stay NaN); the server uses it so that one bad image does not fail
+the other requests Triton batched with it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from tmdeploy.engines.profiles import sample_shape
+from tmdeploy.errors import TmdeployError, UsageError
+from tmdeploy.export import metadata as metadata_mod
+from tmdeploy.export.metadata import ModelMetadata
+
+PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")  # preference order
+GPU_PROVIDERS = PROVIDERS[:2]
+PROVIDER_ALIASES = {"tensorrt": PROVIDERS[0], "trt": PROVIDERS[0], "cuda": PROVIDERS[1], "cpu": PROVIDERS[2]}
+ENGINE_SUFFIXES = (".plan", ".engine")
+_RANGE_TOLERANCE = 1e-3  # raw floats this far outside [0, 1] are rounding, further is another scale
+
+
+def load(path, providers=None, device: int | None = None) -> "Predictor":
+    """A Predictor for an ``.onnx`` file or a TensorRT engine (``.plan``, with its sidecar).
+
+    ``providers`` (onnx only): names or aliases (cpu, cuda, tensorrt), as a list or comma-separated;
+    default: TensorRT, CUDA, then CPU, as this onnxruntime build has them. ``device``: GPU ordinal.
+    """
+    path = Path(path)
+    if device is not None and (isinstance(device, bool) or not isinstance(device, int) or device < 0):
+        raise UsageError(f"device '{device}': expected a GPU ordinal (0, 1, ...)")
+    if path.suffix == ".onnx":
+        return _load_onnx(path, providers, device)
+    if path.suffix in ENGINE_SUFFIXES:
+        if providers is not None:
+            raise UsageError("providers apply to .onnx files; a TensorRT engine runs on TensorRT")
+        return _load_engine(path, device)
+    raise UsageError(f"{path}: expected an .onnx file or a TensorRT engine ({', '.join(ENGINE_SUFFIXES)})")
+
+
+def resolve_providers(requested, available, known) -> list[str]:
+    """onnxruntime provider names for ``requested`` (None: the preferred available ones).
+
+    Unknown names are a UsageError; known ones this onnxruntime build lacks are a TmdeployError.
+    """
+    if requested is None:
+        return [p for p in PROVIDERS if p in available]
+    items = requested.split(",") if isinstance(requested, str) else list(requested)
+    names = list(dict.fromkeys(PROVIDER_ALIASES.get(str(i).strip().lower(), str(i).strip()) for i in items))
+    if not names or "" in names:
+        raise UsageError(f"providers '{requested}': expected names such as cpu, cuda, tensorrt")
+    for name in names:
+        if name not in known:
+            raise UsageError(f"unknown onnxruntime provider '{name}': use cpu, cuda, tensorrt or a full name "
+                             f"such as CUDAExecutionProvider")
+        if name not in available:
+            raise TmdeployError(f"{name} is not in this onnxruntime build (it has {', '.join(available)}); "
+                                f'for GPUs: pip install "tmdeploy[gpu]" (onnxruntime-gpu)')
+    return names
+
+
+def _load_onnx(path: Path, providers, device) -> "Predictor":
+    import onnxruntime as ort
+
+    meta = metadata_mod.read(path)
+    names = resolve_providers(providers, ort.get_available_providers(), ort.get_all_providers())
+    if device is not None and not set(names) & set(GPU_PROVIDERS):
+        raise TmdeployError(f"device={device} needs a GPU provider, but onnxruntime would run on {', '.join(names)}")
+    options = [{"device_id": device} if device is not None and n in GPU_PROVIDERS else {} for n in names]
+    try:
+        session = ort.InferenceSession(str(path), providers=names, provider_options=options)
+    except Exception as err:  # onnxruntime raises its own Fail/InvalidGraph/... types
+        raise TmdeployError(f"onnxruntime cannot load {path}: {str(err).splitlines()[0][:300]}") from err
+    if providers is not None:
+        dropped = [n for n in names if n not in session.get_providers()]
+        if dropped:
+            raise TmdeployError(f"onnxruntime could not enable {', '.join(dropped)} for {path} (see its log above)")
+    backend = _OrtBackend(session)
+    _check_graph_input(path, meta, backend.input_shape, backend.input_type)
+    return Predictor(backend, meta, providers=session.get_providers())
+
+
+def _load_engine(path: Path, device) -> "Predictor":
+    from tmdeploy.engines import tensorrt as trt_engine
+
+    if not path.is_file():
+        raise TmdeployError(f"engine file not found: {path}")
+    runner, sidecar = trt_engine.open_engine(path, device)
+    batch = sidecar["batch"]
+    return Predictor(_TrtBackend(runner, sidecar["profile"]["input"]), trt_engine.sidecar_metadata(sidecar),
+                     providers=["TensorRT"], batch_range=(batch["min"], batch["max"]))
+
+
+def _check_graph_input(path: Path, meta: ModelMetadata, graph_shape, graph_type: str) -> None:
+    """The metadata must describe the graph's real input: it is what every check here relies on."""
+    expected = (sample_shape(meta), f"tensor({'uint8' if meta.input_dtype == 'uint8' else 'float'})")
+    if (tuple(graph_shape[1:]), graph_type) != expected:
+        raise TmdeployError(f"{path}: the metadata describes input {_batch_shape(expected[0])} {expected[1]}, "
+                            f"but the graph takes {list(graph_shape)} {graph_type}")
+
+
+class _OrtBackend:
+    def __init__(self, session) -> None:
+        self.session = session
+        (graph_input,) = session.get_inputs()
+        self.input_name, self.input_shape, self.input_type = graph_input.name, graph_input.shape, graph_input.type
+        self.output_names = [o.name for o in session.get_outputs()]
+
+    def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        return dict(zip(self.output_names, self.session.run(self.output_names, {self.input_name: x})))
+
+    def close(self) -> None:
+        pass
+
+
+class _TrtBackend:
+    def __init__(self, runner, input_name: str) -> None:
+        self.runner, self.input_name = runner, input_name
+
+    def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        # polygraphy reuses its host buffers across calls: copy before the next call overwrites them
+        return {name: np.array(value) for name, value in self.runner.infer({self.input_name: x}).items()}
+
+    def close(self) -> None:
+        self.runner.deactivate()
+
+
+class Predictor:
+    """A loaded model with its metadata; see the module docstring for what it accepts."""
+
+    def __init__(self, backend, meta: ModelMetadata, *, providers, batch_range: tuple[int, int] | None = None) -> None:
+        self._backend = backend
+        self.metadata = meta
+        self.providers = list(providers)
+        self.batch_range = batch_range  # (min, max) of a TensorRT engine's profile; None: any batch
+
+    def prepare(self, images, *, raw: bool = False, check_finite: bool = True) -> np.ndarray:
+        """The array the graph gets for ``images``: checked, and preprocessed when ``raw``."""
+        convert = raw_to_graph_input if raw else graph_input
+        x = convert(images, self.metadata, check_finite)
+        if self.batch_range and not self.batch_range[0] <= len(x) <= self.batch_range[1]:
+            lo, hi = self.batch_range
+            raise TmdeployError(f"batch of {len(x)} images is outside the engine's profile {lo}..{hi}: "
+                                f"split it, or rebuild the engine with a larger batch range")
+        return x
+
+    def run(self, images, *, raw: bool = False, check_finite: bool = True) -> dict[str, np.ndarray]:
+        """Every output of the graph (``logits`` and, if exported, ``patch_logits``) by name."""
+        return self._backend.run(self.prepare(images, raw=raw, check_finite=check_finite))
+
+    def predict(self, images, *, raw: bool = False, check_finite: bool = True) -> np.ndarray:
+        """Logits, N × classes."""
+        return self.run(images, raw=raw, check_finite=check_finite)["logits"]
+
+    def classify(self, images, *, check_finite: bool = True) -> list[str]:
+        """Class names of raw images (uint8 N×H×W×C pixels or float N×C×H×W in [0, 1])."""
+        logits = self.predict(images, raw=True, check_finite=check_finite)
+        return [self.metadata.class_names[i] for i in np.argmax(logits, axis=1)]
+
+    def close(self) -> None:
+        self._backend.close()
+
+    def __enter__(self) -> "Predictor":
+        return self
+
+    def __exit__(self, *_) -> None:
+        self.close()
+
+
+# ---- input checks and preprocessing (pure) ----------------------------------------------------------
+
+
+def to_numpy(images) -> np.ndarray:
+    """A numpy view of a numpy array, a torch tensor (detached, on the CPU) or a nested list."""
+    if type(images).__module__.split(".")[0] == "torch":
+        images = images.detach().cpu().numpy()
+    return np.asarray(images)
+
+
+def graph_input(images, meta: ModelMetadata, check_finite: bool = True) -> np.ndarray:
+    """``images`` as the graph takes them: normalized float32 NCHW, or uint8 NHWC for baked graphs."""
+    x = to_numpy(images)
+    if meta.preprocess == "baked":
+        if x.dtype != np.uint8:
+            raise TmdeployError(f"expected uint8 pixels (the model has its preprocessing baked in), got {x.dtype}")
+        return np.ascontiguousarray(_check_shape(x, sample_shape(meta), "images"))
+    if not np.issubdtype(x.dtype, np.floating):
+        raise TmdeployError(f"expected normalized float images, got {x.dtype} "
+                            f"(raw pixels? use classify() or predict(..., raw=True))")
+    x = _check_shape(x, sample_shape(meta), "images")
+    if check_finite:
+        _check_finite(x)
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def raw_to_graph_input(images, meta: ModelMetadata, check_finite: bool = True) -> np.ndarray:
+    """Raw images (uint8 NHWC 0..255 or float NCHW in [0, 1]) → the graph's input, per the metadata."""
+    x = to_numpy(images)
+    c, h, w = meta.input_size
+    baked = meta.preprocess == "baked"
+    if x.dtype == np.uint8:
+        x = _check_shape(x, (h, w, c), "raw uint8 images (N, H, W, C)")
+        if baked:
+            return np.ascontiguousarray(x)
+        unit = x.transpose(0, 3, 1, 2).astype(np.float32) / np.float32(255)
+    elif np.issubdtype(x.dtype, np.floating):
+        unit = _check_shape(x, (c, h, w), "raw float images (N, C, H, W)").astype(np.float32)
+        if check_finite or baked:  # NaN has no pixel value: a baked graph cannot take it at all
+            _check_finite(unit)
+        _check_unit_range(unit)
+        if baked:
+            return np.ascontiguousarray(np.rint(np.clip(unit, 0, 1) * 255).astype(np.uint8).transpose(0, 2, 3, 1))
+    else:
+        raise TmdeployError(f"expected raw images as uint8 pixels or floats in [0, 1], got {x.dtype}")
+    mean = np.asarray(meta.mean, np.float32).reshape(1, -1, 1, 1)
+    std = np.asarray(meta.std, np.float32).reshape(1, -1, 1, 1)
+    return np.ascontiguousarray((unit - mean) / std, dtype=np.float32)
+
+
+def _batch_shape(sample) -> str:
+    return "(" + ", ".join(["N", *map(str, sample)]) + ")"
+
+
+def _check_shape(x: np.ndarray, sample: tuple[int, ...], what: str) -> np.ndarray:
+    if x.ndim != len(sample) + 1 or tuple(x.shape[1:]) != tuple(sample):
+        hint = " (one image? add a batch axis: images[None])" if x.ndim == len(sample) else ""
+        raise TmdeployError(f"expected {what} of shape {_batch_shape(sample)}, got {tuple(x.shape)}{hint}")
+    if len(x) == 0:
+        raise TmdeployError("expected at least one image, got an empty batch")
+    return x
+
+
+def _check_finite(x: np.ndarray) -> None:
+    bad = np.flatnonzero(~np.isfinite(x.reshape(len(x), -1)).all(axis=1))
+    if bad.size:
+        rows = ", ".join(map(str, bad[:10])) + (", ..." if bad.size > 10 else "")
+        raise TmdeployError(f"images contain NaN or Inf in {bad.size} row(s) ({rows}); "
+                            f"fix them, or pass check_finite=False to get NaN logits for those rows")
+
+
+def _check_unit_range(x: np.ndarray) -> None:
+    finite = x[np.isfinite(x)]
+    if finite.size and (finite.min() < -_RANGE_TOLERANCE or finite.max() > 1 + _RANGE_TOLERANCE):
+        raise TmdeployError(f"raw float images must be in [0, 1], got values in [{finite.min():.4g}, "
+                            f"{finite.max():.4g}] (0..255 pixels? pass them as uint8; already normalized? "
+                            f"use predict() without raw)")

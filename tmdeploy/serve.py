@@ -1,0 +1,114 @@
+"""Serve a model with a real Triton Inference Server through PyTriton, our Predictor behind it.
+
+Triton does the HTTP/gRPC endpoints and the dynamic batching; PyTriton hands each batch to a Python
+function that runs ``runtime.Predictor`` (onnxruntime, or TensorRT for a ``.plan``). Ports: HTTP on
+``port``, gRPC on ``port + 1``, metrics on ``port + 2`` unless given.
+
+Two facts of nvidia-pytriton 0.7 this module works around or checks (both measured):
+- its Python backend stub loads ``libpython3.X.so`` through the system library path, which can find
+  another build of the same Python; the running interpreter's LIBDIR goes first on LD_LIBRARY_PATH;
+- it needs numpy < 2 (its own requirement): with numpy 2 the server answers with empty outputs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sysconfig
+from pathlib import Path
+
+import numpy as np
+
+from tmdeploy import runtime
+from tmdeploy.engines.triton import check_batching, model_name, model_signature
+from tmdeploy.errors import TmdeployError, UsageError
+
+INSTALL_HINT = 'pip install "tmdeploy[serve]" (nvidia-pytriton)'
+
+
+def library_path_with(libdir: str, current: str | None) -> str:
+    """``current`` LD_LIBRARY_PATH with ``libdir`` first (once)."""
+    rest = [p for p in (current or "").split(os.pathsep) if p and p != libdir]
+    return os.pathsep.join([libdir, *rest])
+
+
+def _check_ports(*ports: int) -> None:
+    for port in ports:
+        if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+            raise UsageError(f"port {port!r}: expected an integer in 1..65535")
+
+
+def _import_pytriton():
+    try:
+        from pytriton import triton  # noqa: F401  (the import is the check)
+    except ImportError as err:
+        raise TmdeployError(f"serving needs nvidia-pytriton ({err}): {INSTALL_HINT}") from None
+    if int(np.__version__.split(".")[0]) >= 2:
+        raise TmdeployError(f"nvidia-pytriton needs numpy<2 (its Triton backend returns empty outputs with numpy "
+                            f"{np.__version__}): pip install 'numpy<2'")
+
+
+def _infer_function(predictor: runtime.Predictor):
+    from pytriton.decorators import batch
+
+    @batch
+    def infer(**inputs):
+        (images,) = inputs.values()
+        # one bad image must not fail the requests batched with it: NaN in, NaN out for that row only
+        return predictor.run(images, check_finite=False)
+
+    return infer
+
+
+@contextlib.contextmanager
+def running(model_path, *, host: str = "127.0.0.1", port: int = 8000, grpc_port: int | None = None,
+            metrics_port: int | None = None, max_batch: int = 64, max_queue_delay_us: int = 100,
+            name: str | None = None, providers=None):
+    """Start Triton with the model bound and ready; yields the ``pytriton.triton.Triton``; stops it on exit."""
+    grpc_port = port + 1 if grpc_port is None else grpc_port
+    metrics_port = port + 2 if metrics_port is None else metrics_port
+    _check_ports(port, grpc_port, metrics_port)
+    model_path = Path(model_path)
+    name = model_name(model_path, name)
+    sig = model_signature(model_path)
+    check_batching(max_batch, None, max_queue_delay_us, 1, sig.batch_range)
+    _import_pytriton()
+    from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
+    from pytriton.triton import Triton, TritonConfig
+
+    predictor = runtime.load(model_path, providers=providers)
+    os.environ["LD_LIBRARY_PATH"] = library_path_with(sysconfig.get_config_var("LIBDIR"),
+                                                      os.environ.get("LD_LIBRARY_PATH"))
+    config = TritonConfig(http_address=host, http_port=port, grpc_address=host, grpc_port=grpc_port,
+                          metrics_address=host, metrics_port=metrics_port)
+
+    def tensors(specs):
+        return [Tensor(name=s.name, dtype=np.dtype(s.dtype), shape=s.dims) for s in specs]
+
+    with predictor, Triton(config=config) as triton:
+        triton.bind(
+            model_name=name, infer_func=_infer_function(predictor),
+            inputs=tensors(sig.inputs), outputs=tensors(sig.outputs),
+            config=ModelConfig(max_batch_size=max_batch,
+                               batcher=DynamicBatcher(max_queue_delay_microseconds=max_queue_delay_us)),
+            strict=True,
+        )
+        yield triton
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def serve(model_path, **options) -> None:
+    """Serve until SIGINT (Ctrl-C) or SIGTERM (how service managers stop), then stop Triton cleanly.
+
+    ``options`` as for ``running``. Call from the main thread (it installs the SIGTERM handler).
+    """
+    signal.signal(signal.SIGTERM, _interrupt)
+    with running(model_path, **options) as triton:
+        host, port = options.get("host", "127.0.0.1"), options.get("port", 8000)
+        print(f"serving {model_name(model_path, options.get('name'))} at http://{host}:{port} "
+              f"(Triton HTTP/gRPC, dynamic batching); Ctrl-C or SIGTERM stops", flush=True)
+        triton.serve()
