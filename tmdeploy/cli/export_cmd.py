@@ -20,10 +20,18 @@ def register(sub) -> None:
     p.add_argument("--patch-logits", action="store_true", help="add the per-patch class map as a second output")
     p.add_argument("--bake-preprocess", action="store_true",
                    help="graph takes uint8 N×H×W×C pixels and scales/normalizes inside")
+    trt = p.add_argument_group("TensorRT (--format trt) and Triton (--format triton)")
+    trt.add_argument("--batch", default="1,32,256", help="optimization profile MIN,OPT,MAX (default 1,32,256)")
+    trt.add_argument("--workspace-mib", type=int, default=None, help="TensorRT workspace limit in MiB")
+    trt.add_argument("--timing-cache", type=Path, default=None, help="TensorRT timing cache file, reused across builds")
+    trt.add_argument("--force", action="store_true", help="rebuild the engine even if an identical one exists")
+    trt.add_argument("--triton-model", default="trt", choices=("onnx", "trt"),
+                     help="what the Triton repository serves (default trt: an engine built here)")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
+    from tmdeploy.engines import parse_batch
     from tmdeploy.errors import UsageError
     from tmdeploy.export import ExportOptions, export_onnx
 
@@ -32,8 +40,23 @@ def run(args) -> int:
     options = ExportOptions(opset=args.opset, tm_form=args.tm_form, patch_logits=args.patch_logits,
                             bake_preprocess=args.bake_preprocess)
     options.validate()  # before the (slow) checkpoint load, so a bad option fails at once
+    batch = parse_batch(args.batch) if args.format != "onnx" else None
     ckpt = load_checkpoint(args)
     onnx_out = args.out if args.format == "onnx" else None
     path = export_onnx(ckpt, onnx_out, options)
     print(f"wrote {path}")
+    if args.format == "trt" or (args.format == "triton" and args.triton_model == "trt"):
+        from tmdeploy.engines.tensorrt import build_engine
+
+        # The ONNX file is already written: without TensorRT the user keeps it and gets one clear error.
+        engine_out = args.out if args.format == "trt" else None
+        path = build_engine(path, engine_out, batch=batch, workspace_mib=args.workspace_mib,
+                            timing_cache=args.timing_cache, force=args.force)
+        print(f"wrote {path} (+ {path.name}.json sidecar)")
+    if args.format == "triton":
+        from tmdeploy.engines.triton import write_model_repository
+
+        repo = args.out or args.checkpoint.parent / "model_repository"
+        model_dir = write_model_repository(path, repo, max_batch_size=batch.max)
+        print(f"wrote Triton model repository {model_dir}")
     return 0
