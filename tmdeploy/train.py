@@ -108,7 +108,7 @@ def train(config: TrainConfig, out: Path | None = None, show_progress: bool = Tr
                 optimizer.step()
                 schedule.step()
                 seen += len(labels)
-                loss_sum += float(loss) * len(labels)
+                loss_sum += float(loss.detach()) * len(labels)
                 progress.update(task, advance=1, status=f"loss {loss_sum / seen:.4f}")
             accuracy = evaluate(model, split.test, split.mean, split.std)
             record = {"epoch": epoch, "train_loss": loss_sum / seen, "test_accuracy": accuracy,

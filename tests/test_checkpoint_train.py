@@ -1,0 +1,73 @@
+"""Checkpoints round-trip and load safely; training on digits really learns."""
+
+import json
+
+import pytest
+import torch
+
+from tmdeploy import checkpoint, models
+from tmdeploy.errors import TmdeployError, UsageError
+
+
+def _card(model):
+    return checkpoint.card_for(model, [f"c{i}" for i in range(10)], [0.25], [0.5])
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
+def test_round_trip_keeps_weights_and_card(tmp_path, suffix):
+    torch.manual_seed(0)
+    model = models.create("rn26-cls", num_classes=10, in_chans=1).eval()
+    path = checkpoint.save(tmp_path / f"m{suffix}", model, _card(model))
+    loaded = checkpoint.load(path)
+    assert loaded.card.arch == "rn26-cls"
+    assert loaded.card.class_names == [f"c{i}" for i in range(10)]
+    assert loaded.card.input_size == (1, 32, 32)
+    assert loaded.card.mean == [0.25] and loaded.card.std == [0.5]
+    rebuilt = loaded.build_model()
+    x = torch.randn(3, 1, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(rebuilt(x), model(x))
+    assert len(loaded.sha256) == 64
+
+
+def test_every_written_checkpoint_opens_with_weights_only(tmp_path):
+    model = models.create("rn26-tm", num_classes=10, in_chans=1)
+    path = checkpoint.save(tmp_path / "m.pt", model, _card(model))
+    payload = torch.load(path, weights_only=True)
+    assert payload["format"] == checkpoint.FORMAT and payload["arch"] == "rn26-tm"
+    assert set(payload["state_dict"]) == set(model.state_dict())
+
+
+def test_bare_state_dict_needs_arch(tmp_path):
+    model = models.create("rn26", num_classes=7, in_chans=3)
+    torch.save(model.state_dict(), tmp_path / "bare.pt")
+    with pytest.raises(UsageError, match="--arch"):
+        checkpoint.load(tmp_path / "bare.pt")
+    loaded = checkpoint.load(tmp_path / "bare.pt", arch="rn26")
+    assert loaded.card.num_classes == 7 and loaded.card.input_size[0] == 3
+    loaded.build_model()
+
+
+def test_shape_mismatch_names_the_tensor(tmp_path):
+    model = models.create("rn26", num_classes=10, in_chans=3)
+    torch.save(model.state_dict(), tmp_path / "bare.pt")
+    ckpt = checkpoint.load(tmp_path / "bare.pt", arch="rn26", num_classes=5)
+    with pytest.raises(TmdeployError, match=r"tensor 'head\.fc\.weight' has shape \(10, 256\)"):
+        ckpt.build_model()
+
+
+def test_nan_weights_are_refused_with_their_name():
+    model = models.create("rn26-tm", num_classes=10, in_chans=1)
+    state = model.state_dict()
+    state["stages.0.0.tm.values.weight"][0, 0, 0, 0] = float("nan")
+    with pytest.raises(TmdeployError, match=r"stages\.0\.0\.tm\.values\.weight"):
+        checkpoint.check_finite(state)
+
+
+@pytest.mark.slow
+def test_training_on_digits_reaches_90_percent(trained, tmp_path):
+    ckpt, result = trained("rn26-cls")
+    assert result.accuracy >= 0.90, result.history
+    assert [h["epoch"] for h in result.history] == [1, 2, 3]
+    assert ckpt.card.extra["train"]["seed"] == 0
+    assert json.loads(json.dumps(ckpt.card.extra))  # the training record is plain data

@@ -1,0 +1,72 @@
+"""The whole pipeline on built-in data: train on digits, export, prove parity, benchmark, summarize.
+
+This is what `tmdeploy demo` runs on a fresh machine, and what CI runs after installing.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from tmdeploy import checkpoint
+from tmdeploy.export import ExportOptions, export_onnx
+from tmdeploy.fileio import atomic_write
+from tmdeploy.train import TrainConfig, train
+from tmdeploy.verify import CheckOptions, check, write_report
+
+
+def run_demo(out_dir: Path, arch: str = "rn26-cls", epochs: int = 3, seed: int = 0,
+             show_progress: bool = True) -> dict:
+    """Run every stage into ``out_dir`` and return the summary (also written as summary.json)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    steps: dict[str, float] = {}
+
+    def step(name):
+        steps[name] = time.perf_counter()
+        print(f"[demo] {name}")
+
+    step("train")
+    ckpt_path = out_dir / "ckpt.pt"
+    result = train(TrainConfig(arch=arch, data="digits", epochs=epochs, seed=seed), out=ckpt_path,
+                   show_progress=show_progress)
+    ckpt = checkpoint.load(ckpt_path)
+
+    step("export")
+    onnx_path = export_onnx(ckpt, out_dir / "model.onnx", ExportOptions())
+    baked_path = export_onnx(ckpt, out_dir / "model_uint8.onnx", ExportOptions(bake_preprocess=True))
+
+    step("check")
+    report = check(ckpt, onnx_path, CheckOptions(data="digits", save_inputs=out_dir / "inputs.json",
+                                                 save_outputs=out_dir / "reference_outputs.json"))
+    write_report(report, out_dir, onnx_path.stem)
+    baked_report = check(ckpt, baked_path, CheckOptions(data="digits"))
+    write_report(baked_report, out_dir, baked_path.stem)
+
+    summary = {
+        "arch": arch, "epochs": epochs, "held_out_top1": result.accuracy,
+        "checkpoint": str(ckpt_path), "onnx": str(onnx_path), "onnx_uint8": str(baked_path),
+        "parity": {p.onnx: {"passed": p.passed, "max_abs_error": p.outputs["logits"]["max_abs_error"],
+                            "top1_agreement": p.outputs["logits"]["top1_agreement"]}
+                   for p in (report, baked_report)},
+        "polygraphy_recheck": (f"polygraphy run {onnx_path} --onnxrt --load-inputs {out_dir / 'inputs.json'} "
+                               f"--load-outputs {out_dir / 'reference_outputs.json'} --atol 1e-4 --rtol 1e-3"),
+    }
+    names = list(steps)
+    summary["seconds"] = {n: round((steps[names[i + 1]] if i + 1 < len(names) else time.perf_counter()) - steps[n], 1)
+                          for i, n in enumerate(names)}
+    summary["passed"] = all(v["passed"] for v in summary["parity"].values())
+    atomic_write(out_dir / "summary.json", lambda tmp: tmp.write_text(json.dumps(summary, indent=2)))
+    return summary
+
+
+def format_summary(summary: dict) -> str:
+    lines = [f"tmdeploy demo: {summary['arch']} on digits, {summary['epochs']} epochs, "
+             f"held-out top-1 {summary['held_out_top1']:.2%}"]
+    for path, p in summary["parity"].items():
+        lines.append(f"  {Path(path).name}: parity {'PASS' if p['passed'] else 'FAIL'}, "
+                     f"max abs error {p['max_abs_error']:.2e}, top-1 agreement {p['top1_agreement']:.2%}")
+    lines.append("  time: " + ", ".join(f"{k} {v}s" for k, v in summary["seconds"].items()))
+    lines.append(f"  re-check without tmdeploy: {summary['polygraphy_recheck']}")
+    return "\n".join(lines)
