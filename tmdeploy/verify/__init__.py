@@ -14,7 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from polygraphy.comparator import Comparator, CompareFunc, RunResults
+from polygraphy.comparator import Comparator, RunResults
+from polygraphy.comparator.compare import SimpleCompareFunc
 from polygraphy.common import TensorMetadata
 from polygraphy.json import save_json
 from polygraphy.logger import G_LOGGER
@@ -178,7 +179,7 @@ def _elementwise_verdict(results: RunResults, tol: Tolerance, names) -> dict[str
     if not tol.elementwise:
         return {name: True for name in names}
     accuracy = Comparator.compare_accuracy(
-        results, compare_func=CompareFunc.simple(atol=tol.atol, rtol=tol.rtol, check_shapes=True))
+        results, compare_func=SimpleCompareFunc(atol=tol.atol, rtol=tol.rtol, check_shapes=True))
     iterations = [it for result in accuracy for per_pair in result.values() for it in per_pair]
     return {name: all(bool(it[name]) for it in iterations) for name in names}
 
