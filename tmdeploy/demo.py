@@ -16,9 +16,12 @@ from tmdeploy.train import TrainConfig, train
 from tmdeploy.verify import CheckOptions, check, write_report
 
 
-def run_demo(out_dir: Path, arch: str = "rn26-cls", epochs: int = 3, seed: int = 0,
+def run_demo(out_dir: Path, arch: str = "rn26-cls", epochs: int = 3, image_size: int = 16, seed: int = 0,
              show_progress: bool = True) -> dict:
-    """Run every stage into ``out_dir`` and return the summary (also written as summary.json)."""
+    """Run every stage into ``out_dir`` and return the summary (also written as summary.json).
+
+    Digits are 8×8 images, so 16×16 loses nothing and trains in a quarter of the 32×32 time.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     steps: dict[str, float] = {}
@@ -29,7 +32,7 @@ def run_demo(out_dir: Path, arch: str = "rn26-cls", epochs: int = 3, seed: int =
 
     step("train")
     ckpt_path = out_dir / "ckpt.pt"
-    result = train(TrainConfig(arch=arch, data="digits", epochs=epochs, seed=seed), out=ckpt_path,
+    result = train(TrainConfig(arch=arch, data="digits", epochs=epochs, image_size=image_size, seed=seed), out=ckpt_path,
                    show_progress=show_progress)
     ckpt = checkpoint.load(ckpt_path)
 
@@ -45,7 +48,7 @@ def run_demo(out_dir: Path, arch: str = "rn26-cls", epochs: int = 3, seed: int =
     write_report(baked_report, out_dir, baked_path.stem)
 
     summary = {
-        "arch": arch, "epochs": epochs, "held_out_top1": result.accuracy,
+        "arch": arch, "epochs": epochs, "image_size": image_size, "held_out_top1": result.accuracy,
         "checkpoint": str(ckpt_path), "onnx": str(onnx_path), "onnx_uint8": str(baked_path),
         "parity": {p.onnx: {"passed": p.passed, "max_abs_error": p.outputs["logits"]["max_abs_error"],
                             "top1_agreement": p.outputs["logits"]["top1_agreement"]}

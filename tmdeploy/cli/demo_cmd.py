@@ -8,6 +8,7 @@ def register(sub) -> None:
     p.add_argument("--out-dir", type=Path, default=Path("runs/demo"), help="where to write (default runs/demo)")
     p.add_argument("--arch", default="rn26-cls")
     p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--image-size", type=int, default=16, help="digits are 8×8; 16 loses nothing (default 16)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=run)
 
@@ -15,6 +16,6 @@ def register(sub) -> None:
 def run(args) -> int:
     from tmdeploy.demo import format_summary, run_demo
 
-    summary = run_demo(args.out_dir, arch=args.arch, epochs=args.epochs, seed=args.seed)
+    summary = run_demo(args.out_dir, arch=args.arch, epochs=args.epochs, image_size=args.image_size, seed=args.seed)
     print(format_summary(summary))
     return 0 if summary["passed"] else 1
