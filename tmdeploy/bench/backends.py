@@ -1,0 +1,260 @@
+"""The backends a checkpoint is benchmarked on, each built into a Session with one small interface.
+
+A Session's ``bind(x)`` places a batch where the backend reads it (host array, device tensor, IO binding)
+and returns the call to time, so no copy or conversion is timed that a deployed service would not make;
+``fetch(output)`` brings that call's logits to the host as float32, for accuracy.
+
+Lower precisions come from one call, :func:`tmdeploy.export.precision.lower_precision`, on the FP32 graph
+that ``tmdeploy export`` writes; the CUDA-only pieces live in :mod:`tmdeploy.bench.cuda`.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import warnings
+from dataclasses import dataclass, field, replace
+from functools import partial
+from pathlib import Path
+from typing import Callable, Protocol
+
+import numpy as np
+
+from tmdeploy.checkpoint import Checkpoint
+from tmdeploy.errors import TmdeployError
+
+BASELINE = "pytorch"
+
+
+class Skip(Exception):
+    """This backend cannot run here (no GPU, no TensorRT, ...): a note in the results, not a failure."""
+
+
+class Session(Protocol):
+    def bind(self, x: np.ndarray) -> Callable[[], object]: ...
+
+    def fetch(self, output) -> np.ndarray: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass
+class Context:
+    """What every backend builds from; the ONNX graphs are made once and shared between backends."""
+
+    ckpt: Checkpoint
+    device: str
+    batches: tuple[int, ...]
+    calib_data: str = "digits"
+    compile_backend: str = "inductor"
+    threads: int | None = None  # onnxruntime intra-op threads (PyTorch's are set by the caller); None: default
+    _graphs: dict = field(default_factory=dict)
+    _tmp: tempfile.TemporaryDirectory | None = None
+
+    @property
+    def workdir(self) -> Path:
+        """A scratch folder for files a runtime reads from disk (TensorRT engines), made on first use."""
+        if self._tmp is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="tmdeploy-bench-")
+        return Path(self._tmp.name)
+
+    def close(self) -> None:
+        if self._tmp is not None:
+            self._tmp.cleanup()
+
+    def onnx(self, precision: str = "fp32", int8_target: str | None = None):
+        """The exported graph in ``precision`` (``int8_target``: whose INT8 recipe), exported or lowered once."""
+        key = (precision, int8_target)
+        if key not in self._graphs:
+            self._graphs[key] = self._export() if precision == "fp32" else self._lower(precision, int8_target)
+        return self._graphs[key]
+
+    def _export(self):
+        from tmdeploy.export import ExportOptions, to_model_proto
+
+        return to_model_proto(self.ckpt, ExportOptions())
+
+    def _lower(self, precision: str, int8_target: str | None):
+        from tmdeploy.export.metadata import ModelMetadata, props, write
+        from tmdeploy.export.precision import lower_precision
+
+        fp32 = self.onnx("fp32")
+        meta = ModelMetadata.from_props(props(fp32))
+        target = {"int8_target": int8_target} if int8_target else {}
+        with warnings.catch_warnings():  # one line per FP16-truncated weight: noise in a benchmark's output
+            warnings.filterwarnings("ignore", message="the float32 number", module="onnxconverter_common")
+            lowered = lower_precision(fp32, precision, meta=meta, calib_data=self.calib_data, show_progress=False,
+                                      **target)
+        write(lowered, replace(meta, precision=precision))  # TensorRT 10 takes its builder flags from it
+        return lowered
+
+
+# ---- sessions ---------------------------------------------------------------------------------------
+
+
+class TorchSession:
+    def __init__(self, module, device: str) -> None:
+        self.module, self.device = module, device
+
+    def bind(self, x: np.ndarray) -> Callable[[], object]:
+        import torch
+
+        xt = torch.from_numpy(x).to(self.device)
+
+        def call():
+            with torch.inference_mode():
+                return self.module(xt)
+
+        return call
+
+    def fetch(self, output) -> np.ndarray:
+        return output.float().cpu().numpy()
+
+    def close(self) -> None:
+        pass
+
+
+class OrtSession:
+    """An onnxruntime session on the CPU: feeds are host arrays in the graph's input dtype."""
+
+    def __init__(self, proto, providers: list[str], threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(proto.SerializeToString(), options, providers=providers)
+        graph_input = self.session.get_inputs()[0]
+        self.input_name = graph_input.name
+        self.input_dtype = np.float16 if graph_input.type == "tensor(float16)" else np.float32
+        self.output_name = self.session.get_outputs()[0].name
+
+    def bind(self, x: np.ndarray) -> Callable[[], object]:
+        feed = {self.input_name: np.ascontiguousarray(x, dtype=self.input_dtype)}
+        return lambda: self.session.run([self.output_name], feed)[0]
+
+    def fetch(self, output) -> np.ndarray:
+        return np.asarray(output, dtype=np.float32)
+
+    def close(self) -> None:
+        pass
+
+
+class TrtSession:
+    """A TensorRT engine run by polygraphy's TrtRunner; inputs and outputs stay on the GPU."""
+
+    def __init__(self, proto, ctx: Context, name: str) -> None:
+        import onnx
+
+        from tmdeploy.engines.profiles import BatchProfile
+        from tmdeploy.engines.tensorrt import INPUT_NAME, build_engine, open_engine
+
+        onnx_path = ctx.workdir / f"{name}.onnx"
+        onnx.save(proto, str(onnx_path))
+        profile = BatchProfile(min(ctx.batches), max(ctx.batches), max(ctx.batches))
+        self.runner, _ = open_engine(build_engine(onnx_path, batch=profile))
+        self.input_name = INPUT_NAME
+
+    def bind(self, x: np.ndarray) -> Callable[[], object]:
+        import torch
+
+        xt = torch.from_numpy(x).cuda()
+        return lambda: self.runner.infer({self.input_name: xt}, copy_outputs_to_host=False)["logits"]
+
+    def fetch(self, output) -> np.ndarray:
+        host = output.cpu() if hasattr(output, "cpu") else output.numpy()  # torch tensor or polygraphy DeviceView
+        return np.asarray(host, dtype=np.float32)
+
+    def close(self) -> None:
+        self.runner.deactivate()
+
+
+# ---- builders ---------------------------------------------------------------------------------------
+
+
+def _module(ctx: Context):
+    return ctx.ckpt.build_model().float().to(ctx.device)
+
+
+def _eager(ctx: Context) -> Session:
+    return TorchSession(_module(ctx), ctx.device)
+
+
+def _compiled(ctx: Context) -> Session:
+    import torch
+
+    # One static graph per batch size, as a server with fixed batch sizes would compile; a backend that
+    # fails usually fails at the first call, which the timing loop records.
+    return TorchSession(torch.compile(_module(ctx), backend=ctx.compile_backend, dynamic=False), ctx.device)
+
+
+def _cuda_graph(ctx: Context) -> Session:
+    from tmdeploy.bench.cuda import CudaGraphSession
+
+    return CudaGraphSession(_module(ctx))
+
+
+def _ort(precision: str, int8_target: str | None, ctx: Context) -> Session:
+    proto = ctx.onnx(precision, int8_target)
+    if ctx.device == "cuda":
+        from tmdeploy.bench.cuda import OrtIoBindingSession, cuda_providers
+
+        return OrtIoBindingSession(proto, cuda_providers())
+    return OrtSession(proto, ["CPUExecutionProvider"], ctx.threads)
+
+
+def _trt(precision: str, ctx: Context) -> Session:
+    from tmdeploy.engines.tensorrt import import_tensorrt
+
+    if ctx.device != "cuda":
+        raise Skip("TensorRT runs on NVIDIA GPUs: use --device cuda")
+    try:
+        import_tensorrt()
+    except TmdeployError as err:
+        raise Skip(str(err)) from None
+    return TrtSession(ctx.onnx(precision, "tensorrt" if precision == "int8" else None), ctx, f"trt-{precision}")
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str
+    label: str
+    precision: str
+    build: Callable[[Context], Session]
+    cuda_only: bool = False
+
+
+BACKENDS = (
+    Backend(BASELINE, "PyTorch eager", "fp32", _eager),
+    Backend("torch-compile", "torch.compile", "fp32", _compiled),
+    Backend("pytorch-cuda-graph", "PyTorch CUDA graph", "fp32", _cuda_graph, cuda_only=True),
+    Backend("ort-fp32", "ONNX Runtime FP32", "fp32", partial(_ort, "fp32", None)),
+    Backend("ort-fp16", "ONNX Runtime FP16", "fp16", partial(_ort, "fp16", None)),
+    Backend("ort-int8", "ONNX Runtime INT8 (onnxruntime recipe)", "int8", partial(_ort, "int8", "onnxruntime")),
+    Backend("ort-int8-trt", "ONNX Runtime INT8 (TensorRT recipe)", "int8", partial(_ort, "int8", "tensorrt")),
+    Backend("trt-fp32", "TensorRT FP32", "fp32", partial(_trt, "fp32")),
+    Backend("trt-fp16", "TensorRT FP16", "fp16", partial(_trt, "fp16")),
+    Backend("trt-int8", "TensorRT INT8", "int8", partial(_trt, "int8")),
+)
+NAMES = tuple(b.name for b in BACKENDS)
+
+
+def default_names(device: str) -> tuple[str, ...]:
+    """Every backend that can run on ``device`` (TensorRT included: without it, its note says why)."""
+    return tuple(b.name for b in BACKENDS if device == "cuda" or not b.cuda_only)
+
+
+def by_name(name: str) -> Backend:
+    return next(b for b in BACKENDS if b.name == name)
+
+
+def predict_all(session: Session, images: np.ndarray, chunk: int) -> np.ndarray:
+    """Logits for every image, in batches of exactly ``chunk`` (the last one padded with its final image)
+    so compiled graphs and engine profiles see only a batch size they were benchmarked with."""
+    logits = []
+    for start in range(0, len(images), chunk):
+        part = images[start:start + chunk]
+        n = len(part)
+        if n < chunk:
+            part = np.concatenate([part, np.repeat(part[-1:], chunk - n, axis=0)])
+        logits.append(session.fetch(session.bind(part)())[:n])
+    return np.concatenate(logits)

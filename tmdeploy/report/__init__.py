@@ -1,0 +1,35 @@
+"""Report stage: a bench result as files a person reads — ``bench.json``, ``bench.md`` and PNG plots.
+
+Everything here works on the result's plain dict (``BenchResult.to_dict()`` or a loaded ``bench.json``),
+so a report can be rewritten from an old run without re-running it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tmdeploy.fileio import atomic_write
+from tmdeploy.report.markdown import to_markdown
+from tmdeploy.report.plots import accuracy_plot, latency_plot
+
+__all__ = ["to_markdown", "write_report"]
+
+
+def _as_dict(result) -> dict:
+    return result if isinstance(result, dict) else result.to_dict()
+
+
+def write_report(result, directory) -> dict[str, Path]:
+    """Write every report file into ``directory``; returns them by kind. Plots without data are left out."""
+    result = _as_dict(result)
+    directory = Path(directory)
+    paths = {"json": directory / "bench.json", "markdown": directory / "bench.md"}
+    atomic_write(paths["json"], lambda tmp: tmp.write_text(json.dumps(result, indent=2) + "\n"))
+    atomic_write(paths["markdown"], lambda tmp: tmp.write_text(to_markdown(result)))
+    for kind, plot in (("latency", latency_plot), ("accuracy", accuracy_plot)):
+        figure = plot(result)
+        if figure is not None:
+            paths[kind] = directory / f"{kind}.png"
+            atomic_write(paths[kind], lambda tmp, figure=figure: figure.savefig(tmp, format="png", dpi=120))
+    return paths
