@@ -10,8 +10,11 @@ import time
 from pathlib import Path
 
 from tmdeploy import checkpoint
+from tmdeploy.bench import BenchOptions
+from tmdeploy.bench import run as run_bench
 from tmdeploy.export import ExportOptions, export_onnx
 from tmdeploy.fileio import atomic_write
+from tmdeploy.report import write_report as write_bench_report
 from tmdeploy.train import TrainConfig, train
 from tmdeploy.verify import CheckOptions, check, write_report
 
@@ -47,12 +50,23 @@ def run_demo(out_dir: Path, arch: str = "rn26-cls", epochs: int = 3, image_size:
     baked_report = check(ckpt, baked_path, CheckOptions(data="digits"))
     write_report(baked_report, out_dir, baked_path.stem)
 
+    step("bench")
+    bench = run_bench(ckpt, BenchOptions(batches=(1, 32), backends=("pytorch", "ort-fp32"), min_time=1.0,
+                                         show_progress=show_progress))
+    write_bench_report(bench, out_dir / "bench")
+    speed = {}
+    for backend in ("pytorch", "ort-fp32"):
+        result = bench.backend(backend)
+        speed[backend] = {str(row["batch"]): {"p50_ms": row["p50_ms"], "speedup": row.get("speedup")}
+                          for row in result.latency}
+
     summary = {
         "arch": arch, "epochs": epochs, "image_size": image_size, "held_out_top1": result.accuracy,
         "checkpoint": str(ckpt_path), "onnx": str(onnx_path), "onnx_uint8": str(baked_path),
         "parity": {p.onnx: {"passed": p.passed, "max_abs_error": p.outputs["logits"]["max_abs_error"],
                             "top1_agreement": p.outputs["logits"]["top1_agreement"]}
                    for p in (report, baked_report)},
+        "latency": speed, "bench_report": str(out_dir / "bench" / "bench.md"),
         "polygraphy_recheck": (f"polygraphy run {onnx_path} --onnxrt --load-inputs {out_dir / 'inputs.json'} "
                                f"--load-outputs {out_dir / 'reference_outputs.json'} --atol 1e-4 --rtol 1e-3"),
     }
@@ -70,6 +84,11 @@ def format_summary(summary: dict) -> str:
     for path, p in summary["parity"].items():
         lines.append(f"  {Path(path).name}: parity {'PASS' if p['passed'] else 'FAIL'}, "
                      f"max abs error {p['max_abs_error']:.2e}, top-1 agreement {p['top1_agreement']:.2%}")
+    ort = summary["latency"].get("ort-fp32", {})
+    if ort:
+        lines.append("  onnxruntime vs PyTorch eager (p50): " + ", ".join(
+            f"batch {b}: {v['p50_ms']:.2f} ms, {v['speedup']:.2f}× eager" for b, v in ort.items()
+            if v.get("speedup") is not None) + f"  (report: {summary['bench_report']})")
     lines.append("  time: " + ", ".join(f"{k} {v}s" for k, v in summary["seconds"].items()))
     lines.append(f"  re-check without tmdeploy: {summary['polygraphy_recheck']}")
     return "\n".join(lines)
