@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import pickle
+import re
 import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -52,9 +53,19 @@ class Checkpoint:
     sha256: str | None = None
 
     def build_model(self) -> nn.Module:
-        """Rebuild the architecture and load the weights, naming the first tensor that does not fit."""
-        model = models.create(self.card.arch, **self.card.arch_kwargs)
-        expected = model.state_dict()
+        """Rebuild the architecture and load the weights, naming the first tensor that does not fit.
+
+        The architecture is first built on the meta device (shapes, no memory) and checked against the
+        weights, so options read from an untrusted file cannot make us allocate more than the file holds.
+        """
+        try:
+            with torch.device("meta"):
+                skeleton = models.create(self.card.arch, **self.card.arch_kwargs)
+        except Exception as err:  # the options come from the file: any failure means they do not build
+            detail = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
+            raise TmdeployError(f"checkpoint's architecture options {self.card.arch_kwargs!r:.200} do not build "
+                                f"{self.card.arch}: {detail}") from err
+        expected = skeleton.state_dict()
         for name, tensor in expected.items():
             if name not in self.state_dict:
                 raise TmdeployError(f"checkpoint does not fit {self.card.arch}: tensor '{name}' is missing")
@@ -67,7 +78,8 @@ class Checkpoint:
                 )
         unexpected = sorted(set(self.state_dict) - set(expected))
         if unexpected:
-            raise TmdeployError(f"checkpoint does not fit {self.card.arch}: unexpected tensor '{unexpected[0]}'")
+            raise TmdeployError(f"checkpoint does not fit {self.card.arch}: unexpected tensor '{unexpected[0][:100]}'")
+        model = models.create(self.card.arch, **self.card.arch_kwargs)
         model.load_state_dict(self.state_dict)
         return model.eval()
 
@@ -108,9 +120,13 @@ def load(path, arch: str | None = None, num_classes: int | None = None, in_chans
         raise TmdeployError(f"checkpoint not found: {path}")
     if path.is_dir():
         raise TmdeployError(f"checkpoint path is a directory, not a file: {path}")
-    if path.stat().st_size == 0:
-        raise TmdeployError(f"checkpoint is empty (0 bytes): {path}")
-    meta, state = _read_safetensors(path) if _is_safetensors(path) else _read_torch(path)
+    try:
+        if path.stat().st_size == 0:
+            raise TmdeployError(f"checkpoint is empty (0 bytes): {path}")
+        meta, state = _read_safetensors(path) if _is_safetensors(path) else _read_torch(path)
+    except OSError as err:  # unreadable (permissions, I/O error), or removed while we read it
+        raise TmdeployError(f"cannot read checkpoint {path}: {err.strerror or err}") from err
+    _check_state_dict(state, path)
     if meta is None:
         if arch is None:
             raise UsageError(f"{path} is a bare state_dict without tmdeploy metadata: name its architecture with --arch")
@@ -135,18 +151,36 @@ def _is_safetensors(path: Path) -> bool:
     return len(head) == 9 and head[8:9] == b"{"
 
 
+# What torch's weights-only unpickler says when the pickle names a callable it will not import (the
+# reason a pickle could run code), as opposed to a pickle that is merely malformed.
+_UNSAFE_PICKLE = re.compile(r"GLOBAL (?P<name>\S+?)(?: was not an allowed global| whose module \S+ is blocked)"
+                            r"|\S+ must be \S+ to load")
+
+
 def _read_torch(path: Path):
-    if not zipfile.is_zipfile(path):
+    try:
+        is_zip = zipfile.is_zipfile(path)
+    except zipfile.BadZipFile as err:  # is_zipfile itself raises on some damaged directories
+        raise TmdeployError(f"cannot read checkpoint {path}: file is truncated or corrupt ({err})") from err
+    if not is_zip:
+        with open(path, "rb") as f:
+            zip_head = f.read(4) == b"PK\x03\x04"
+        if zip_head:  # starts like a zip archive, but its directory at the end is missing: cut short
+            raise TmdeployError(f"cannot read checkpoint {path}: file is truncated or corrupt (no zip directory)")
         raise TmdeployError(f"{path} is not a PyTorch checkpoint (not a torch.save zip archive)")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else "unsupported object"
+        unsafe = _UNSAFE_PICKLE.search(str(err))
+        if unsafe is None:  # the weights-only unpickler also raises this for malformed pickles
+            raise TmdeployError(f"cannot read checkpoint {path}: file is truncated or corrupt "
+                                f"(its pickle is malformed)") from err
+        what = f"it calls {unsafe.group('name')}" if unsafe.group("name") else unsafe.group(0)[:160]
         raise TmdeployError(
             f"refusing to load {path}: it holds objects other than tensors and plain data, "
-            f"which could run code when unpickled ({first[:160]})"
+            f"which could run code when unpickled ({what})"
         ) from err
-    except (RuntimeError, EOFError, ValueError, OSError, zipfile.BadZipFile, KeyError, AttributeError) as err:
+    except Exception as err:  # weights_only: nothing ran, so any other failure is a damaged file
         raise TmdeployError(f"cannot read checkpoint {path}: file is truncated or corrupt ({type(err).__name__})") from err
     if not isinstance(obj, dict):
         raise TmdeployError(f"{path} holds a {type(obj).__name__}, not a checkpoint dict or state_dict")
@@ -163,6 +197,19 @@ def _read_torch(path: Path):
     return None, obj
 
 
+def _check_state_dict(state, path: Path) -> None:
+    """Weights must be a non-empty mapping of names to plain dense tensors, whatever the file claimed."""
+    if not isinstance(state, dict) or not state:
+        raise TmdeployError(f"{path}: the checkpoint holds no weights")
+    for name, tensor in state.items():
+        if not isinstance(name, str):
+            raise TmdeployError(f"{path}: weight names must be strings, got {type(name).__name__}")
+        if not isinstance(tensor, torch.Tensor):
+            raise TmdeployError(f"{path}: weight '{name[:100]}' is a {type(tensor).__name__}, not a tensor")
+        if tensor.layout != torch.strided or tensor.is_quantized or tensor.device.type != "cpu":
+            raise TmdeployError(f"{path}: weight '{name[:100]}' is not a dense tensor ({tensor.layout})")
+
+
 def _read_safetensors(path: Path):
     from safetensors import SafetensorError, safe_open
 
@@ -177,7 +224,7 @@ def _read_safetensors(path: Path):
         return None, state
     try:
         meta = json.loads(raw)
-    except json.JSONDecodeError as err:
+    except (ValueError, RecursionError) as err:  # JSONDecodeError is a ValueError; RecursionError: nested too deep
         raise TmdeployError(f"{path}: tmdeploy metadata in the safetensors header is not valid JSON") from err
     return meta, state
 
@@ -199,6 +246,11 @@ def _card_from_dict(meta: dict, path: Path) -> ModelCard:
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise TmdeployError(f"{path}: checkpoint format version {version!r} is newer than this tmdeploy supports")
     try:
+        for key in ("class_names", "input_size", "mean", "std"):
+            if not isinstance(meta[key], (list, tuple)):
+                raise TypeError(f"{key} is a {type(meta[key]).__name__}, not a list")
+        if not all(isinstance(c, (str, int)) and not isinstance(c, bool) for c in meta["class_names"]):
+            raise TypeError("class_names must be strings")
         card = ModelCard(
             arch=str(meta["arch"]),
             arch_kwargs=dict(meta.get("arch_kwargs") or {}),
@@ -208,8 +260,13 @@ def _card_from_dict(meta: dict, path: Path) -> ModelCard:
             std=[float(s) for s in meta["std"]],
             extra=dict(meta.get("extra") or {}),
         )
-    except (KeyError, TypeError, ValueError) as err:
-        raise TmdeployError(f"{path}: checkpoint metadata is incomplete or malformed ({type(err).__name__}: {err})") from err
+        if not all(isinstance(k, str) and (v is None or isinstance(v, (bool, int, float, str)))
+                   for k, v in card.arch_kwargs.items()):
+            raise TypeError("arch_kwargs must map option names to plain values")
+    except (KeyError, TypeError, ValueError, ArithmeticError) as err:  # ArithmeticError: int(inf), float(10**400)
+        detail = str(err).splitlines()[0][:160] if str(err) else ""
+        raise TmdeployError(
+            f"{path}: checkpoint metadata is incomplete or malformed ({type(err).__name__}: {detail})") from err
     if len(card.input_size) != 3 or min(card.input_size) < 1:
         raise TmdeployError(f"{path}: input_size must be three positive integers (C, H, W), got {card.input_size}")
     channels = card.input_size[0]
@@ -219,6 +276,11 @@ def _card_from_dict(meta: dict, path: Path) -> ModelCard:
         raise TmdeployError(f"{path}: std must be positive and finite, mean finite")
     if not card.class_names:
         raise TmdeployError(f"{path}: checkpoint has no class names")
+    for option, value in (("num_classes", card.num_classes), ("in_chans", channels)):
+        declared = card.arch_kwargs.get(option, value)
+        if declared != value:
+            raise TmdeployError(f"{path}: checkpoint metadata implies {option}={value}, but its architecture "
+                                f"options say {option}={declared!r:.50}")
     if card.arch not in models.list_models():
         raise TmdeployError(f"{path}: unknown architecture '{card.arch}'; choose one of: {', '.join(models.list_models())}")
     return card
@@ -231,7 +293,7 @@ def _bare_card(state: dict, arch: str, num_classes: int | None, in_chans: int | 
     if num_classes is None:
         num_classes = _infer_num_classes(state)
     if in_chans is None:
-        first_conv = next((t for t in state.values() if t.ndim == 4), None)
+        first_conv = next((t for t in state.values() if t.ndim == 4 and t.numel()), None)
         in_chans = int(first_conv.shape[1]) if first_conv is not None else 3
     return {
         "arch": arch,
@@ -245,7 +307,7 @@ def _bare_card(state: dict, arch: str, num_classes: int | None, in_chans: int | 
 
 
 def _infer_num_classes(state: dict) -> int:
-    last_linear = [t for k, t in state.items() if k.endswith(".weight") and t.ndim == 2]
+    last_linear = [t for k, t in state.items() if k.endswith(".weight") and t.ndim == 2 and t.numel()]
     if not last_linear:
         raise UsageError("cannot tell the number of classes from this state_dict: pass --num-classes")
     return int(last_linear[-1].shape[0])

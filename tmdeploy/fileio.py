@@ -21,13 +21,15 @@ def atomic_write(path: Path, write) -> None:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as err:
         raise TmdeployError(f"cannot write {path}: {err.strerror or err}") from err
-    os.close(fd)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; artifacts should get the usual mode
     try:
+        os.close(fd)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; artifacts should get the usual mode
         write(Path(tmp))
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError):  # disk full, file too large, I/O error, target is a directory, ...
+            raise TmdeployError(f"cannot write {path}: {err.strerror or err}") from err
         raise
 
 

@@ -93,6 +93,7 @@ def _load_onnx(path: Path, providers, device) -> "Predictor":
             raise TmdeployError(f"onnxruntime could not enable {', '.join(dropped)} for {path} (see its log above)")
     backend = _OrtBackend(session)
     _check_graph_input(path, meta, backend.input_shape, backend.input_type)
+    _check_graph_outputs(path, meta, {o.name: o.shape for o in session.get_outputs()})
     return Predictor(backend, meta, providers=session.get_providers())
 
 
@@ -113,6 +114,18 @@ def _check_graph_input(path: Path, meta: ModelMetadata, graph_shape, graph_type:
     if (tuple(graph_shape[1:]), graph_type) != expected:
         raise TmdeployError(f"{path}: the metadata describes input {_batch_shape(expected[0])} {expected[1]}, "
                             f"but the graph takes {list(graph_shape)} {graph_type}")
+
+
+def _check_graph_outputs(path: Path, meta: ModelMetadata, graph_outputs: dict) -> None:
+    """The outputs the metadata names must be the graph's, and ``logits`` must have one column per class name."""
+    missing = [name for name in meta.outputs if name not in graph_outputs]
+    if missing:
+        raise TmdeployError(f"{path}: the metadata names output(s) {', '.join(missing)}, but the graph has "
+                            f"{', '.join(graph_outputs) or 'none'}")
+    shape = graph_outputs["logits"] or []  # a dimension the graph leaves open is not checked
+    if len(shape) == 2 and isinstance(shape[1], int) and shape[1] != len(meta.class_names):
+        raise TmdeployError(f"{path}: the metadata names {len(meta.class_names)} classes, but the graph's logits "
+                            f"have shape {list(shape)}")
 
 
 class _OrtBackend:
@@ -190,7 +203,11 @@ def to_numpy(images) -> np.ndarray:
     """A numpy view of a numpy array, a torch tensor (detached, on the CPU) or a nested list."""
     if type(images).__module__.split(".")[0] == "torch":
         images = images.detach().cpu().numpy()
-    return np.asarray(images)
+    try:
+        return np.asarray(images)
+    except (ValueError, TypeError, OverflowError) as err:  # ragged nested lists, ints too large, ...
+        detail = str(err).splitlines()[0][:160] if str(err) else ""
+        raise TmdeployError(f"images are not an array ({type(err).__name__}: {detail})") from None
 
 
 def graph_input(images, meta: ModelMetadata, check_finite: bool = True) -> np.ndarray:
@@ -203,10 +220,11 @@ def graph_input(images, meta: ModelMetadata, check_finite: bool = True) -> np.nd
     if not np.issubdtype(x.dtype, np.floating):
         raise TmdeployError(f"expected normalized float images, got {x.dtype} "
                             f"(raw pixels? use classify() or predict(..., raw=True))")
-    x = _check_shape(x, sample_shape(meta), "images")
+    with np.errstate(over="ignore"):  # float64 beyond float32's range becomes Inf, which the check then names
+        x = np.ascontiguousarray(_check_shape(x, sample_shape(meta), "images"), dtype=np.float32)
     if check_finite:
         _check_finite(x)
-    return np.ascontiguousarray(x, dtype=np.float32)
+    return x
 
 
 def raw_to_graph_input(images, meta: ModelMetadata, check_finite: bool = True) -> np.ndarray:
@@ -220,7 +238,8 @@ def raw_to_graph_input(images, meta: ModelMetadata, check_finite: bool = True) -
             return np.ascontiguousarray(x)
         unit = x.transpose(0, 3, 1, 2).astype(np.float32) / np.float32(255)
     elif np.issubdtype(x.dtype, np.floating):
-        unit = _check_shape(x, (c, h, w), "raw float images (N, C, H, W)").astype(np.float32)
+        with np.errstate(over="ignore"):  # beyond float32's range: Inf, refused below as out of [0, 1]
+            unit = _check_shape(x, (c, h, w), "raw float images (N, C, H, W)").astype(np.float32)
         if check_finite or baked:  # NaN has no pixel value: a baked graph cannot take it at all
             _check_finite(unit)
         _check_unit_range(unit)

@@ -22,7 +22,8 @@ class ArgumentParser(argparse.ArgumentParser):
     """argparse that reports a bad command line as one line and exit status 2, not a usage block."""
 
     def error(self, message):
-        raise UsageError(f"{self.prog}: {message}")
+        command = self.prog.removeprefix("tmdeploy").strip()  # main() prints "tmdeploy: error: " before it
+        raise UsageError(f"{command}: {message}" if command else message)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,7 +42,14 @@ def build_parser() -> argparse.ArgumentParser:
                 raise
             continue
         module.register(sub)
+    for command in sub.choices.values():  # --debug works after the command too: `tmdeploy export x.pt --debug`
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return parser
+
+
+def _one_line(err: BaseException) -> str:
+    """The error's message on one line: messages quoting other libraries may span several."""
+    return " ".join(line.strip() for line in str(err).splitlines() if line.strip())
 
 
 def main(argv=None) -> int:
@@ -56,7 +64,7 @@ def main(argv=None) -> int:
     except TmdeployError as err:
         if debug:
             traceback.print_exc()
-        print(f"tmdeploy: error: {err}", file=sys.stderr)
+        print(f"tmdeploy: error: {_one_line(err)}", file=sys.stderr)
         return err.exit_code
     except KeyboardInterrupt:
         print("tmdeploy: interrupted", file=sys.stderr)
@@ -64,8 +72,8 @@ def main(argv=None) -> int:
     except Exception as err:  # a bug, not bad input: still one line, the traceback behind --debug
         if debug:
             traceback.print_exc()
-        print(f"tmdeploy: internal error: {type(err).__name__}: {err} (rerun with --debug for the traceback)",
-              file=sys.stderr)
+        print(f"tmdeploy: internal error: {type(err).__name__}: {_one_line(err)} (rerun with --debug for the "
+              f"traceback)", file=sys.stderr)
         return 1
 
 

@@ -21,7 +21,15 @@ def describe(path: Path) -> dict:
     def tensor(v):
         t = v.type.tensor_type
         dims = [d.dim_param or d.dim_value for d in t.shape.dim]
-        return {"name": v.name, "dtype": onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name, "shape": dims}
+        kind = v.type.WhichOneof("value")
+        if kind != "tensor_type":  # a sequence, map or optional input: any ONNX file may have one
+            dtype = kind or "undefined"
+        else:
+            try:
+                dtype = onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name
+            except (KeyError, ValueError, TypeError):  # undefined or unknown element type
+                dtype = f"elem_type {t.elem_type}"
+        return {"name": v.name, "dtype": dtype, "shape": dims}
 
     props = metadata.props(model)
     try:
@@ -46,24 +54,26 @@ def run(args) -> int:
         print(json.dumps(info, indent=2))
         return 0
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
+    # Everything shown comes from the file: escape it, or a name like "[/x]" is read as rich markup.
     console = Console()
-    console.print(f"[bold]{info['path']}[/bold]  opset {info['opset']}  producer {info['producer'] or '?'}  "
-                  f"parameters {info['parameters']:,}")
+    console.print(f"[bold]{escape(info['path'])}[/bold]  opset {escape(str(info['opset']))}  "
+                  f"producer {escape(info['producer'] or '?')}  parameters {info['parameters']:,}")
     io = Table("", "name", "dtype", "shape", title="inputs and outputs")
     for kind in ("inputs", "outputs"):
         for t in info[kind]:
-            io.add_row(kind[:-1], t["name"], t["dtype"], str(t["shape"]))
+            io.add_row(kind[:-1], escape(t["name"]), escape(t["dtype"]), escape(str(t["shape"])))
     console.print(io)
     meta = Table("key", "value", title="tmdeploy metadata" if info["tmdeploy"] else "metadata_props")
     for key, value in (info["tmdeploy"] or info["metadata_props"]).items():
-        meta.add_row(key, str(value))
+        meta.add_row(escape(key), escape(str(value)))
     console.print(meta)
     if info["note"]:
-        console.print(f"note: {info['note']}")
+        console.print(f"note: {escape(info['note'])}")
     ops = Table("op", "count", title="op histogram")
     for op, n in info["ops"].items():
-        ops.add_row(op, str(n))
+        ops.add_row(escape(op), str(n))
     console.print(ops)
     return 0

@@ -7,6 +7,7 @@ An application that loads the file with onnxruntime alone reads these with
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -43,6 +44,8 @@ class ModelMetadata:
     @classmethod
     def from_props(cls, props: dict[str, str]) -> "ModelMetadata":
         """Parse metadata_props; raise TmdeployError when they are not tmdeploy's or are malformed."""
+        if not isinstance(props, dict):
+            raise TmdeployError(f"the tmdeploy metadata is a {type(props).__name__}, not a mapping of strings")
         if props.get("tmdeploy_format") is None:
             raise TmdeployError("the ONNX file has no tmdeploy metadata (was it exported by tmdeploy?)")
         values = {}
@@ -51,11 +54,15 @@ class ModelMetadata:
                 if f.name not in props:
                     continue
                 raw = props[f.name]
+                if not isinstance(raw, str):
+                    raise TypeError(f"{f.name} is a {type(raw).__name__}, not a string")
                 values[f.name] = json.loads(raw) if f.name in _JSON_FIELDS else raw
             values["opset"] = int(values.get("opset", 0))
             meta = cls(**values)
-        except (TypeError, ValueError) as err:
-            raise TmdeployError(f"the ONNX file's tmdeploy metadata is malformed ({type(err).__name__}: {err})") from err
+        except (TypeError, ValueError, RecursionError) as err:  # RecursionError: JSON nested too deep
+            detail = str(err).splitlines()[0][:160] if str(err) else ""
+            raise TmdeployError(
+                f"the ONNX file's tmdeploy metadata is malformed ({type(err).__name__}: {detail})") from err
         _validate(meta)
         return meta
 
@@ -73,12 +80,18 @@ def _validate(meta: ModelMetadata) -> None:
     channels = meta.input_size[0]
     if not ok_list(meta.mean, (int, float), channels) or not ok_list(meta.std, (int, float), channels):
         raise TmdeployError("the ONNX file's tmdeploy metadata is malformed: mean/std need one number per channel")
-    if any(not s > 0 for s in meta.std):
-        raise TmdeployError("the ONNX file's tmdeploy metadata is malformed: std must be positive")
+    try:
+        finite = all(math.isfinite(v) for v in (*meta.mean, *meta.std))
+    except OverflowError:  # an integer too large for a float
+        finite = False
+    if not finite or any(not s > 0 for s in meta.std):
+        raise TmdeployError("the ONNX file's tmdeploy metadata is malformed: std must be positive and finite, "
+                            "mean finite")
     if meta.preprocess not in ("none", "baked") or meta.layout not in ("NCHW", "NHWC"):
         raise TmdeployError("the ONNX file's tmdeploy metadata is malformed: unknown preprocess or layout")
-    if not ok_list(meta.outputs, str) or not meta.outputs:
-        raise TmdeployError("the ONNX file's tmdeploy metadata is malformed: outputs must be a list of names")
+    if not ok_list(meta.outputs, str) or "logits" not in meta.outputs or len(set(meta.outputs)) != len(meta.outputs):
+        raise TmdeployError("the ONNX file's tmdeploy metadata is malformed: outputs must be a list of distinct "
+                            "names with 'logits' among them")
 
 
 def write(model: onnx.ModelProto, meta: ModelMetadata) -> None:
@@ -107,4 +120,27 @@ def load_onnx(path, load_weights: bool = True) -> onnx.ModelProto:
         raise TmdeployError(f"{path} is not a valid ONNX file (truncated or another format): {type(err).__name__}") from err
     if not model.graph.node and not model.graph.input:
         raise TmdeployError(f"{path} is not a valid ONNX file: it holds no graph")
+    field = _non_utf8_string(model)
+    if field is not None:
+        raise TmdeployError(f"{path} is not a valid ONNX file: its {field} is not UTF-8 text (corrupt file?)")
     return model
+
+
+def _non_utf8_string(message) -> str | None:
+    """The name of the first string field that is not valid UTF-8, or None.
+
+    ONNX's .proto is proto2, so protobuf parses such fields without complaint and hands them back as
+    ``bytes``, which every reader of names, op types and metadata would trip over.
+    """
+    from google.protobuf.message import Message
+
+    stack = [message]
+    while stack:
+        current = stack.pop()
+        for field, value in current.ListFields():
+            if field.type == field.TYPE_STRING:
+                if any(not isinstance(v, str) for v in ([value] if isinstance(value, (str, bytes)) else value)):
+                    return f"{current.DESCRIPTOR.name}.{field.name}"
+            elif field.type == field.TYPE_MESSAGE:
+                stack.extend([value] if isinstance(value, Message) else value)
+    return None
