@@ -8,8 +8,7 @@ FORMATS = ("onnx", "trt", "triton")
 
 
 def register(sub) -> None:
-    from tmdeploy.export.forms import DEFAULT_FORM, FORMS
-    from tmdeploy.export.to_onnx import DEFAULT_OPSET
+    from tmdeploy.export.choices import DEFAULT_FORM, DEFAULT_OPSET, FORMS
 
     p = sub.add_parser("export", help="export a checkpoint to ONNX, TensorRT or a Triton model repository")
     add_checkpoint_args(p)
@@ -20,6 +19,13 @@ def register(sub) -> None:
     p.add_argument("--patch-logits", action="store_true", help="add the per-patch class map as a second output")
     p.add_argument("--bake-preprocess", action="store_true",
                    help="graph takes uint8 N×H×W×C pixels and scales/normalizes inside")
+    low = p.add_argument_group("lower precision, in the graph (verified on ONNX Runtime by tmdeploy check)")
+    low.add_argument("--precision", default="fp32", help="fp32 | fp16 | int8 (default fp32)")
+    low.add_argument("--int8-target", default="tensorrt",
+                     help="tensorrt (symmetric signed, as TensorRT requires) | onnxruntime (unsigned activations, "
+                          "fast on x86 CPUs)")
+    low.add_argument("--calib-data", default="digits", help="calibration data (default digits)")
+    low.add_argument("--keep-fp32", default="", help="fp16: comma-separated op types or node names kept in FP32")
     trt = p.add_argument_group("TensorRT (--format trt) and Triton (--format triton)")
     trt.add_argument("--batch", default="1,32,256", help="optimization profile MIN,OPT,MAX (default 1,32,256)")
     trt.add_argument("--workspace-mib", type=int, default=None, help="TensorRT workspace limit in MiB")
@@ -38,9 +44,13 @@ def run(args) -> int:
     if args.format not in FORMATS:
         raise UsageError(f"unknown --format '{args.format}'; choose one of: {', '.join(FORMATS)}")
     options = ExportOptions(opset=args.opset, tm_form=args.tm_form, patch_logits=args.patch_logits,
-                            bake_preprocess=args.bake_preprocess)
-    options.validate()  # before the (slow) checkpoint load, so a bad option fails at once
-    batch = parse_batch(args.batch) if args.format != "onnx" else None
+                            bake_preprocess=args.bake_preprocess, precision=args.precision,
+                            int8_target=args.int8_target, calib_data=args.calib_data,
+                            keep_fp32=tuple(k for k in args.keep_fp32.split(",") if k))
+    options.validate()  # before the (slow) checkpoint load and export, so a bad option fails at once
+    batch = parse_batch(args.batch)
+    if args.out is not None and args.out.is_dir() and args.format != "triton":
+        raise UsageError(f"--out {args.out} is a directory; give a file name")
     ckpt = load_checkpoint(args)
     onnx_out = args.out if args.format == "onnx" else None
     path = export_onnx(ckpt, onnx_out, options)

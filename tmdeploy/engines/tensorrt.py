@@ -27,6 +27,9 @@ from tmdeploy.fileio import atomic_write, file_sha256
 
 INPUT_NAME = "images"
 SIDECAR_FORMAT = "1"
+# Keys that loading and Triton read without further checks: a hand-edited sidecar lacking one is refused.
+SIDECAR_KEYS = ("cache_key", "engine_sha256", "tensorrt", "gpu", "compute_capability", "precision", "profile", "batch",
+                "onnx_path", "onnx_sha256", "metadata")
 INSTALL_HINT = 'on a machine with an NVIDIA GPU run: pip install "tmdeploy[gpu]" (or: pip install tensorrt)'
 MIN_TENSORRT_MAJOR = 10
 STRONGLY_TYPED_MAJOR = 11  # TensorRT 11 dropped the FP16/INT8 builder flags: precision lives in the graph
@@ -169,6 +172,9 @@ def read_sidecar(engine_path) -> dict:
         raise TmdeployError(f"cannot read {path}: {err}") from err
     if not isinstance(sidecar, dict) or sidecar.get("sidecar_format") != SIDECAR_FORMAT:
         raise TmdeployError(f"{path} is not a tmdeploy engine sidecar (format {SIDECAR_FORMAT})")
+    missing = [k for k in SIDECAR_KEYS if k not in sidecar]
+    if missing:
+        raise TmdeployError(f"{path} lacks '{missing[0]}': rebuild the engine with tmdeploy")
     return sidecar
 
 

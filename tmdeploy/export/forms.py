@@ -23,10 +23,9 @@ import torch
 from torch import Tensor, nn
 
 from tmdeploy.errors import UsageError
+from tmdeploy.export.choices import DEFAULT_FORM, FORMS  # noqa: F401 (re-exported)
 from tmdeploy.models.template_matching import TemplateMatching
 
-FORMS = ("folded", "folded-padded", "deferred")
-DEFAULT_FORM = "deferred"  # fastest on ONNX Runtime CPU: see benchmarks/tm_forms.py and the README table
 _PAD_MULTIPLE = 8
 _PAD_LOGIT = -1.0e4  # exp(-1e4 - m) underflows to exactly 0 in float32 for any realistic m
 

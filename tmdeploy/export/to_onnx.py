@@ -23,14 +23,13 @@ from tmdeploy import __version__
 from tmdeploy.checkpoint import Checkpoint, check_finite
 from tmdeploy.errors import TmdeployError, UsageError
 from tmdeploy.export import forms, graph
+from tmdeploy.export.choices import DEFAULT_OPSET, MIN_OPSET
+from tmdeploy.export import precision as lowering
 from tmdeploy.export.metadata import ModelMetadata
 from tmdeploy.export.metadata import write as write_metadata
 from tmdeploy.fileio import atomic_write
 
 INPUT_NAME = "images"
-MIN_OPSET = 13  # ONNX Softmax before opset 13 flattens from the axis: a channel soft-max would be wrong
-DEFAULT_OPSET = 18
-PRECISIONS = ("fp32", "fp16", "int8")
 
 
 @dataclass(frozen=True)
@@ -39,6 +38,10 @@ class ExportOptions:
     tm_form: str = forms.DEFAULT_FORM
     patch_logits: bool = False
     bake_preprocess: bool = False
+    precision: str = "fp32"
+    int8_target: str = "tensorrt"  # "tensorrt": symmetric signed QDQ; "onnxruntime": unsigned activations
+    calib_data: str = "digits"  # calibration (INT8 scales, FP16 value ranges) from this data's train split
+    keep_fp32: tuple[str, ...] = ()  # extra op types or node names to keep in FP32 under --precision fp16
 
     def validate(self) -> None:
         if self.opset < MIN_OPSET:
@@ -51,6 +54,11 @@ class ExportOptions:
             raise UsageError(f"--opset {self.opset} is newer than this onnx package supports ({newest})")
         if self.tm_form not in forms.FORMS:
             raise UsageError(f"unknown --tm-form '{self.tm_form}'; choose one of: {', '.join(forms.FORMS)}")
+        if self.precision not in lowering.PRECISIONS:
+            raise UsageError(f"unknown --precision '{self.precision}'; choose one of: {', '.join(lowering.PRECISIONS)}")
+        if self.int8_target not in lowering.INT8_TARGETS:
+            raise UsageError(f"unknown --int8-target '{self.int8_target}'; "
+                             f"choose one of: {', '.join(lowering.INT8_TARGETS)}")
 
 
 class DeployModule(nn.Module):
@@ -116,12 +124,14 @@ def to_model_proto(ckpt: Checkpoint, options: ExportOptions) -> onnx.ModelProto:
     scopes = graph.module_scopes(folded)
     proto = graph.check(graph.clean_up(ir.serde.serialize_model(folded)))
     graph.attach_module_scopes(proto, scopes)
+    meta = metadata_for(ckpt, options, names)
     proto.producer_name, proto.producer_version = "tmdeploy", __version__
-    write_metadata(proto, metadata_for(ckpt, options, names))
-    return proto
+    write_metadata(proto, meta)
+    return lowering.lower_precision(proto, options.precision, meta=meta, calib_data=options.calib_data,
+                                    int8_target=options.int8_target, keep_fp32=options.keep_fp32)
 
 
-def metadata_for(ckpt: Checkpoint, options: ExportOptions, outputs: list[str], precision: str = "fp32") -> ModelMetadata:
+def metadata_for(ckpt: Checkpoint, options: ExportOptions, outputs: list[str]) -> ModelMetadata:
     card = ckpt.card
     return ModelMetadata(
         arch=card.arch, class_names=list(card.class_names), input_size=list(card.input_size),
@@ -129,7 +139,7 @@ def metadata_for(ckpt: Checkpoint, options: ExportOptions, outputs: list[str], p
         layout="NHWC" if options.bake_preprocess else "NCHW",
         input_dtype="uint8" if options.bake_preprocess else "float32",
         preprocess="baked" if options.bake_preprocess else "none",
-        precision=precision, tm_form=options.tm_form, opset=options.opset, outputs=outputs,
+        precision=options.precision, tm_form=options.tm_form, opset=options.opset, outputs=outputs,
         source_sha256=ckpt.sha256 or "", source_checkpoint=ckpt.path.name if ckpt.path else "",
         tmdeploy_version=__version__,
     )
