@@ -1,0 +1,301 @@
+"""Lower an exported FP32 graph to FP16 or INT8 inside the graph itself.
+
+TensorRT 11 builds strongly typed networks (no FP16/INT8 builder flags), so the precision a runtime uses
+is the precision the ONNX file spells out: FP16 tensors with Cast nodes at the edges, or INT8 as
+QuantizeLinear/DequantizeLinear pairs. Both conversions go through maintained tools (onnxconverter-common,
+onnxruntime.quantization); this module chooses what stays in float and checks the result.
+
+FP16: what stays FP32, measured. Models: rn26-tm, rn26-cls, rn26-sge, rn26-rescnet trained 3–4 epochs on
+digits (8×8; rn26-cls 16×16). Arithmetic: ``onnx.reference.ReferenceEvaluator`` on the FP16 graph, which
+rounds every op's output to FP16 and accumulates in FP32 as GPU kernels do. (ONNX Runtime's CPU provider
+cannot measure this: it runs FP16 Conv, Exp, ReduceSum... through FP32 kernels, so it sees only the
+rounding of the weights.) Keeping the candidate op types in FP32 — the soft-max's ReduceMax/Max/Exp/
+ReduceSum/Div, SGE's ReduceMean/Sqrt/Sigmoid, ResCNet's Exp/Div/Erf — changed nothing that matters:
+top-1 agreement with FP32 stayed 100% on every model, and the largest logit error stayed at FP16 rounding
+level (rn26-tm 0.0074 with or without; rn26-cls 0.13 → 0.095; rn26-sge 0.016 → 0.015; rn26-rescnet, logits
+up to 397, 0.39 → 0.25–0.39), while each kept op type adds Casts (rn26-tm: 18 → 90) that break TensorRT's
+fusions. The error comes from the FP16 convolutions; the deferred soft-max subtracts the maximum before
+Exp, so e ≤ 1 and Σe ≤ K + 1. So no op type is kept by default. The FP16 risk these blocks do carry is
+range (65504 is FP16's largest value): SGE's squared deviations reached 3.0e3 and ResCNet's exp(½·logvar)
+24 on these models. That is measured per model: given calibration inputs, every node that reads or writes
+a value beyond ``FP16_RANGE_LIMIT`` stays FP32 (on digits rn26-sge, its variance path: 26 nodes), so no
+such tensor is stored in FP16. ``keep_fp32`` names more op types or nodes.
+
+INT8: every convolution's input, weights and output are quantized; the soft-max's exponent and normaliser
+are float ops on dequantized values. Leaving the score conv's output in float as well (so that Exp's
+argument is never rounded to 8 bits) did not change rn26-tm's agreement (98.9% for both) and made the
+ONNX Runtime recipe 1.6× slower (its QLinearConv needs a quantized output).
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+
+from tmdeploy import data
+from tmdeploy.errors import TmdeployError, UsageError
+from tmdeploy.export.metadata import ModelMetadata
+
+PRECISIONS = ("fp32", "fp16", "int8")
+INT8_TARGETS = ("tensorrt", "onnxruntime")
+
+# ModelOpt AutoCast's default ``data_max``: 128× headroom under FP16's 65504 for inputs the
+# calibration set did not show.
+FP16_RANGE_LIMIT = 512.0
+# The soft-max's exponent and normaliser, in every TM export form; INT8 never quantizes these.
+SOFTMAX_OPS = ("ReduceMax", "Max", "Exp", "ReduceSum", "Div", "Softmax")
+_GLUE_OPS = ("Add", "Sub", "Mul")
+# INT8 quantizes the convolutions, which carry the arithmetic. The Gemms here act on pooled vectors (the
+# classifier, ResCNet's statistics): next to no arithmetic, and quantizing them cut digits-trained
+# rn26-rescnet's top-1 agreement with FP32 from 99% to 76%. Quantizing the residual Adds as well
+# (QLinearAdd on ONNX Runtime) moved rn26-tm's and rn26-cls's agreement by at most one test image in 360.
+INT8_OP_TYPES = ("Conv",)
+_BATCH = 32  # calibration and range-measurement batch
+
+
+def to_fp16(model: onnx.ModelProto, keep_fp32: Sequence[str] = (),
+            calibration: np.ndarray | None = None) -> onnx.ModelProto:
+    """FP16 weights and compute with FP32 inputs and outputs.
+
+    Kept in FP32: ``keep_fp32`` (op types or node names), and with ``calibration`` (a batch in the graph's
+    input format) every node that reads or writes values beyond ``FP16_RANGE_LIMIT`` on it.
+    """
+    from onnxconverter_common import float16
+
+    if float16.check_if_fp16_ready(model.graph):
+        raise UsageError("the model already holds FP16 casts or weights; lower an FP32 export")
+    op_types, node_names = _split_keep_list(model, keep_fp32)
+    if calibration is not None:
+        node_names += large_value_nodes(model, calibration)
+    op_types = {*float16.DEFAULT_OP_BLOCK_LIST, *op_types}
+    blocked = {n.name for n in model.graph.node if n.op_type in op_types or n.name in node_names}
+    converted = float16.convert_float_to_float16(
+        _converter_ready(model, blocked), keep_io_types=True, op_block_list=sorted(op_types),
+        node_block_list=sorted(blocked), check_fp16_ready=False,  # checked above, before _converter_ready's casts
+    )
+    return _checked(converted, model, "fp16")
+
+
+def large_value_nodes(model: onnx.ModelProto, calibration: np.ndarray,
+                      limit: float = FP16_RANGE_LIMIT) -> list[str]:
+    """Nodes with a float input or output whose magnitude exceeds ``limit`` on ``calibration``."""
+    import onnxruntime as ort
+    from polygraphy import constants
+    from polygraphy.backend.onnx import ModifyOutputs
+
+    marked = ModifyOutputs(model, outputs=constants.MARK_ALL, copy=True)()
+    session = ort.InferenceSession(marked.SerializeToString(), providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    peak: dict[str, float] = {}
+    for batch in _batches(calibration):
+        for name, value in zip(names, session.run(names, {model.graph.input[0].name: batch})):
+            if value.dtype.kind == "f":
+                peak[name] = max(peak.get(name, 0.0), float(np.abs(value).max(initial=0.0)))
+    large = {name for name, value in peak.items() if not value <= limit}  # NaN/Inf count as large
+    # A node without float outputs (Shape) stores nothing in FP16 and stays as it is.
+    return [n.name for n in model.graph.node if peak.keys() & {*n.output} and large & {*n.input, *n.output}]
+
+
+def _converter_ready(model: onnx.ModelProto, blocked: set[str]) -> onnx.ModelProto:
+    """A copy with two gaps of onnxconverter-common 1.16 closed before it runs.
+
+    It keeps a float initializer that feeds both an FP32-kept node and an FP16 node in FP32 and feeds it
+    uncast to the FP16 node, a type error (the TM null logit μ feeds the always-kept ``Max`` and an FP16
+    ``Sub``): those FP16 consumers get their own copy, which the converter converts. And it marks the
+    output of ``Cast(to=FLOAT)`` FP16 without changing ``to`` (the uint8 input of a baked-preprocessing
+    graph): such casts now cast to FP16 directly.
+    """
+    model = _copy(model)
+    floats = {i.name: i for i in model.graph.initializer if i.data_type == onnx.TensorProto.FLOAT}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for name in set(node.input) & floats.keys():
+            consumers.setdefault(name, []).append(node)
+        if node.op_type == "Cast" and node.name not in blocked:
+            for attr in node.attribute:
+                if attr.name == "to" and attr.i == onnx.TensorProto.FLOAT:
+                    attr.i = onnx.TensorProto.FLOAT16
+    for name, nodes in consumers.items():
+        fp16_nodes = [n for n in nodes if n.name not in blocked]
+        if 0 < len(fp16_nodes) < len(nodes):
+            duplicate = model.graph.initializer.add()
+            duplicate.CopyFrom(floats[name])
+            duplicate.name = f"{name}__fp16"
+            for node in fp16_nodes:
+                node.input[:] = [duplicate.name if i == name else i for i in node.input]
+    return model
+
+
+def softmax_nodes(model: onnx.ModelProto) -> list[str]:
+    """Names of the nodes computing a soft-max's exponent and normaliser.
+
+    The soft-max op types, and the Add/Sub/Mul glue whose every computed input comes from one of them
+    (``Σe + exp(μ − m)``, ``μ − m``); a residual Add that also takes a convolution's output is not one.
+    """
+    produced_by = {out: node for node in model.graph.node for out in node.output}
+    found: set[str] = set()
+    for node in model.graph.node:  # topological order: producers are classified first
+        computed = [produced_by[i] for i in node.input if i in produced_by]
+        if node.op_type in SOFTMAX_OPS or (
+            node.op_type in _GLUE_OPS and computed and all(p.name in found for p in computed)
+        ):
+            found.add(node.name)
+    return sorted(found)
+
+
+def to_int8(model: onnx.ModelProto, calibration: np.ndarray, target: str = "tensorrt",
+            show_progress: bool = True) -> onnx.ModelProto:
+    """Static QDQ quantization calibrated (min/max) on ``calibration``, a batch in the graph's input format.
+
+    ``tensorrt``: symmetric signed INT8 activations and per-channel weights (zero points 0), biases left in
+    float because TensorRT's parser has no INT32 DequantizeLinear. ``onnxruntime``: unsigned activations,
+    signed per-channel weights and INT32 biases, which ONNX Runtime's x86 kernels fuse into QLinearConv
+    (symmetric signed activations ran slower than FP32 there: SPEC §1). Soft-max exponents and
+    normalisers stay in float for both.
+    """
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    if target not in INT8_TARGETS:
+        raise UsageError(f"unknown --int8-target '{target}'; choose one of: {', '.join(INT8_TARGETS)}")
+    if len(calibration) == 0:
+        raise UsageError("INT8 calibration needs at least one image")
+    if target == "tensorrt":
+        activations = QuantType.QInt8
+        extra = {"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False}
+    else:
+        activations = QuantType.QUInt8
+        extra = {"ActivationSymmetric": False, "WeightSymmetric": True}
+    advice, root = _NoPreprocessingAdvice(), logging.getLogger()
+    with tempfile.TemporaryDirectory(prefix="tmdeploy-int8-") as tmp:
+        source, quantized = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
+        onnx.save(model, str(source))
+        root.addFilter(advice)
+        try:
+            with _CalibrationReader(model.graph.input[0].name, calibration, show_progress) as reader:
+                quantize_static(
+                    str(source), str(quantized), reader, quant_format=QuantFormat.QDQ,
+                    op_types_to_quantize=list(INT8_OP_TYPES), nodes_to_exclude=softmax_nodes(model),
+                    per_channel=True, activation_type=activations, weight_type=QuantType.QInt8,
+                    calibrate_method=CalibrationMethod.MinMax, extra_options=extra,
+                )
+        finally:
+            root.removeFilter(advice)
+        return _checked(onnx.load(str(quantized)), model, "int8")
+
+
+class _NoPreprocessingAdvice(logging.Filter):
+    """quantize_static advises (twice, on the root logger) ``quant_pre_process``: shape inference and
+    constant folding, which the exporter already did; and its symbolic shape inference fails on the TM graphs."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "pre-processing before quantization" not in record.getMessage()
+
+
+class _CalibrationReader:
+    """Feeds the calibration images in batches, with a progress bar over the batches."""
+
+    def __init__(self, input_name: str, images: np.ndarray, show_progress: bool) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.input_name = input_name
+        self.batches = iter(_batches(images))
+        self.progress = Progress(TextColumn("INT8 calibration"), BarColumn(), MofNCompleteColumn(),
+                                 TimeElapsedColumn(), disable=not show_progress)
+        self.task = self.progress.add_task("calibration", total=-(-len(images) // _BATCH))
+
+    def __enter__(self) -> "_CalibrationReader":
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.progress.stop()
+
+    def get_next(self) -> dict | None:
+        batch = next(self.batches, None)
+        if batch is None:
+            return None
+        self.progress.advance(self.task)
+        return {self.input_name: batch}
+
+
+def _batches(images: np.ndarray) -> list[np.ndarray]:
+    return [np.ascontiguousarray(images[i:i + _BATCH]) for i in range(0, len(images), _BATCH)]
+
+
+def calibration_inputs(meta: ModelMetadata, data_spec: str = "digits", count: int = 256, seed: int = 0) -> np.ndarray:
+    """``count`` images from the TRAIN split of ``data_spec`` in the graph's input format."""
+    if count < 1:
+        raise UsageError(f"calibration needs at least one image, got count={count}")
+    c, h, _ = meta.input_size
+    images, _ = data.stack(data.load(data_spec, image_size=h, in_chans=c, seed=seed).train, limit=count)
+    return graph_inputs(images, meta)
+
+
+def graph_inputs(images: torch.Tensor, meta: ModelMetadata) -> np.ndarray:
+    """[0, 1] float N×C×H×W images as the graph takes them: normalized float32 N×C×H×W, or uint8
+    N×H×W×C pixels when preprocessing is baked into the graph."""
+    if meta.preprocess == "baked":
+        return np.ascontiguousarray((images.permute(0, 2, 3, 1) * 255).round().to(torch.uint8).numpy())
+    return np.ascontiguousarray(data.normalize(images, meta.mean, meta.std).numpy(), dtype=np.float32)
+
+
+def lower_precision(model: onnx.ModelProto, precision: str, *, meta: ModelMetadata, calib_data: str = "digits",
+                    int8_target: str = "tensorrt", keep_fp32: Sequence[str] = (),
+                    show_progress: bool = True) -> onnx.ModelProto:
+    """Dispatch on ``precision``; ``fp32`` returns ``model`` unchanged. Both lower precisions measure the
+    model on ``calib_data``'s training images: INT8 for its scales, FP16 for its value ranges."""
+    if precision not in PRECISIONS:
+        raise UsageError(f"unknown --precision '{precision}'; choose one of: {', '.join(PRECISIONS)}")
+    if int8_target not in INT8_TARGETS:
+        raise UsageError(f"unknown --int8-target '{int8_target}'; choose one of: {', '.join(INT8_TARGETS)}")
+    if keep_fp32 and precision != "fp16":
+        raise UsageError(f"--keep-fp32 applies to --precision fp16 only, not {precision}")
+    if precision == "fp32":
+        return model
+    calibration = calibration_inputs(meta, calib_data)
+    if precision == "fp16":
+        return to_fp16(model, keep_fp32, calibration)
+    return to_int8(model, calibration, int8_target, show_progress)
+
+
+def _split_keep_list(model: onnx.ModelProto, keep: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Sort ``keep`` into op types and node names; a name that is neither is a usage error."""
+    node_names = {node.name for node in model.graph.node}
+    op_types, names = [], []
+    for item in keep:
+        if item in node_names:
+            names.append(item)
+        elif onnx.defs.has(item):
+            op_types.append(item)
+        else:
+            raise UsageError(f"--keep-fp32 '{item}' is neither an ONNX op type nor a node of this graph")
+    return op_types, names
+
+
+def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    return copy
+
+
+def _checked(lowered: onnx.ModelProto, original: onnx.ModelProto, precision: str) -> onnx.ModelProto:
+    """Full ONNX check, the interface the caller relies on (same I/O names and element types), and the
+    original's metadata."""
+    try:
+        onnx.checker.check_model(lowered, full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as err:
+        raise TmdeployError(f"the {precision} graph fails the ONNX checker: {str(err).splitlines()[0][:300]}") from err
+    for kind in ("input", "output"):
+        before = [(v.name, v.type.tensor_type.elem_type) for v in getattr(original.graph, kind)]
+        after = [(v.name, v.type.tensor_type.elem_type) for v in getattr(lowered.graph, kind)]
+        if before != after:
+            raise TmdeployError(f"the {precision} conversion changed the graph {kind}s: {before} -> {after}")
+    del lowered.metadata_props[:]
+    lowered.metadata_props.extend(original.metadata_props)
+    return lowered
