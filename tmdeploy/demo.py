@@ -54,11 +54,9 @@ def run_demo(out_dir: Path, arch: str = "rn26-cls", epochs: int = 3, image_size:
     bench = run_bench(ckpt, BenchOptions(batches=(1, 32), backends=("pytorch", "ort-fp32"), min_time=1.0,
                                          show_progress=show_progress))
     write_bench_report(bench, out_dir / "bench")
-    speed = {}
-    for backend in ("pytorch", "ort-fp32"):
-        result = bench.backend(backend)
-        speed[backend] = {str(row["batch"]): {"p50_ms": row["p50_ms"], "speedup": row.get("speedup")}
-                          for row in result.latency}
+    speed = {name: {str(row["batch"]): {"p50_ms": row["p50_ms"], "speedup": row.get("speedup")}
+                    for row in bench.backend(name).latency}
+             for name in ("pytorch", "ort-fp32")}
 
     summary = {
         "arch": arch, "epochs": epochs, "image_size": image_size, "held_out_top1": result.accuracy,
