@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -71,3 +72,26 @@ def test_training_on_digits_reaches_90_percent(trained, tmp_path):
     assert [h["epoch"] for h in result.history] == [1, 2, 3]
     assert ckpt.card.extra["train"]["seed"] == 0
     assert json.loads(json.dumps(ckpt.card.extra))  # the training record is plain data
+
+
+def test_local_data_sources_read_real_files_and_explain_what_is_missing(tmp_path):
+    from PIL import Image
+
+    from tmdeploy import data
+
+    with pytest.raises(TmdeployError, match="does not hold the CIFAR10 data set"):
+        data.load(f"cifar10:{tmp_path}")
+    with pytest.raises(UsageError, match="unknown data source"):
+        data.load("imagenet")
+    rng = np.random.default_rng(0)
+    for label in ("cat", "dog"):
+        (tmp_path / "imgs" / label).mkdir(parents=True)
+        for i in range(5):
+            pixels = rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(tmp_path / "imgs" / label / f"{i}.png")
+    split = data.load(f"folder:{tmp_path / 'imgs'}", image_size=16)
+    assert split.class_names == ["cat", "dog"] and split.in_chans == 3
+    assert len(split.train) + len(split.test) == 10
+    image, label = split.train[0]
+    assert image.shape == (3, 16, 16) and 0.0 <= float(image.min()) and float(image.max()) <= 1.0
+    assert len(split.mean) == 3 and all(s > 0 for s in split.std)
