@@ -22,7 +22,12 @@ class Tolerance:
 
 DEFAULT_TOLERANCES = {
     "fp32": Tolerance(atol=1e-4, rtol=1e-3, min_top1=1.0),
+    # fp16, measured on digits-trained rn26-tm/-cls/-sge/-rescnet (logits up to 397), 128 test images: the
+    # smallest atol that passes at rtol 5e-2 was ≤ 9.5e-3 on ONNX Runtime CPU and ≤ 7.1e-3 with true FP16
+    # arithmetic (onnx ReferenceEvaluator); largest relative error on |logit| > 1: 1.0% and 1.2%; top-1 100%.
     "fp16": Tolerance(atol=5e-2, rtol=5e-2, min_top1=0.99),
+    # int8 (tmdeploy.export.precision, both recipes), digits test split: top-1 agreement with FP32 was
+    # 99.2–99.4% for rn26-tm and 100% for rn26-cls; logits move by up to 0.7, so only agreement is judged.
     "int8": Tolerance(atol=math.inf, rtol=math.inf, min_top1=0.98, elementwise=False),
 }
 
