@@ -100,24 +100,26 @@ class DeferredNormalization(_ExportForm):
         return self.values(e) / (e.sum(dim=1, keepdim=True) + torch.exp(self.null_logit - m))
 
 
-def build_form(tm: TemplateMatching, form: str) -> nn.Module:
-    if form == "folded":
-        return FoldedSoftmax(tm)
-    if form == "folded-padded":
-        return FoldedSoftmax(tm, pad_to_multiple=_PAD_MULTIPLE)
-    if form == "deferred":
-        return DeferredNormalization(tm)
-    raise UsageError(f"unknown --tm-form '{form}'; choose one of: {', '.join(FORMS)}")
+_BUILDERS = {
+    "folded": FoldedSoftmax,
+    "folded-padded": lambda tm: FoldedSoftmax(tm, pad_to_multiple=_PAD_MULTIPLE),
+    "deferred": DeferredNormalization,
+}
+
+
+def _builder(form: str):
+    if form not in _BUILDERS:
+        raise UsageError(f"unknown --tm-form '{form}'; choose one of: {', '.join(FORMS)}")
+    return _BUILDERS[form]
 
 
 def apply_form(model: nn.Module, form: str) -> nn.Module:
     """A copy of ``model`` with every TemplateMatching module replaced by its export form."""
-    if form not in FORMS:
-        raise UsageError(f"unknown --tm-form '{form}'; choose one of: {', '.join(FORMS)}")
+    build = _builder(form)  # checked even when the model has no template-matching block
     model = copy.deepcopy(model).eval()
     targets = [(name, module) for name, module in model.named_modules() if isinstance(module, TemplateMatching)]
     for name, module in targets:
         parent_name, _, attr = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, attr, build_form(module, form))
+        setattr(parent, attr, build(module))
     return model

@@ -137,10 +137,10 @@ def _non_utf8_string(message) -> str | None:
     stack = [message]
     while stack:
         current = stack.pop()
-        for field, value in current.ListFields():
-            if field.type == field.TYPE_STRING:
+        for descriptor, value in current.ListFields():
+            if descriptor.type == descriptor.TYPE_STRING:
                 if any(not isinstance(v, str) for v in ([value] if isinstance(value, (str, bytes)) else value)):
-                    return f"{current.DESCRIPTOR.name}.{field.name}"
-            elif field.type == field.TYPE_MESSAGE:
+                    return f"{current.DESCRIPTOR.name}.{descriptor.name}"
+            elif descriptor.type == descriptor.TYPE_MESSAGE:
                 stack.extend([value] if isinstance(value, Message) else value)
     return None

@@ -37,9 +37,9 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import torch
 
 from tmdeploy import data
+from tmdeploy.data import graph_inputs
 from tmdeploy.errors import TmdeployError, UsageError
 from tmdeploy.export.metadata import ModelMetadata
 
@@ -263,14 +263,6 @@ def calibration_inputs(meta: ModelMetadata, data_spec: str = "digits", count: in
     c, h, _ = meta.input_size
     images, _ = data.stack(data.load(data_spec, image_size=h, in_chans=c, seed=seed).train, limit=count)
     return graph_inputs(images, meta)
-
-
-def graph_inputs(images: torch.Tensor, meta: ModelMetadata) -> np.ndarray:
-    """[0, 1] float N×C×H×W images as the graph takes them: normalized float32 N×C×H×W, or uint8
-    N×H×W×C pixels when preprocessing is baked into the graph."""
-    if meta.preprocess == "baked":
-        return np.ascontiguousarray((images.permute(0, 2, 3, 1) * 255).round().to(torch.uint8).numpy())
-    return np.ascontiguousarray(data.normalize(images, meta.mean, meta.std).numpy(), dtype=np.float32)
 
 
 def lower_precision(model: onnx.ModelProto, precision: str, *, meta: ModelMetadata, calib_data: str = "digits",

@@ -13,7 +13,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 from polygraphy.comparator import Comparator, RunResults
 from polygraphy.comparator.compare import SimpleCompareFunc
 from polygraphy.common import TensorMetadata
@@ -110,10 +109,8 @@ def make_feeds(meta: onnx_metadata.ModelMetadata, options: CheckOptions) -> tupl
     for batch in options.batches:
         for _ in range(options.iterations):
             if images is not None:
-                x = images[used:used + batch]
+                x = data.graph_inputs(images[used:used + batch], meta)
                 used += batch
-                x = (x.permute(0, 2, 3, 1) * 255).round().to(torch.uint8).numpy() if meta.preprocess == "baked" \
-                    else data.normalize(x, meta.mean, meta.std).numpy()
             elif meta.preprocess == "baked":
                 x = rng.integers(0, 256, size=(batch, h, w, c), dtype=np.uint8)
             else:
