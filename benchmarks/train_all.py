@@ -31,9 +31,13 @@ BASELINE = "rn26"
 
 def train_one(arch: str, threads: int) -> tuple[Checkpoint, float, float]:
     """(checkpoint, held-out top-1, training seconds) with the default recipe at ``threads`` threads."""
+    before = torch.get_num_threads()
     torch.set_num_threads(threads)
     start = time.perf_counter()
-    result = train(TrainConfig(arch=arch), show_progress=False)
+    try:
+        result = train(TrainConfig(arch=arch), show_progress=False)
+    finally:
+        torch.set_num_threads(before)
     seconds = time.perf_counter() - start
     state = {k: v.detach().clone() for k, v in result.model.state_dict().items()}
     return Checkpoint(result.card, state), result.accuracy, seconds

@@ -85,8 +85,13 @@ def test_statistics_free_network_trains_as_well_as_its_batchnorm_twin(trained):
 
 
 @pytest.mark.slow
-def test_same_seed_lands_within_half_a_point_at_another_thread_count(trained):
-    """Other thread counts run other kernels and reduction orders (as other CPUs do); the recipe must not care."""
+def test_same_seed_lands_within_a_point_at_another_thread_count(trained):
+    """Other thread counts run other kernels and reduction orders (as other CPUs do); the recipe must not care.
+
+    Measured here for rn26-cls: 99.44 % at 1 thread, 99.72 % at 2 (one image of 360). The bound is three
+    images, because the same seed's runs diverge after the first epochs on any CPU and the test must hold
+    on every machine; both runs must also clear the 97 % floor.
+    """
     reference = trained("rn26-cls")[1]
     threads = torch.get_num_threads()
     other = 1 if threads > 1 else 2
@@ -95,7 +100,8 @@ def test_same_seed_lands_within_half_a_point_at_another_thread_count(trained):
         result = train(TrainConfig(arch="rn26-cls"), show_progress=False)
     finally:
         torch.set_num_threads(threads)
-    assert abs(result.accuracy - reference.accuracy) <= 0.005, (threads, reference.history, other, result.history)
+    assert result.accuracy >= 0.97, result.history
+    assert abs(result.accuracy - reference.accuracy) <= 0.01, (threads, reference.history, other, result.history)
 
 
 def test_local_data_sources_read_real_files_and_explain_what_is_missing(tmp_path):
