@@ -8,13 +8,13 @@ FORMATS = ("onnx", "trt", "triton")
 
 
 def register(sub) -> None:
-    from tmdeploy.export.choices import DEFAULT_FORM, DEFAULT_OPSET, FORMS
+    from tmdeploy.export.options import DEFAULT_FORM, FORMS
 
     p = sub.add_parser("export", help="export a checkpoint to ONNX, TensorRT or a Triton model repository")
     add_checkpoint_args(p)
     p.add_argument("--format", default="onnx", help=f"{' | '.join(FORMATS)} (default onnx)")
     p.add_argument("--out", type=Path, default=None, help="output path (default: beside the checkpoint)")
-    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset, at least 13 (default {DEFAULT_OPSET})")
+    p.add_argument("--opset", type=int, default=18, help="ONNX opset, at least 13 (default 18)")
     p.add_argument("--tm-form", default=DEFAULT_FORM, help=f"template-matching export form: {' | '.join(FORMS)}")
     p.add_argument("--patch-logits", action="store_true", help="add the per-patch class map as a second output")
     p.add_argument("--bake-preprocess", action="store_true",

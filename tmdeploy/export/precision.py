@@ -40,11 +40,9 @@ import onnx
 
 from tmdeploy import data
 from tmdeploy.data import graph_inputs
-from tmdeploy.errors import TmdeployError, UsageError
+from tmdeploy.errors import TmdeployError, UsageError, first_line
 from tmdeploy.export.metadata import ModelMetadata
-
-PRECISIONS = ("fp32", "fp16", "int8")
-INT8_TARGETS = ("tensorrt", "onnxruntime")
+from tmdeploy.export.options import INT8_TARGETS, ExportOptions  # noqa: F401 (INT8_TARGETS: tests use it here)
 
 # ModelOpt AutoCast's default ``data_max``: 128× headroom under FP16's 65504 for inputs the
 # calibration set did not show.
@@ -189,8 +187,7 @@ def to_int8(model: onnx.ModelProto, calibration: np.ndarray, target: str = "tens
     """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-    if target not in INT8_TARGETS:
-        raise UsageError(f"unknown --int8-target '{target}'; choose one of: {', '.join(INT8_TARGETS)}")
+    ExportOptions(precision="int8", int8_target=target).validate()
     if len(calibration) == 0:
         raise UsageError("INT8 calibration needs at least one image")
     if target == "tensorrt":
@@ -270,12 +267,7 @@ def lower_precision(model: onnx.ModelProto, precision: str, *, meta: ModelMetada
                     show_progress: bool = True) -> onnx.ModelProto:
     """Dispatch on ``precision``; ``fp32`` returns ``model`` unchanged. Both lower precisions measure the
     model on ``calib_data``'s training images: INT8 for its scales, FP16 for its value ranges."""
-    if precision not in PRECISIONS:
-        raise UsageError(f"unknown --precision '{precision}'; choose one of: {', '.join(PRECISIONS)}")
-    if int8_target not in INT8_TARGETS:
-        raise UsageError(f"unknown --int8-target '{int8_target}'; choose one of: {', '.join(INT8_TARGETS)}")
-    if keep_fp32 and precision != "fp16":
-        raise UsageError(f"--keep-fp32 applies to --precision fp16 only, not {precision}")
+    ExportOptions(precision=precision, int8_target=int8_target, keep_fp32=tuple(keep_fp32)).validate()
     if precision == "fp32":
         return model
     calibration = calibration_inputs(meta, calib_data)
@@ -310,7 +302,7 @@ def _checked(lowered: onnx.ModelProto, original: onnx.ModelProto, precision: str
     try:
         onnx.checker.check_model(lowered, full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as err:
-        raise TmdeployError(f"the {precision} graph fails the ONNX checker: {str(err).splitlines()[0][:300]}") from err
+        raise TmdeployError(f"the {precision} graph fails the ONNX checker: {first_line(err)}") from err
     for kind in ("input", "output"):
         before = [(v.name, v.type.tensor_type.elem_type) for v in getattr(original.graph, kind)]
         after = [(v.name, v.type.tensor_type.elem_type) for v in getattr(lowered.graph, kind)]
