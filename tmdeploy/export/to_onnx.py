@@ -27,6 +27,7 @@ from tmdeploy.export.metadata import ModelMetadata
 from tmdeploy.export.metadata import write as write_metadata
 from tmdeploy.export.options import ExportOptions
 from tmdeploy.fileio import atomic_write
+from tmdeploy.threads import torch_threads
 
 INPUT_NAME = "images"
 MAX_BATCH = 4096  # the dynamo exporter needs an upper bound for the symbolic batch size
@@ -82,7 +83,8 @@ def to_model_proto(ckpt: Checkpoint, options: ExportOptions) -> onnx.ModelProto:
     names = output_names(options.patch_logits)
     example = example_input(ckpt, options.bake_preprocess)
     try:
-        exported, scopes = _EXPORTERS[options.exporter](module, example, options.opset, names)
+        with torch_threads(1):  # a trace runs one small batch: more threads only wait on each other
+            exported, scopes = _EXPORTERS[options.exporter](module, example, options.opset, names)
     except Exception as err:
         raise TmdeployError(f"torch.onnx.export failed for {ckpt.card.arch}: {first_line(err)}") from err
     proto = graph.check(graph.clean_up(exported))

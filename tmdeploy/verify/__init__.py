@@ -25,6 +25,7 @@ from tmdeploy.errors import TmdeployError, UsageError
 from tmdeploy.export import metadata as onnx_metadata
 from tmdeploy.export.to_onnx import INPUT_NAME, DeployModule
 from tmdeploy.fileio import atomic_write
+from tmdeploy.threads import torch_threads
 from tmdeploy.verify.runners import TorchRunner, onnxrt_runner
 from tmdeploy.verify.stats import DEFAULT_TOLERANCES, Tolerance, output_stats
 
@@ -145,7 +146,8 @@ def _check(ckpt: Checkpoint, onnx_path, options: CheckOptions) -> CheckReport:
     dtype, shape = (np.uint8, (-1, h, w, c)) if meta.preprocess == "baked" else (np.float32, (-1, c, h, w))
     reference = _reference_module(ckpt, meta)
     torch_runner = TorchRunner(reference, TensorMetadata().add(INPUT_NAME, dtype, shape), meta.outputs)
-    results = Comparator.run([torch_runner, onnxrt_runner(onnx_path)], data_loader=feeds)
+    with torch_threads(1):  # small batches: more threads only wait on each other, badly so on a shared machine
+        results = Comparator.run([torch_runner, onnxrt_runner(onnx_path)], data_loader=feeds)
     (ref_name, ref_iters), (_, onnx_iters) = list(results.items())
     elementwise = _elementwise_verdict(results, tol, meta.outputs)
     outputs = {}
