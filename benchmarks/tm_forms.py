@@ -22,7 +22,7 @@ import numpy as np
 import onnx
 from _common import caption, number, print_table, untrained
 
-from tmdeploy.bench.backends import OrtSession
+from tmdeploy.bench.sessions import OrtSession
 from tmdeploy.bench.timing import Budget, measure, paired_ratio
 from tmdeploy.export import FORMS, ExportOptions, to_model_proto
 

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from tmdeploy import __version__, models
-from tmdeploy.errors import TmdeployError, UsageError
+from tmdeploy.errors import TmdeployError, UsageError, first_line
 from tmdeploy.fileio import atomic_write, file_sha256
 
 FORMAT = "tmdeploy-checkpoint"
@@ -62,9 +62,8 @@ class Checkpoint:
             with torch.device("meta"):
                 skeleton = models.create(self.card.arch, **self.card.arch_kwargs)
         except Exception as err:  # the options come from the file: any failure means they do not build
-            detail = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
             raise TmdeployError(f"checkpoint's architecture options {self.card.arch_kwargs!r:.200} do not build "
-                                f"{self.card.arch}: {detail}") from err
+                                f"{self.card.arch}: {first_line(err, 200) or type(err).__name__}") from err
         expected = skeleton.state_dict()
         for name, tensor in expected.items():
             if name not in self.state_dict:
@@ -218,7 +217,7 @@ def _read_safetensors(path: Path):
             header = f.metadata() or {}
             state = {k: f.get_tensor(k) for k in f.keys()}
     except (SafetensorError, OSError, ValueError, RuntimeError) as err:
-        raise TmdeployError(f"cannot read safetensors file {path}: {str(err).splitlines()[0][:160]}") from err
+        raise TmdeployError(f"cannot read safetensors file {path}: {first_line(err, 160)}") from err
     raw = header.get(SAFETENSORS_METADATA_KEY)
     if raw is None:
         return None, state
@@ -264,9 +263,8 @@ def _card_from_dict(meta: dict, path: Path) -> ModelCard:
                    for k, v in card.arch_kwargs.items()):
             raise TypeError("arch_kwargs must map option names to plain values")
     except (KeyError, TypeError, ValueError, ArithmeticError) as err:  # ArithmeticError: int(inf), float(10**400)
-        detail = str(err).splitlines()[0][:160] if str(err) else ""
-        raise TmdeployError(
-            f"{path}: checkpoint metadata is incomplete or malformed ({type(err).__name__}: {detail})") from err
+        raise TmdeployError(f"{path}: checkpoint metadata is incomplete or malformed "
+                            f"({type(err).__name__}: {first_line(err, 160)})") from err
     if len(card.input_size) != 3 or min(card.input_size) < 1:
         raise TmdeployError(f"{path}: input_size must be three positive integers (C, H, W), got {card.input_size}")
     channels = card.input_size[0]

@@ -14,7 +14,7 @@ class UsageError(TmdeployError):
 
 
 def first_line(err: BaseException, limit: int = 300) -> str:
-    """The first line of an exception's message, cut to ``limit`` characters (its type when it has none):
-    enough to quote another library's error in our one-line messages."""
+    """The first line of an exception's message cut to ``limit`` characters ("" when it has none): enough to
+    quote another library's error in our one-line messages."""
     lines = str(err).strip().splitlines()
-    return lines[0][:limit] if lines else type(err).__name__
+    return lines[0][:limit] if lines else ""

@@ -25,9 +25,10 @@ from pathlib import Path
 import numpy as np
 
 from tmdeploy.engines.profiles import sample_shape
-from tmdeploy.errors import TmdeployError, UsageError
+from tmdeploy.errors import TmdeployError, UsageError, first_line
 from tmdeploy.export import metadata as metadata_mod
 from tmdeploy.export.metadata import ModelMetadata
+from tmdeploy.optional import install_hint
 
 PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")  # preference order
 GPU_PROVIDERS = PROVIDERS[:2]
@@ -71,7 +72,7 @@ def resolve_providers(requested, available, known) -> list[str]:
                              f"such as CUDAExecutionProvider")
         if name not in available:
             raise TmdeployError(f"{name} is not in this onnxruntime build (it has {', '.join(available)}); "
-                                f'for GPUs: pip install "tmdeploy[gpu]" (onnxruntime-gpu)')
+                                f"for GPUs: {install_hint('onnxruntime-gpu')}")
     return names
 
 
@@ -86,7 +87,7 @@ def _load_onnx(path: Path, providers, device) -> "Predictor":
     try:
         session = ort.InferenceSession(str(path), providers=names, provider_options=options)
     except Exception as err:  # onnxruntime raises its own Fail/InvalidGraph/... types
-        raise TmdeployError(f"onnxruntime cannot load {path}: {str(err).splitlines()[0][:300]}") from err
+        raise TmdeployError(f"onnxruntime cannot load {path}: {first_line(err)}") from err
     if providers is not None:
         dropped = [n for n in names if n not in session.get_providers()]
         if dropped:
@@ -206,8 +207,7 @@ def to_numpy(images) -> np.ndarray:
     try:
         return np.asarray(images)
     except (ValueError, TypeError, OverflowError) as err:  # ragged nested lists, ints too large, ...
-        detail = str(err).splitlines()[0][:160] if str(err) else ""
-        raise TmdeployError(f"images are not an array ({type(err).__name__}: {detail})") from None
+        raise TmdeployError(f"images are not an array ({type(err).__name__}: {first_line(err, 160)})") from None
 
 
 def graph_input(images, meta: ModelMetadata, check_finite: bool = True) -> np.ndarray:

@@ -23,8 +23,8 @@ import numpy as np
 from tmdeploy import runtime
 from tmdeploy.engines.triton import check_batching, model_name, model_signature
 from tmdeploy.errors import TmdeployError, UsageError
+from tmdeploy.optional import require
 
-INSTALL_HINT = 'pip install "tmdeploy[serve]" (nvidia-pytriton)'
 
 
 def library_path_with(libdir: str, current: str | None) -> str:
@@ -40,10 +40,7 @@ def _check_ports(*ports: int) -> None:
 
 
 def _import_pytriton():
-    try:
-        from pytriton import triton  # noqa: F401  (the import is the check)
-    except ImportError as err:
-        raise TmdeployError(f"serving needs nvidia-pytriton ({err}): {INSTALL_HINT}") from None
+    require("pytriton.triton", "nvidia-pytriton", "nvidia-pytriton")
     if int(np.__version__.split(".")[0]) >= 2:
         raise TmdeployError(f"nvidia-pytriton needs numpy<2 (its Triton backend returns empty outputs with numpy "
                             f"{np.__version__}): pip install 'numpy<2'")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import onnx
 
-from tmdeploy.errors import TmdeployError
+from tmdeploy.errors import TmdeployError, first_line
 
 METADATA_FORMAT = "1"
 _JSON_FIELDS = {"class_names", "input_size", "mean", "std", "outputs"}
@@ -60,9 +60,8 @@ class ModelMetadata:
             values["opset"] = int(values.get("opset", 0))
             meta = cls(**values)
         except (TypeError, ValueError, RecursionError) as err:  # RecursionError: JSON nested too deep
-            detail = str(err).splitlines()[0][:160] if str(err) else ""
             raise TmdeployError(
-                f"the ONNX file's tmdeploy metadata is malformed ({type(err).__name__}: {detail})") from err
+                f"the ONNX file's tmdeploy metadata is malformed ({type(err).__name__}: {first_line(err, 160)})") from err
         _validate(meta)
         return meta
 
