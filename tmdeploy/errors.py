@@ -18,3 +18,9 @@ def first_line(err: BaseException, limit: int = 300) -> str:
     quote another library's error in our one-line messages."""
     lines = str(err).strip().splitlines()
     return lines[0][:limit] if lines else ""
+
+
+def check_choice(value, choices, option: str) -> None:
+    """The one message for a value outside a fixed set of choices: a UsageError naming them."""
+    if value not in choices:
+        raise UsageError(f"unknown {option} '{value}'; choose one of: {', '.join(choices)}")

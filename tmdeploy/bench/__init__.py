@@ -6,6 +6,7 @@ Re-exported lazily, so that ``tmdeploy.bench.timing`` and ``tmdeploy.bench.machi
 from tmdeploy.optional import lazy_exports
 
 __getattr__, __all__ = lazy_exports(__name__, {
-    **{name: "tmdeploy.bench.suite" for name in ("BenchOptions", "BenchResult", "BackendResult", "DEVICES", "run")},
+    **{name: "tmdeploy.bench.suite" for name in ("BenchResult", "BackendResult", "run")},
+    "BenchOptions": "tmdeploy.bench.options", "DEVICES": "tmdeploy.bench.options",
     "NAMES": "tmdeploy.bench.backends",
 })

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tmdeploy.errors import UsageError
+from tmdeploy.errors import UsageError, check_choice
 
 FORMS = ("folded", "folded-padded", "deferred")
 DEFAULT_FORM = "deferred"  # fastest on ONNX Runtime CPU: see benchmarks/tm_forms.py and the README table
@@ -13,12 +13,6 @@ EXPORTERS = ("torchscript", "dynamo")
 PRECISIONS = ("fp32", "fp16", "int8")
 INT8_TARGETS = ("tensorrt", "onnxruntime")
 MIN_OPSET = 13  # ONNX Softmax before opset 13 flattens from the axis: a channel soft-max would be wrong
-
-
-def check_choice(value, choices, option: str) -> None:
-    """The one message for a value outside a fixed set of choices."""
-    if value not in choices:
-        raise UsageError(f"unknown {option} '{value}'; choose one of: {', '.join(choices)}")
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,6 @@ and made the ONNX Runtime recipe 1.6× slower (its QLinearConv needs a quantized
 
 from __future__ import annotations
 
-import logging
 import tempfile
 import warnings
 from collections.abc import Sequence
@@ -182,7 +181,7 @@ def to_int8(model: onnx.ModelProto, calibration: np.ndarray, target: str = "tens
     ``tensorrt``: symmetric signed INT8 activations and per-channel weights (zero points 0), biases left in
     float because TensorRT's parser has no INT32 DequantizeLinear. ``onnxruntime``: unsigned activations,
     signed per-channel weights and INT32 biases, which ONNX Runtime's x86 kernels fuse into QLinearConv
-    (symmetric signed activations ran slower than FP32 there: SPEC §1). Soft-max exponents and
+    (symmetric signed activations ran slower than FP32 there: docs/models.md, "INT8"). Soft-max exponents and
     normalisers stay in float for both.
     """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -196,30 +195,17 @@ def to_int8(model: onnx.ModelProto, calibration: np.ndarray, target: str = "tens
     else:
         activations = QuantType.QUInt8
         extra = {"ActivationSymmetric": False, "WeightSymmetric": True}
-    advice, root = _NoPreprocessingAdvice(), logging.getLogger()
     with tempfile.TemporaryDirectory(prefix="tmdeploy-int8-") as tmp:
         source, quantized = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
         onnx.save(model, str(source))
-        root.addFilter(advice)
-        try:
-            with _CalibrationReader(model.graph.input[0].name, calibration, show_progress) as reader:
-                quantize_static(
-                    str(source), str(quantized), reader, quant_format=QuantFormat.QDQ,
-                    op_types_to_quantize=list(INT8_OP_TYPES), nodes_to_exclude=softmax_nodes(model),
-                    per_channel=True, activation_type=activations, weight_type=QuantType.QInt8,
-                    calibrate_method=CalibrationMethod.MinMax, extra_options=extra,
-                )
-        finally:
-            root.removeFilter(advice)
+        with _CalibrationReader(model.graph.input[0].name, calibration, show_progress) as reader:
+            quantize_static(
+                str(source), str(quantized), reader, quant_format=QuantFormat.QDQ,
+                op_types_to_quantize=list(INT8_OP_TYPES), nodes_to_exclude=softmax_nodes(model),
+                per_channel=True, activation_type=activations, weight_type=QuantType.QInt8,
+                calibrate_method=CalibrationMethod.MinMax, extra_options=extra,
+            )
         return _checked(onnx.load(str(quantized)), model, "int8")
-
-
-class _NoPreprocessingAdvice(logging.Filter):
-    """quantize_static advises (twice, on the root logger) ``quant_pre_process``: shape inference and
-    constant folding, which the exporter already did; and its symbolic shape inference fails on the TM graphs."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "pre-processing before quantization" not in record.getMessage()
 
 
 class _CalibrationReader:

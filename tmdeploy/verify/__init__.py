@@ -6,5 +6,6 @@ Re-exported lazily, so that ``tmdeploy.verify.stats`` imports without torch or p
 from tmdeploy.optional import lazy_exports
 
 __getattr__, __all__ = lazy_exports(__name__, {
-    name: "tmdeploy.verify.parity" for name in ("CheckOptions", "CheckReport", "check", "make_feeds", "write_report")
+    "CheckOptions": "tmdeploy.verify.options",
+    **{name: "tmdeploy.verify.parity" for name in ("CheckReport", "check", "make_feeds", "write_report")},
 })

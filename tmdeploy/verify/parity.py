@@ -21,34 +21,15 @@ from polygraphy.logger import G_LOGGER
 
 from tmdeploy import data
 from tmdeploy.checkpoint import Checkpoint
-from tmdeploy.errors import TmdeployError, UsageError
+from tmdeploy.errors import TmdeployError
 from tmdeploy.export import metadata as onnx_metadata
 from tmdeploy.export.to_onnx import INPUT_NAME, DeployModule
 from tmdeploy.fileio import atomic_write
 from tmdeploy.threads import torch_threads
 from tmdeploy.verify.runners import TorchRunner, onnxrt_runner
+from tmdeploy.verify.options import CheckOptions
 from tmdeploy.verify.stats import DEFAULT_TOLERANCES, Tolerance, output_stats
 
-
-
-@dataclass
-class CheckOptions:
-    batches: tuple[int, ...] = (1, 7)
-    iterations: int = 2  # per batch size
-    data: str | None = None  # None: seeded random inputs; else a data spec (see tmdeploy.data)
-    seed: int = 0
-    atol: float | None = None  # None: the default for the file's precision
-    rtol: float | None = None
-    min_top1: float | None = None
-    save_inputs: Path | None = None
-    save_outputs: Path | None = None
-    localize: bool = False
-
-    def validate(self) -> None:
-        if not self.batches or any(b < 1 for b in self.batches):
-            raise UsageError(f"--batch needs positive batch sizes, got {','.join(map(str, self.batches))}")
-        if self.iterations < 1:
-            raise UsageError(f"--iterations must be at least 1, got {self.iterations}")
 
 
 @dataclass
