@@ -165,3 +165,15 @@ def test_polygraphy_cli_rechecks_saved_inputs_and_outputs(tmp_path):
 def _polygraphy():
     """The polygraphy CLI installed beside this interpreter (the test's own virtual environment)."""
     return [str(Path(sys.executable).with_name("polygraphy"))]
+
+
+def test_untrained_batchnorm_with_equal_statistics_exports(tmp_path):
+    """Fresh BatchNorms share equal parameters, which the TorchScript exporter feeds through Identity nodes:
+    the pre-activation BN (DenseNet) must still become a constant Mul/Add."""
+    torch.manual_seed(0)
+    model = models.create("dn100", num_classes=10, in_chans=1)
+    card = checkpoint.card_for(model, [str(i) for i in range(10)], [0.3], [0.4], input_size=(1, 16, 16))
+    ckpt = checkpoint.load(checkpoint.save(tmp_path / "dn100.pt", model, card))
+    path = export_onnx(ckpt, tmp_path / "dn100.onnx", ExportOptions())
+    assert "BatchNormalization" not in graph.op_histogram(onnx.load(str(path)))
+    assert check(ckpt, path, CheckOptions(batches=(2,), iterations=1)).passed

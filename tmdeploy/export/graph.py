@@ -108,6 +108,7 @@ def batchnorm_to_affine(graph: gs.Graph) -> int:
 def clean_up(model: onnx.ModelProto) -> onnx.ModelProto:
     """Constant folding, dead-node removal and topological order with onnx-graphsurgeon."""
     graph = gs.import_onnx(model)
+    graph.fold_constants()  # first: the TorchScript exporter feeds equal initializers through Identity nodes
     batchnorm_to_affine(graph)
     graph.fold_constants().cleanup().toposort()
     cleaned = gs.export_onnx(graph)
