@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import math
 import pickle
-import re
 import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -150,12 +149,6 @@ def _is_safetensors(path: Path) -> bool:
     return len(head) == 9 and head[8:9] == b"{"
 
 
-# What torch's weights-only unpickler says when the pickle names a callable it will not import (the
-# reason a pickle could run code), as opposed to a pickle that is merely malformed.
-_UNSAFE_PICKLE = re.compile(r"GLOBAL (?P<name>\S+?)(?: was not an allowed global| whose module \S+ is blocked)"
-                            r"|\S+ must be \S+ to load")
-
-
 def _read_torch(path: Path):
     try:
         is_zip = zipfile.is_zipfile(path)
@@ -170,14 +163,19 @@ def _read_torch(path: Path):
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        unsafe = _UNSAFE_PICKLE.search(str(err))
-        if unsafe is None:  # the weights-only unpickler also raises this for malformed pickles
+        # The weights-only unpickler raises this both for a pickle that names callables it will not import
+        # (the reason a pickle could run code) and for a malformed one; torch lists the former without
+        # running anything.
+        try:
+            unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+        except Exception:  # noqa: BLE001 - a pickle it cannot even scan is a damaged file
+            unsafe = []
+        if not unsafe:
             raise TmdeployError(f"cannot read checkpoint {path}: file is truncated or corrupt "
                                 f"(its pickle is malformed)") from err
-        what = f"it calls {unsafe.group('name')}" if unsafe.group("name") else unsafe.group(0)[:160]
         raise TmdeployError(
             f"refusing to load {path}: it holds objects other than tensors and plain data, "
-            f"which could run code when unpickled ({what})"
+            f"which could run code when unpickled (it calls {', '.join(unsafe)[:160]})"
         ) from err
     except Exception as err:  # weights_only: nothing ran, so any other failure is a damaged file
         raise TmdeployError(f"cannot read checkpoint {path}: file is truncated or corrupt ({type(err).__name__})") from err

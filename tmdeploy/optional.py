@@ -12,7 +12,7 @@ import importlib
 from tmdeploy.errors import TmdeployError, first_line
 
 # The pip extra of tmdeploy that brings each optional package.
-EXTRAS = {"tensorrt": "gpu", "onnxruntime-gpu": "gpu", "nvidia-pytriton": "serve"}
+EXTRAS = {"tensorrt": "gpu", "onnxruntime-gpu": "gpu", "nvidia-pytriton": "serve", "tritonclient": "serve"}
 
 
 def install_hint(package: str) -> str:
