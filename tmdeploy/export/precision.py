@@ -38,7 +38,6 @@ import numpy as np
 import onnx
 
 from tmdeploy import data
-from tmdeploy.data import graph_inputs
 from tmdeploy.errors import TmdeployError, UsageError, first_line
 from tmdeploy.export.metadata import ModelMetadata
 from tmdeploy.export.options import INT8_TARGETS, ExportOptions  # noqa: F401 (INT8_TARGETS: tests use it here)
@@ -245,7 +244,7 @@ def calibration_inputs(meta: ModelMetadata, data_spec: str = "digits", count: in
         raise UsageError(f"calibration needs at least one image, got count={count}")
     c, h, _ = meta.input_size
     images, _ = data.stack(data.load(data_spec, image_size=h, in_chans=c, seed=seed).train, limit=count)
-    return graph_inputs(images, meta)
+    return meta.graph_input(images.numpy(), raw=True)
 
 
 def lower_precision(model: onnx.ModelProto, precision: str, *, meta: ModelMetadata, calib_data: str = "digits",

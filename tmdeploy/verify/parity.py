@@ -22,7 +22,7 @@ from polygraphy.logger import G_LOGGER
 from tmdeploy import data
 from tmdeploy.checkpoint import Checkpoint
 from tmdeploy.errors import TmdeployError
-from tmdeploy.export import metadata as onnx_metadata
+from tmdeploy.export import metadata
 from tmdeploy.export.to_onnx import INPUT_NAME, DeployModule
 from tmdeploy.fileio import atomic_write
 from tmdeploy.threads import torch_threads
@@ -69,14 +69,14 @@ class CheckReport:
         return "\n".join(lines) + "\n"
 
 
-def _reference_module(ckpt: Checkpoint, meta: onnx_metadata.ModelMetadata) -> DeployModule:
+def _reference_module(ckpt: Checkpoint, meta: metadata.ModelMetadata) -> DeployModule:
     """The trained model exactly as PyTorch runs it (training form, BatchNorm unfolded), in float32."""
     model = ckpt.build_model().float()
     return DeployModule(model, ckpt.card.mean, ckpt.card.std, meta.preprocess == "baked",
                         "patch_logits" in meta.outputs).eval()
 
 
-def make_feeds(meta: onnx_metadata.ModelMetadata, options: CheckOptions) -> tuple[list[dict], str]:
+def make_feeds(meta: metadata.ModelMetadata, options: CheckOptions) -> tuple[list[dict], str]:
     """Input feed dicts: seeded random tensors, or real images from ``options.data``."""
     c, h, w = meta.input_size
     rng = np.random.default_rng(options.seed)
@@ -91,7 +91,7 @@ def make_feeds(meta: onnx_metadata.ModelMetadata, options: CheckOptions) -> tupl
     for batch in options.batches:
         for _ in range(options.iterations):
             if images is not None:
-                x = data.graph_inputs(images[used:used + batch], meta)
+                x = meta.graph_input(images[used:used + batch].numpy(), raw=True)
                 used += batch
             elif meta.preprocess == "baked":
                 x = rng.integers(0, 256, size=(batch, h, w, c), dtype=np.uint8)
@@ -111,7 +111,7 @@ def check(ckpt: Checkpoint, onnx_path, options: CheckOptions = CheckOptions()) -
 def _check(ckpt: Checkpoint, onnx_path, options: CheckOptions) -> CheckReport:
     options.validate()
     onnx_path = Path(onnx_path)
-    meta = onnx_metadata.read(onnx_path)
+    meta = metadata.read(onnx_path)
     base = DEFAULT_TOLERANCES.get(meta.precision, DEFAULT_TOLERANCES["fp32"])
     tol = Tolerance(atol=base.atol if options.atol is None else options.atol,
                     rtol=base.rtol if options.rtol is None else options.rtol,
