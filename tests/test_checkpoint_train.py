@@ -8,6 +8,7 @@ import torch
 
 from tmdeploy import checkpoint, models
 from tmdeploy.errors import TmdeployError, UsageError
+from tmdeploy.train import TrainConfig, train
 
 
 def _card(model):
@@ -66,12 +67,35 @@ def test_nan_weights_are_refused_with_their_name():
 
 
 @pytest.mark.slow
-def test_training_on_digits_reaches_90_percent(trained, tmp_path):
+def test_default_recipe_on_digits_reaches_97_percent(trained):
     ckpt, result = trained("rn26-cls")
-    assert result.accuracy >= 0.90, result.history
-    assert [h["epoch"] for h in result.history] == [1, 2, 3]
+    assert result.accuracy >= 0.97, result.history  # measured 99.2-99.4 % (benchmarks/train_all.py)
+    assert [h["epoch"] for h in result.history] == list(range(1, TrainConfig().epochs + 1))
     assert ckpt.card.extra["train"]["seed"] == 0
+    assert ckpt.card.input_size == (1, 16, 16)  # digits' default size
     assert json.loads(json.dumps(ckpt.card.extra))  # the training record is plain data
+
+
+@pytest.mark.slow
+def test_statistics_free_network_trains_as_well_as_its_batchnorm_twin(trained):
+    """The seed's claim, on real data: rn26-tm (no batch statistics anywhere) within 1 point of rn26."""
+    tm, bn = trained("rn26-tm")[1], trained("rn26")[1]
+    assert tm.accuracy >= 0.97, tm.history
+    assert tm.accuracy >= bn.accuracy - 0.01, (tm.history, bn.history)
+
+
+@pytest.mark.slow
+def test_same_seed_lands_within_half_a_point_at_another_thread_count(trained):
+    """Other thread counts run other kernels and reduction orders (as other CPUs do); the recipe must not care."""
+    reference = trained("rn26-cls")[1]
+    threads = torch.get_num_threads()
+    other = 1 if threads > 1 else 2
+    torch.set_num_threads(other)
+    try:
+        result = train(TrainConfig(arch="rn26-cls"), show_progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    assert abs(result.accuracy - reference.accuracy) <= 0.005, (threads, reference.history, other, result.history)
 
 
 def test_local_data_sources_read_real_files_and_explain_what_is_missing(tmp_path):

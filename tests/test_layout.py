@@ -58,10 +58,7 @@ def test_every_cli_default_is_the_api_default():
             args = parser.parse_args([command, *MINIMAL_ARGV[command]])
             built = importlib.import_module(f"tmdeploy.cli.{command}_cmd").options(args)
             for value in built if isinstance(built, tuple) else (built,):
-                if dataclasses.is_dataclass(value):
-                    assert value == type(value)(), (command, value)
-                else:
-                    assert value == {}, (command, value)
+                assert value == type(value)(), (command, value)
 
 
 def test_help_shows_the_api_defaults(capsys):

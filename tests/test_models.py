@@ -23,7 +23,7 @@ from tmdeploy.models import (
     list_models,
 )
 
-REQUIRED = ["rn26", "rn26-aux", "rn26-cls", "rn26-tm", "rn26-sge", "rn26-rescnet", "rn26-convmix",
+REQUIRED = ["rn26", "rn26-aux", "rn26-cls", "rn26-tm", "rn26-tm-cls", "rn26-sge", "rn26-rescnet", "rn26-convmix",
             "rn38", "rn38-cls", "wrn16", "wrn16-cls", "dn100", "dn100-cls"]
 
 
@@ -66,19 +66,30 @@ def _tm_params(tm: TemplateMatching):
             tm.null_logit.item(), tm.temperature.item())
 
 
-@pytest.mark.parametrize("in_ch,out_ch,stride", [(4, 4, 1), (3, 5, 2)])
-def test_tm_block_matches_patch_loop(in_ch, out_ch, stride):
+def _pixel_rms(x: np.ndarray) -> np.ndarray:
+    return x / np.sqrt((x ** 2).mean(1, keepdims=True) + 1e-6)
+
+
+@pytest.mark.parametrize("in_ch,out_ch,stride,width,input_norm",
+                         [(4, 4, 1, None, False), (3, 5, 2, None, False), (4, 4, 1, 3, True), (3, 5, 2, 2, True),
+                          (4, 4, 1, None, True)])
+def test_tm_block_matches_patch_loop(in_ch, out_ch, stride, width, input_norm):
     torch.manual_seed(0)
-    block = TMBlock(in_ch, out_ch, stride=stride, num_templates=6)
+    block = TMBlock(in_ch, out_ch, stride=stride, num_templates=6, width=width, input_norm=input_norm)
     _randomize(block)
     x = torch.randn(2, in_ch, 5, 6)
-    _, expected = _tm_reference(_np(x), *_tm_params(block.tm), stride=stride, pad=1)
+    h = _np(x)
+    if width:  # the 1×1 reduce, then the per-pixel RMS normalisation over channels
+        h = np.einsum("oc,nchw->nohw", _np(block.reduce.weight)[:, :, 0, 0], h)
+    if input_norm:
+        h = _pixel_rms(h)
+    _, expected = _tm_reference(h, *_tm_params(block.tm), stride=stride, pad=1)
     if isinstance(block.shortcut, nn.Identity):
         expected += _np(x)
     else:
         w, b = _np(block.shortcut.weight)[:, :, 0, 0], _np(block.shortcut.bias)
         expected += np.einsum("oc,nchw->nohw", w, _np(x)[:, :, ::stride, ::stride]) + b[:, None, None]
-    np.testing.assert_allclose(_np(block(x)), expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(_np(block(x)), expected, rtol=1e-5, atol=1e-5)
 
 
 def test_tm_defaults_and_temperature():
@@ -93,6 +104,7 @@ def test_tm_defaults_and_temperature():
     assert torch.equal(out, tm(x)) and torch.equal(scores, s)
     assert bool(((p.sum(1) > 0) & (p.sum(1) < 1)).all())  # the null option takes the rest
     assert TMBlock(8, 8).tm.num_templates == 8 and isinstance(TMBlock(8, 8).shortcut, nn.Identity)
+    assert TMBlock(8, 8, width=2).tm.num_templates == 2 and TMBlock(8, 8, width=2).tm.templates.in_channels == 2
 
 
 def test_class_semantic_block_matches_patch_loop():
@@ -185,9 +197,10 @@ def _alone_vs_in_batch(model: nn.Module, train: bool) -> float:
         return (model(batch)[5] - model(batch[5:6])[0]).abs().max().item()
 
 
-def test_tm_net_is_batch_independent_bn_net_is_not():
+@pytest.mark.parametrize("arch", ["rn26-tm", "rn26-tm-cls"])
+def test_tm_net_is_batch_independent_bn_net_is_not(arch):
     torch.manual_seed(0)
-    tm_net = create("rn26-tm")
+    tm_net = create(arch)
     assert _alone_vs_in_batch(tm_net, train=True) < 1e-5
     assert _alone_vs_in_batch(tm_net, train=False) < 1e-5
     bn_net = create("rn26")
@@ -195,8 +208,9 @@ def test_tm_net_is_batch_independent_bn_net_is_not():
     assert diff > 1e-2, f"BN baseline in train mode should depend on the batch, max |Δlogit| = {diff:.3g}"
 
 
-def test_tm_net_has_no_batch_norm():
-    model = create("rn26-tm")
+@pytest.mark.parametrize("arch", ["rn26-tm", "rn26-tm-cls"])
+def test_tm_net_has_no_batch_norm(arch):
+    model = create(arch)
     assert not any(isinstance(m, nn.modules.batchnorm._NormBase) for m in model.modules())
     assert not any("running" in name for name, _ in model.named_buffers())
 
@@ -303,11 +317,15 @@ def test_variant_parameter_counts_are_what_the_blocks_add():
     convmix = sum(w * 256 + 256 for w in (64, 128, 256)) + 3
     assert count_parameters(create("rn26-convmix", num_classes=c)) == base + convmix
 
-    def tm_block(cin, cout):  # ω, b, ν, μ, τ, and a biased 1×1 shortcut when the shape changes
-        return 9 * cin * cout + cout + cout * cout + 2 + (cin * cout + cout if cin != cout else 0)
+    def tm_block(cin, cout, width, k, reduce=True):  # 1×1 reduce, ω, b, ν, μ, τ, and a biased 1×1 shortcut
+        return cin * width * reduce + 9 * width * k + k + k * cout + 2 + (cin * cout + cout if cin != cout else 0)
 
     ins = [32, 64, 64, 128, 128, 256, 256, 256]
-    tm = 9 * 3 * 32 + 32 + sum(tm_block(i, o) for i, o in zip(ins, branch_widths)) + 256 * c + c
+    inner = [16] * 2 + [48] * 2 + [128] * 4  # rn26's bottleneck widths: the templates' input width and K
+    tm = 9 * 3 * 32 + 32 + sum(tm_block(i, o, w, w) for i, o, w in zip(ins, branch_widths, inner)) + 256 * c + c
     assert count_parameters(create("rn26-tm", num_classes=c)) == tm
+    assert abs(tm / base - 1) < 0.01  # the point of matching K to the bottleneck: rn26's size and cost
+    legacy = 9 * 3 * 32 + 32 + sum(tm_block(i, o, i, o, reduce=False) for i, o in zip(ins, branch_widths)) + 256 * c + c
+    assert count_parameters(create("rn26-tm", num_classes=c, legacy=True)) == legacy
     slim = create("rn26-tm", num_classes=c, template_ratio=0.5)
-    assert [m.tm.num_templates for m in slim.modules() if isinstance(m, TMBlock)] == [w // 2 for w in branch_widths]
+    assert [m.tm.num_templates for m in slim.modules() if isinstance(m, TMBlock)] == [w // 2 for w in inner]

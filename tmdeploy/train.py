@@ -1,4 +1,12 @@
-"""Seeded training that ends in a deployable checkpoint: SGD, cosine schedule, auxiliary per-patch loss."""
+"""Seeded training that ends in a deployable checkpoint: AdamW, warm-up then cosine, auxiliary per-patch loss.
+
+The recipe is chosen to be stable, not lucky: the same seed must land within a few test images whatever
+the CPU kernels or thread count (``benchmarks/train_all.py`` measures every architecture with it).
+SGD at lr 0.05 (the first recipe) swung between 35 % and 98 % on digits with small numeric changes;
+AdamW with a one-epoch warm-up reached the same accuracy at 1 and 2 threads, for BatchNorm and
+template-matching networks alike. Zero-initialising the last BatchNorm of each residual branch was
+measured too and slowed these short runs (92.5 % against 98.6 % after 5 epochs), so it is not used.
+"""
 
 from __future__ import annotations
 
@@ -22,13 +30,13 @@ from tmdeploy.models.losses import auxiliary_loss
 class TrainConfig:
     arch: str = "rn26-cls"
     data: str = "digits"
-    epochs: int = 3
-    batch_size: int = 64
-    lr: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
+    epochs: int = 8
+    batch_size: int = 32
+    lr: float = 2e-3  # AdamW's peak learning rate, reached after the warm-up
+    warmup_epochs: float = 1.0  # linear warm-up from lr/steps, then cosine decay to 0
+    weight_decay: float = 0.05  # decoupled (AdamW); never applied to biases, norms, μ or τ
     aux_weight: float = 0.3  # λ in SPEC §2; used only by models with per-patch logits
-    image_size: int = 32
+    image_size: int | None = None  # default: the data's own size (data.DEFAULT_IMAGE_SIZES)
     in_chans: int | None = None  # default: the data's own channels
     seed: int = 0
 
@@ -39,9 +47,13 @@ class TrainConfig:
             raise UsageError(f"--batch-size must be at least 1, got {self.batch_size}")
         if not self.lr > 0:
             raise UsageError(f"--lr must be positive, got {self.lr}")
+        if not 0.0 <= self.warmup_epochs <= self.epochs:
+            raise UsageError(f"--warmup-epochs must be in [0, --epochs], got {self.warmup_epochs}")
+        if not self.weight_decay >= 0:
+            raise UsageError(f"--weight-decay must be at least 0, got {self.weight_decay}")
         if not 0.0 <= self.aux_weight < 1.0:
             raise UsageError(f"--aux-weight must be in [0, 1), got {self.aux_weight}")
-        if self.image_size < 8:
+        if self.image_size is not None and self.image_size < 8:
             raise UsageError(f"--image-size must be at least 8, got {self.image_size}")
         if self.arch not in models.list_models():
             raise UsageError(f"unknown architecture '{self.arch}'; choose one of: {', '.join(models.list_models())}")
@@ -56,6 +68,26 @@ class TrainResult:
     @property
     def accuracy(self) -> float:
         return self.history[-1]["test_accuracy"]
+
+
+def optimizer_for(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW with weight decay on weight matrices and kernels only: decaying biases, norm gains, μ or τ
+    towards 0 would change what the block computes rather than regularise it."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.ndim > 1], "weight_decay": config.weight_decay},
+              {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=config.lr)
+
+
+def warmup_cosine(steps: int, warmup_steps: int):
+    """Multiplier of the peak learning rate at each step: linear warm-up, then half a cosine to 0."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup_steps) / max(1, steps - warmup_steps)))
+
+    return factor
 
 
 def seed_everything(seed: int) -> None:
@@ -86,11 +118,9 @@ def train(config: TrainConfig, out: Path | None = None, show_progress: bool = Tr
         split.train, batch_size=config.batch_size, shuffle=True, drop_last=len(split.train) > config.batch_size,
         generator=torch.Generator().manual_seed(config.seed),
     )
-    steps = config.epochs * len(loader)
-    optimizer = torch.optim.SGD(
-        model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay, nesterov=True
-    )
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * step / steps)))
+    optimizer = optimizer_for(model, config)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, warmup_cosine(config.epochs * len(loader), round(config.warmup_epochs * len(loader))))
     aux = config.aux_weight if model.has_patch_logits else 0.0
     history = []
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -118,7 +148,7 @@ def train(config: TrainConfig, out: Path | None = None, show_progress: bool = Tr
     model.eval()
     card = checkpoint.card_for(
         model, split.class_names, split.mean, split.std,
-        input_size=(split.in_chans, config.image_size, config.image_size),
+        input_size=(split.in_chans, split.image_size, split.image_size),
         extra={"train": asdict(config), "history": history, "test_accuracy": history[-1]["test_accuracy"]},
     )
     if out is not None:

@@ -13,6 +13,10 @@ rounding; which one is fastest depends on the runtime, so the choice is an optio
                    defeat the convolution kernels' channel blocking.
 ``deferred``       normalises after the value conv, since the soft-max denominator is one scalar per
                    pixel: ``e = exp(s - m)``, ``out = Conv(e; ν) / (Σ e + exp(μ/τ - m))``.
+``normalized``     the soft-max written out on the K template channels before the value conv:
+                   ``p = e / (Σ e + exp(μ/τ - m))``, ``out = Conv(p; ν)``. It divides K values per pixel
+                   where ``deferred`` divides C_out, and the value conv's output goes straight into the
+                   residual Add, which onnxruntime fuses into the convolution in its blocked layout.
 """
 
 from __future__ import annotations
@@ -78,7 +82,7 @@ class FoldedSoftmax(_ExportForm):
 
 
 class DeferredNormalization(_ExportForm):
-    """Soft-max normalised after the value conv: one division per pixel instead of per template."""
+    """Soft-max normalised after the value conv: C_out divisions per pixel instead of K."""
 
     def __init__(self, tm: TemplateMatching) -> None:
         super().__init__(tm)
@@ -91,17 +95,31 @@ class DeferredNormalization(_ExportForm):
             self.values.weight.copy_(values)
         self.register_buffer("null_logit", null.reshape(1, 1, 1, 1))
 
-    def forward(self, x: Tensor) -> Tensor:
+    def exponentials(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``e = exp(s - m)`` and the soft-max denominator ``Σ e + exp(μ/τ - m)``, m the largest logit."""
         s = self.templates(x)
         m = torch.maximum(s.amax(dim=1, keepdim=True), self.null_logit)
         e = torch.exp(s - m)
-        return self.values(e) / (e.sum(dim=1, keepdim=True) + torch.exp(self.null_logit - m))
+        return e, e.sum(dim=1, keepdim=True) + torch.exp(self.null_logit - m)
+
+    def forward(self, x: Tensor) -> Tensor:
+        e, denominator = self.exponentials(x)
+        return self.values(e) / denominator
+
+
+class ExplicitSoftmax(DeferredNormalization):
+    """The soft-max written out on the K template channels, then the value conv: K divisions per pixel."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        e, denominator = self.exponentials(x)
+        return self.values(e / denominator)
 
 
 _BUILDERS = {
     "folded": FoldedSoftmax,
     "folded-padded": lambda tm: FoldedSoftmax(tm, pad_to_multiple=_PAD_MULTIPLE),
     "deferred": DeferredNormalization,
+    "normalized": ExplicitSoftmax,
 }
 
 

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 from tmdeploy.errors import UsageError, check_choice
 
-FORMS = ("folded", "folded-padded", "deferred")
-DEFAULT_FORM = "deferred"  # fastest on ONNX Runtime CPU: see benchmarks/tm_forms.py and the README table
+FORMS = ("folded", "folded-padded", "deferred", "normalized")
+DEFAULT_FORM = "normalized"  # fastest on ONNX Runtime CPU: see benchmarks/tm_forms.py and the README table
 EXPORTERS = ("torchscript", "dynamo")
 PRECISIONS = ("fp32", "fp16", "int8")
 INT8_TARGETS = ("tensorrt", "onnxruntime")

@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .template_matching import PixelRMSNorm
+
 
 def _pool(feature: Tensor) -> Tensor:
     """Global average pool to N×C (any H, W)."""
@@ -17,14 +19,20 @@ def _pool(feature: Tensor) -> Tensor:
 
 
 class ClassifierHead(nn.Module):
-    """Plain head: global average pool of the last stage, then a linear classifier."""
+    """Plain head: global average pool of the last stage, then a linear classifier.
 
-    def __init__(self, in_features: int, num_classes: int) -> None:
+    ``pixel_norm`` RMS-normalises each pixel first, for networks whose last stage is an un-normalised
+    residual stream (``rn26-tm``): without it the logits' scale follows the stream's, and training starts
+    with a loss far above ln(classes).
+    """
+
+    def __init__(self, in_features: int, num_classes: int, pixel_norm: bool = False) -> None:
         super().__init__()
+        self.norm = PixelRMSNorm() if pixel_norm else nn.Identity()
         self.fc = nn.Linear(in_features, num_classes)
 
     def forward(self, features: list[Tensor]) -> Tensor:
-        return self.fc(_pool(features[-1]))
+        return self.fc(_pool(self.norm(features[-1])))
 
 
 class ConvMixHead(nn.Module):

@@ -57,6 +57,10 @@ def linear_head(widths: Sequence[int], num_classes: int) -> nn.Module:
     return ClassifierHead(widths[-1], num_classes)
 
 
+def normalized_head(pixel_norm: bool, widths: Sequence[int], num_classes: int) -> nn.Module:
+    return ClassifierHead(widths[-1], num_classes, pixel_norm=pixel_norm)
+
+
 class _Residual(nn.Module):
     """``relu(enhance(branch(x)) + shortcut(x))``; subclasses build the branch (ending in a BN)."""
 
@@ -116,11 +120,13 @@ class StagedNet(nn.Module):
 
     ``patch``: ``None``; ``"aux"`` — a training-only 1×1 conv classifier h2 on the tap map, used only by
     :meth:`forward_with_patch_logits`; ``"cls"`` — a :class:`ClassSemanticBlock` in the inference path
-    whose template scores are the patch logits. The head gets the list of all stage outputs.
+    whose template scores are the patch logits (``patch_norm``: matched on the RMS-normalised map, for
+    networks without BatchNorm). The head gets the list of all stage outputs.
     """
 
     def __init__(self, stem: nn.Module, stages: Sequence[nn.Module], widths: Sequence[int], num_classes: int,
-                 in_chans: int, head: HeadFactory = linear_head, patch: str | None = None, tap: int = 1) -> None:
+                 in_chans: int, head: HeadFactory = linear_head, patch: str | None = None, tap: int = 1,
+                 patch_norm: bool = False) -> None:
         super().__init__()
         if patch not in PATCH_MODES:
             raise ValueError(f"patch must be one of {PATCH_MODES}, got {patch!r}")
@@ -135,7 +141,7 @@ class StagedNet(nn.Module):
         self.stem = stem
         self.stages = nn.ModuleList(stages)
         self.patch_head = nn.Conv2d(widths[tap], num_classes, 1) if patch == "aux" else None
-        self.class_block = ClassSemanticBlock(widths[tap], num_classes) if patch == "cls" else None
+        self.class_block = ClassSemanticBlock(widths[tap], num_classes, input_norm=patch_norm) if patch == "cls" else None
         self.head = head(widths, num_classes)
 
     def _run(self, x: Tensor, want_patch_logits: bool) -> tuple[Tensor, Tensor | None]:
@@ -193,13 +199,35 @@ register_patch_variants("rn26", partial(_resnet, 26))
 register_patch_variants("rn38", partial(_resnet, 38))
 
 
-@register_model("rn26-tm")
-def rn26_tm(num_classes: int = 10, in_chans: int = 3, template_ratio: float = 1.0) -> StagedNet:
-    """``template_ratio``: K per block as a fraction of its output width (1.0 = K equals the width)."""
+def _rn26_tm(num_classes: int, in_chans: int, template_ratio: float = 1.0, legacy: bool = False,
+             patch: str | None = None) -> StagedNet:
+    """RN26's stages with every bottleneck a :class:`TMBlock`: no BatchNorm, no batch statistics.
+
+    Each block reduces to the bottleneck width (16/48/128), RMS-normalises per pixel and matches
+    K = ``template_ratio`` × that width 3×3 templates, so K = width costs what the BN bottleneck costs;
+    the head RMS-normalises per pixel before pooling. ``legacy=True`` builds the first configuration
+    (K = ``template_ratio`` × the block's output width, templates on the raw full-width input, no
+    normalisation anywhere): it trains to about 23 % on digits and is kept only for comparison.
+    """
+    if legacy:
+        stage_kwargs = [{"num_templates": max(1, round(w * template_ratio)), "input_norm": False} for w in RN_WIDTHS]
+    else:
+        stage_kwargs = [{"width": w, "num_templates": max(1, round(w * template_ratio))} for w in RN_BOTTLENECK_WIDTHS]
     stem = nn.Conv2d(in_chans, RN_STEM, 3, padding=1, bias=True)
-    stages = make_stages(TMBlock, RN_STEM, RN_WIDTHS, RN_DEPTHS[26],
-                         stage_kwargs=[{"num_templates": max(1, round(w * template_ratio))} for w in RN_WIDTHS])
-    return StagedNet(stem, stages, RN_WIDTHS, num_classes, in_chans)
+    stages = make_stages(TMBlock, RN_STEM, RN_WIDTHS, RN_DEPTHS[26], stage_kwargs=stage_kwargs)
+    return StagedNet(stem, stages, RN_WIDTHS, num_classes, in_chans, head=partial(normalized_head, not legacy),
+                     patch=patch, patch_norm=not legacy)
+
+
+@register_model("rn26-tm")
+def rn26_tm(num_classes: int = 10, in_chans: int = 3, template_ratio: float = 1.0, legacy: bool = False) -> StagedNet:
+    return _rn26_tm(num_classes, in_chans, template_ratio, legacy)
+
+
+@register_model("rn26-tm-cls")
+def rn26_tm_cls(num_classes: int = 10, in_chans: int = 3, template_ratio: float = 1.0) -> StagedNet:
+    """``rn26-tm`` with the class-semantic block and its auxiliary loss: the statistics-free "-Ours"."""
+    return _rn26_tm(num_classes, in_chans, template_ratio, patch="cls")
 
 
 @register_model("rn26-sge")

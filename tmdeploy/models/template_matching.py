@@ -60,16 +60,39 @@ class TemplateMatching(nn.Module):
         return f"num_templates={self.num_templates}"
 
 
-class TMBlock(nn.Module):
-    """Residual block ``shortcut(x) + TM(x)``: the batch-statistics-free stand-in for a BN-ReLU block.
+class PixelRMSNorm(nn.Module):
+    """``x / sqrt(mean_c(x²) + ε)`` at every pixel of every sample: a per-sample statistic, never a batch one.
 
-    The shortcut is a biased 1×1 conv (no BatchNorm) when the shape changes, else the identity.
+    Template scores are dot products, so without it they grow with the residual stream's magnitude and
+    the soft-max saturates or stays flat depending on depth; with it every block matches templates
+    against inputs of unit RMS. It has no parameters (the template conv after it absorbs any per-channel
+    gain), so it exports as ``Mul → ReduceMean → Add → Sqrt → Div`` with nothing to fold.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, stride: int = 1,
-                 num_templates: int | None = None) -> None:
+    def __init__(self, eps: float = 1e-6) -> None:
         super().__init__()
-        self.tm = TemplateMatching(in_channels, out_channels, num_templates or out_channels,
+        self.eps = eps
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x / torch.sqrt((x * x).mean(1, keepdim=True) + self.eps)
+
+
+class TMBlock(nn.Module):
+    """Residual block ``shortcut(x) + ν·softmax(match(norm(reduce(x))))``: a BN-free bottleneck.
+
+    With ``width`` (the default in ``rn26-tm``) the branch mirrors the BN bottleneck it replaces: a 1×1
+    ``reduce`` to ``width`` channels, a per-pixel RMS normalisation, then K 3×3 templates on that reduced
+    map and a 1×1 value conv back to ``out_channels``; with K = width it costs what the bottleneck costs.
+    ``width=None, input_norm=False`` is the first configuration (templates on the raw full-width input),
+    kept for comparison. The shortcut is a biased 1×1 conv (no BatchNorm) when the shape changes.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1, num_templates: int | None = None,
+                 width: int | None = None, input_norm: bool = True) -> None:
+        super().__init__()
+        self.reduce = nn.Conv2d(in_channels, width, 1, bias=False) if width else nn.Identity()
+        self.norm = PixelRMSNorm() if input_norm else nn.Identity()
+        self.tm = TemplateMatching(width or in_channels, out_channels, num_templates or width or out_channels,
                                    kernel_size=3, stride=stride)
         if in_channels == out_channels and stride == 1:
             self.shortcut: nn.Module = nn.Identity()
@@ -77,7 +100,7 @@ class TMBlock(nn.Module):
             self.shortcut = nn.Conv2d(in_channels, out_channels, 1, stride, bias=True)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.shortcut(x) + self.tm(x)
+        return self.shortcut(x) + self.tm(self.norm(self.reduce(x)))
 
 
 class ClassSemanticBlock(nn.Module):
@@ -87,14 +110,17 @@ class ClassSemanticBlock(nn.Module):
     the patch logits of the auxiliary loss; they are part of the inference graph because P needs them.
     """
 
-    def __init__(self, channels: int, num_classes: int) -> None:
+    def __init__(self, channels: int, num_classes: int, input_norm: bool = False) -> None:
         super().__init__()
+        # In a network without BatchNorm the residual stream's scale drifts, so the class templates match
+        # a per-pixel RMS-normalised map there (``input_norm``); after a BN-ReLU stage they need not.
+        self.norm = PixelRMSNorm() if input_norm else nn.Identity()
         self.tm = TemplateMatching(channels, channels, num_classes, kernel_size=1)
 
     def forward(self, x: Tensor) -> Tensor:
-        return x + self.tm(x)
+        return x + self.tm(self.norm(x))
 
     def forward_with_patch_logits(self, x: Tensor) -> tuple[Tensor, Tensor]:
         # Only forward_with_scores is used, so this keeps working when the exporter swaps ``tm`` for a form.
-        mixed, s = self.tm.forward_with_scores(x)
+        mixed, s = self.tm.forward_with_scores(self.norm(x))
         return x + mixed, s
