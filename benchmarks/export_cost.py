@@ -1,9 +1,13 @@
-"""Benchmark 4: wall time and peak memory of `tmdeploy export`, the real CLI in a subprocess.
+"""Benchmark 4: the cost of `tmdeploy export` with each exporter (TorchScript, dynamo), side by side.
 
-Each export is a fresh ``python -m tmdeploy export`` process; its peak resident memory is the kernel's
-``ru_maxrss`` for that one child (``os.wait4``). Models and repetitions are interleaved (every round
-exports each model once) and medians are reported. A process that only imports the export stage is
-measured alongside, so the table shows what exporting itself adds to the import cost. Ratios are to rn26.
+Two measures, both interleaved (every round runs every model with every exporter once) and reported as
+medians:
+
+- a fresh ``python -m tmdeploy export --exporter E`` process: wall time, and peak resident memory from the
+  kernel's ``ru_maxrss`` for that one child (``os.wait4``); a process that only imports the export stage
+  is measured alongside, so the table shows what exporting adds to the import cost;
+- ``to_model_proto`` in this process (export and clean-up only, imports paid), with the graph it gives:
+  node count and the largest difference between the two exporters' outputs on onnxruntime.
 
 Untrained seeded checkpoints, 3×32×32 input (export cost does not depend on the weights' values).
 
@@ -21,9 +25,13 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+import onnxruntime as ort
 from _common import caption, print_table, untrained
 
-from tmdeploy import checkpoint, models
+from tmdeploy import checkpoint
+from tmdeploy.export import ExportOptions, to_model_proto
+from tmdeploy.export.options import EXPORTERS
 
 ARCHS = ("rn26", "rn26-tm", "rn26-cls", "dn100")
 IMPORT_ONLY = "import only"
@@ -43,39 +51,62 @@ def run_child(argv: list[str]) -> tuple[float, float]:
     return seconds, usage.ru_maxrss / 1024  # Linux reports KiB
 
 
-def commands(workdir: Path) -> dict[str, list[str]]:
-    out = {IMPORT_ONLY: ["-c", "import tmdeploy.cli.export_cmd, tmdeploy.export.to_onnx"]}
-    for arch in ARCHS:
-        ckpt = untrained(arch)
-        path = workdir / f"{arch}.pt"
-        checkpoint.save(path, ckpt.build_model(), ckpt.card)
-        out[arch] = ["-m", "tmdeploy", "export", str(path), "--out", str(workdir / f"{arch}.onnx")]
-    return out
+def in_process(ckpt, exporter: str):
+    """Seconds of one export in this process, and the graph."""
+    start = time.perf_counter()
+    proto = to_model_proto(ckpt, ExportOptions(exporter=exporter))
+    return time.perf_counter() - start, proto
+
+
+def outputs(proto, x: np.ndarray) -> np.ndarray:
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(["logits"], {"images": x})[0]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=3, help="exports per model, interleaved (default 3)")
+    parser.add_argument("--repeats", type=int, default=3, help="rounds, each running every export once (default 3)")
     args = parser.parse_args()
+    ckpts = {arch: untrained(arch) for arch in ARCHS}
+    x = np.random.default_rng(0).standard_normal((4, 3, 32, 32)).astype(np.float32)
     with tempfile.TemporaryDirectory(prefix="tmdeploy-export-cost-") as tmp:
-        cmds = commands(Path(tmp))
-        runs: dict[str, list[tuple[float, float]]] = {name: [] for name in cmds}
+        cmds = {IMPORT_ONLY: ["-c", "import tmdeploy.cli.export_cmd, tmdeploy.export.to_onnx"]}
+        for arch, ckpt in ckpts.items():
+            path = Path(tmp) / f"{arch}.pt"
+            checkpoint.save(path, ckpt.build_model(), ckpt.card)
+            for exporter in EXPORTERS:
+                cmds[arch, exporter] = ["-m", "tmdeploy", "export", str(path), "--exporter", exporter,
+                                        "--out", str(Path(tmp) / f"{arch}-{exporter}.onnx")]
+        fresh: dict = {name: [] for name in cmds}
+        inproc: dict = {(a, e): [] for a in ARCHS for e in EXPORTERS}
+        graphs: dict = {}
         for _ in range(args.repeats):
             for name, argv in cmds.items():
-                runs[name].append(run_child(argv))
-    def median(name: str, index: int, per: str | None = None) -> float:
-        """Median of one measure, or of its per-round ratio to ``per`` (the same round's run)."""
-        return statistics.median(r[index] / (runs[per][i][index] if per else 1) for i, r in enumerate(runs[name]))
+                fresh[name].append(run_child(argv))
+            for arch, exporter in inproc:
+                seconds, graphs[arch, exporter] = in_process(ckpts[arch], exporter)
+                inproc[arch, exporter].append(seconds)
 
-    params = {a: models.count_parameters(models.create(a, num_classes=10, in_chans=3)) for a in ARCHS}
-    rows = [[n, f"{params[n] / 1e6:.2f}M" if n in params else "–", f"{median(n, 0):.1f}", f"{median(n, 1):,.0f}",
-             f"{median(n, 0, 'rn26'):.2f}×", f"{median(n, 1, 'rn26'):.2f}×",
-             f"{median(n, 0) - median(IMPORT_ONLY, 0):.1f}" if n != IMPORT_ONLY else "–"] for n in cmds]
-    print_table("Cost of `tmdeploy export` (fresh process each, CPU)",
-                ["process", "parameters", "wall s", "peak RSS MiB", "time / rn26", "RSS / rn26",
-                 "s beyond import"], rows,
-                [caption(), f"Medians of {args.repeats} interleaved rounds (each exports every model once); ratios "
-                 "are medians of the per-round ratio to rn26; peak RSS is os.wait4's ru_maxrss of each child."])
+    def median(values) -> float:
+        return statistics.median(values)
+
+    rows = [[IMPORT_ONLY, "–", f"{median(r[0] for r in fresh[IMPORT_ONLY]):.1f}",
+             f"{median(r[1] for r in fresh[IMPORT_ONLY]):,.0f}", "–", "–", "–", "–"]]
+    for arch in ARCHS:
+        reference = outputs(graphs[arch, EXPORTERS[0]], x)
+        for exporter in EXPORTERS:
+            runs, proto = fresh[arch, exporter], graphs[arch, exporter]
+            ratio = median(r[0] / fresh[arch, EXPORTERS[0]][i][0] for i, r in enumerate(runs))
+            diff = float(np.abs(outputs(proto, x) - reference).max())
+            rows.append([arch, exporter, f"{median(r[0] for r in runs):.1f}", f"{median(r[1] for r in runs):,.0f}",
+                         f"{ratio:.2f}×", f"{median(inproc[arch, exporter]):.2f}", str(len(proto.graph.node)),
+                         f"{diff:.1e}"])
+    print_table("Cost of `tmdeploy export` per exporter (CPU)",
+                ["process", "exporter", "fresh process wall s", "peak RSS MiB", f"wall / {EXPORTERS[0]}",
+                 "in-process export s", "graph nodes", f"max |logit − {EXPORTERS[0]}'s|"], rows,
+                [caption(), f"Medians of {args.repeats} interleaved rounds; the wall ratio is the median of the "
+                 f"per-round ratio to the same model's {EXPORTERS[0]} export; peak RSS is os.wait4's ru_maxrss of "
+                 "each child. Graphs after tmdeploy's clean-up, default --tm-form."], text_columns=2)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,8 @@ import numpy as np
 from _common import caption, number, print_table
 
 from tmdeploy import checkpoint, data
-from tmdeploy.bench.backends import Context, OrtSession, predict_all
+from tmdeploy.bench.backends import Context, predict_all
+from tmdeploy.bench.sessions import OrtSession
 from tmdeploy.bench.timing import Budget, measure, paired_ratio
 from tmdeploy.train import TrainConfig, train
 

@@ -3,7 +3,7 @@ BN-folded rn26 baseline, onnxruntime FP32 on the CPU, batch 1 and 32.
 
 All four graphs run interleaved in one timing run; each ratio is the median over rounds of the paired
 per-round latency ratio to rn26. Target: rn26-tm at most 1.2× rn26's latency at batch 32. The fastest
-form is the one ``DEFAULT_FORM`` in tmdeploy/export/forms.py should name.
+form is the one ``DEFAULT_FORM`` in tmdeploy/export/options.py should name.
 
 Untrained seeded weights, 3×32×32 input. ``--profile`` adds where the time goes (onnxruntime's profiler,
 per operator type, batch 32) and the convolution work per image, to explain a missed target.
@@ -22,7 +22,7 @@ import numpy as np
 import onnx
 from _common import caption, number, print_table, untrained
 
-from tmdeploy.bench.backends import OrtSession
+from tmdeploy.bench.sessions import OrtSession
 from tmdeploy.bench.timing import Budget, measure, paired_ratio
 from tmdeploy.export import FORMS, ExportOptions, to_model_proto
 

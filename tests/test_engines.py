@@ -236,8 +236,7 @@ def test_precision_check_needs_detailed_layer_information():
 
 @no_tensorrt
 def test_build_engine_without_tensorrt_names_the_install_step(tmp_path, onnx_file):
-    with pytest.raises(TmdeployError, match=r'TensorRT is not installed: .*GPU run: pip install "tmdeploy\[gpu\]" '
-                                            r"\(or: pip install tensorrt\)") as err:
+    with pytest.raises(TmdeployError, match=r'TensorRT is not installed: pip install "tmdeploy\[gpu\]" \(tensorrt\)') as err:
         trt_engine.build_engine(onnx_file, tmp_path / "m.plan", batch=BatchProfile(1, 8, 32))
     assert "\n" not in str(err.value) and not (tmp_path / "m.plan").exists()
 

@@ -13,6 +13,7 @@ import torch
 from tmdeploy import checkpoint, models
 from tmdeploy.errors import UsageError
 from tmdeploy.export import FORMS, ExportOptions, export_onnx, graph
+from tmdeploy.export.options import EXPORTERS
 from tmdeploy.export.metadata import read
 from tmdeploy.export.to_onnx import DeployModule
 from tmdeploy.verify import CheckOptions, check
@@ -40,10 +41,11 @@ def _run(path, x):
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"images": x})
 
 
+@pytest.mark.parametrize("exporter", EXPORTERS)
 @pytest.mark.parametrize("form", FORMS)
-def test_tm_forms_lower_to_plain_ops_and_agree(tmp_path, form):
+def test_tm_forms_lower_to_plain_ops_and_agree(tmp_path, form, exporter):
     ckpt = _random_checkpoint(tmp_path, "rn26-tm")
-    path = export_onnx(ckpt, tmp_path / f"{form}.onnx", ExportOptions(tm_form=form))
+    path = export_onnx(ckpt, tmp_path / f"{form}.onnx", ExportOptions(tm_form=form, exporter=exporter))
     ops = graph.op_histogram(onnx.load(str(path)))
     assert not TM_FORBIDDEN & set(ops), ops
     blocks = sum(isinstance(m, models.TMBlock) for m in ckpt.build_model().modules())
@@ -118,17 +120,19 @@ def test_old_opset_is_refused_with_the_reason(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("exporter", EXPORTERS)
 @pytest.mark.parametrize("arch", models.list_models())
-def test_every_architecture_exports_and_passes_check(tmp_path, arch):
+def test_every_architecture_exports_and_passes_check(tmp_path, arch, exporter):
     ckpt = _random_checkpoint(tmp_path, arch)
-    path = export_onnx(ckpt, tmp_path / f"{arch}.onnx", ExportOptions())
+    path = export_onnx(ckpt, tmp_path / f"{arch}.onnx", ExportOptions(exporter=exporter))
     report = check(ckpt, path, CheckOptions(batches=(1, 7), iterations=1))
     assert report.passed, report.to_markdown()
 
 
-def test_altered_weights_fail_check_with_exit_1_and_localize(tmp_path):
+@pytest.mark.parametrize("exporter", EXPORTERS)
+def test_altered_weights_fail_check_with_exit_1_and_localize(tmp_path, exporter):
     ckpt = _random_checkpoint(tmp_path, "rn26")
-    onnx_path = export_onnx(ckpt, tmp_path / "m.onnx", ExportOptions())
+    onnx_path = export_onnx(ckpt, tmp_path / "m.onnx", ExportOptions(exporter=exporter))
     model = ckpt.build_model()
     with torch.no_grad():
         model.get_submodule("stages.1").apply(
@@ -161,3 +165,15 @@ def test_polygraphy_cli_rechecks_saved_inputs_and_outputs(tmp_path):
 def _polygraphy():
     """The polygraphy CLI installed beside this interpreter (the test's own virtual environment)."""
     return [str(Path(sys.executable).with_name("polygraphy"))]
+
+
+def test_untrained_batchnorm_with_equal_statistics_exports(tmp_path):
+    """Fresh BatchNorms share equal parameters, which the TorchScript exporter feeds through Identity nodes:
+    the pre-activation BN (DenseNet) must still become a constant Mul/Add."""
+    torch.manual_seed(0)
+    model = models.create("dn100", num_classes=10, in_chans=1)
+    card = checkpoint.card_for(model, [str(i) for i in range(10)], [0.3], [0.4], input_size=(1, 16, 16))
+    ckpt = checkpoint.load(checkpoint.save(tmp_path / "dn100.pt", model, card))
+    path = export_onnx(ckpt, tmp_path / "dn100.onnx", ExportOptions())
+    assert "BatchNormalization" not in graph.op_histogram(onnx.load(str(path)))
+    assert check(ckpt, path, CheckOptions(batches=(2,), iterations=1)).passed

@@ -26,7 +26,7 @@ from hypothesis.extra import numpy as hnp
 from test_runtime import write_model
 from torch import nn
 
-from tmdeploy import checkpoint, runtime
+from tmdeploy import checkpoint
 from tmdeploy.cli.info_cmd import describe
 from tmdeploy.errors import TmdeployError
 from tmdeploy.export import metadata
@@ -359,7 +359,7 @@ ARRAYS = hnp.arrays(
 @example(images=[[1.0], [1.0, 2.0]], meta=PLAIN, raw=False, check=True)  # ragged
 def test_runtime_input_checks(images, meta, raw, check):
     try:
-        x = (runtime.raw_to_graph_input if raw else runtime.graph_input)(images, meta, check)
+        x = meta.graph_input(images, raw=raw, check_finite=check)
     except TmdeployError:
         return
     c, h, w = meta.input_size

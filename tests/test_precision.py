@@ -52,7 +52,7 @@ def _save(model: onnx.ModelProto, meta: metadata.ModelMetadata, precision_name: 
 
 def _test_split(meta: metadata.ModelMetadata) -> np.ndarray:
     images, _ = data.stack(data.load("digits", image_size=meta.input_size[1], in_chans=meta.input_size[0]).test)
-    return precision.graph_inputs(images, meta)
+    return meta.graph_input(images.numpy(), raw=True)
 
 
 def _run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:

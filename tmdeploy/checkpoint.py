@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import math
 import pickle
-import re
 import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,7 +19,7 @@ import torch
 from torch import nn
 
 from tmdeploy import __version__, models
-from tmdeploy.errors import TmdeployError, UsageError
+from tmdeploy.errors import TmdeployError, UsageError, first_line
 from tmdeploy.fileio import atomic_write, file_sha256
 
 FORMAT = "tmdeploy-checkpoint"
@@ -62,9 +61,8 @@ class Checkpoint:
             with torch.device("meta"):
                 skeleton = models.create(self.card.arch, **self.card.arch_kwargs)
         except Exception as err:  # the options come from the file: any failure means they do not build
-            detail = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
             raise TmdeployError(f"checkpoint's architecture options {self.card.arch_kwargs!r:.200} do not build "
-                                f"{self.card.arch}: {detail}") from err
+                                f"{self.card.arch}: {first_line(err, 200) or type(err).__name__}") from err
         expected = skeleton.state_dict()
         for name, tensor in expected.items():
             if name not in self.state_dict:
@@ -151,12 +149,6 @@ def _is_safetensors(path: Path) -> bool:
     return len(head) == 9 and head[8:9] == b"{"
 
 
-# What torch's weights-only unpickler says when the pickle names a callable it will not import (the
-# reason a pickle could run code), as opposed to a pickle that is merely malformed.
-_UNSAFE_PICKLE = re.compile(r"GLOBAL (?P<name>\S+?)(?: was not an allowed global| whose module \S+ is blocked)"
-                            r"|\S+ must be \S+ to load")
-
-
 def _read_torch(path: Path):
     try:
         is_zip = zipfile.is_zipfile(path)
@@ -171,14 +163,19 @@ def _read_torch(path: Path):
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        unsafe = _UNSAFE_PICKLE.search(str(err))
-        if unsafe is None:  # the weights-only unpickler also raises this for malformed pickles
+        # The weights-only unpickler raises this both for a pickle that names callables it will not import
+        # (the reason a pickle could run code) and for a malformed one; torch lists the former without
+        # running anything.
+        try:
+            unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+        except Exception:  # noqa: BLE001 - a pickle it cannot even scan is a damaged file
+            unsafe = []
+        if not unsafe:
             raise TmdeployError(f"cannot read checkpoint {path}: file is truncated or corrupt "
                                 f"(its pickle is malformed)") from err
-        what = f"it calls {unsafe.group('name')}" if unsafe.group("name") else unsafe.group(0)[:160]
         raise TmdeployError(
             f"refusing to load {path}: it holds objects other than tensors and plain data, "
-            f"which could run code when unpickled ({what})"
+            f"which could run code when unpickled (it calls {', '.join(unsafe)[:160]})"
         ) from err
     except Exception as err:  # weights_only: nothing ran, so any other failure is a damaged file
         raise TmdeployError(f"cannot read checkpoint {path}: file is truncated or corrupt ({type(err).__name__})") from err
@@ -218,7 +215,7 @@ def _read_safetensors(path: Path):
             header = f.metadata() or {}
             state = {k: f.get_tensor(k) for k in f.keys()}
     except (SafetensorError, OSError, ValueError, RuntimeError) as err:
-        raise TmdeployError(f"cannot read safetensors file {path}: {str(err).splitlines()[0][:160]}") from err
+        raise TmdeployError(f"cannot read safetensors file {path}: {first_line(err, 160)}") from err
     raw = header.get(SAFETENSORS_METADATA_KEY)
     if raw is None:
         return None, state
@@ -264,9 +261,8 @@ def _card_from_dict(meta: dict, path: Path) -> ModelCard:
                    for k, v in card.arch_kwargs.items()):
             raise TypeError("arch_kwargs must map option names to plain values")
     except (KeyError, TypeError, ValueError, ArithmeticError) as err:  # ArithmeticError: int(inf), float(10**400)
-        detail = str(err).splitlines()[0][:160] if str(err) else ""
-        raise TmdeployError(
-            f"{path}: checkpoint metadata is incomplete or malformed ({type(err).__name__}: {detail})") from err
+        raise TmdeployError(f"{path}: checkpoint metadata is incomplete or malformed "
+                            f"({type(err).__name__}: {first_line(err, 160)})") from err
     if len(card.input_size) != 3 or min(card.input_size) < 1:
         raise TmdeployError(f"{path}: input_size must be three positive integers (C, H, W), got {card.input_size}")
     channels = card.input_size[0]

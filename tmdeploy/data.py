@@ -83,14 +83,6 @@ def normalize(images: torch.Tensor, mean, std) -> torch.Tensor:
     return (images - torch.tensor(mean).view(shape)) / torch.tensor(std).view(shape)
 
 
-def graph_inputs(images: torch.Tensor, meta) -> np.ndarray:
-    """[0, 1] float N×C×H×W images as an exported graph takes them (``meta``: its ModelMetadata):
-    normalized float32 N×C×H×W, or uint8 N×H×W×C pixels when preprocessing is baked into the graph."""
-    if meta.preprocess == "baked":
-        return np.ascontiguousarray((images.permute(0, 2, 3, 1) * 255).round().to(torch.uint8).numpy())
-    return np.ascontiguousarray(normalize(images, meta.mean, meta.std).numpy(), dtype=np.float32)
-
-
 def _digits(image_size: int, seed: int):
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split

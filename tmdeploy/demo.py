@@ -6,6 +6,7 @@ This is what `tmdeploy demo` runs on a fresh machine, and what CI runs after ins
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 
@@ -17,6 +18,8 @@ from tmdeploy.fileio import atomic_write
 from tmdeploy.report import write_report as write_bench_report
 from tmdeploy.train import TrainConfig, train
 from tmdeploy.verify import CheckOptions, check, write_report
+
+log = logging.getLogger(__name__)
 
 
 def run_demo(out_dir: Path, config: TrainConfig | None = None, show_progress: bool = True) -> dict:
@@ -31,7 +34,7 @@ def run_demo(out_dir: Path, config: TrainConfig | None = None, show_progress: bo
 
     def step(name):
         steps[name] = time.perf_counter()
-        print(f"[demo] {name}")
+        log.info("[demo] %s", name)
 
     step("train")
     ckpt_path = out_dir / "ckpt.pt"

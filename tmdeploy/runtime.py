@@ -24,16 +24,14 @@ from pathlib import Path
 
 import numpy as np
 
-from tmdeploy.engines.profiles import sample_shape
-from tmdeploy.errors import TmdeployError, UsageError
-from tmdeploy.export import metadata as metadata_mod
-from tmdeploy.export.metadata import ModelMetadata
+from tmdeploy.errors import TmdeployError, UsageError, first_line
+from tmdeploy.export import metadata
+from tmdeploy.optional import install_hint
 
 PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")  # preference order
 GPU_PROVIDERS = PROVIDERS[:2]
 PROVIDER_ALIASES = {"tensorrt": PROVIDERS[0], "trt": PROVIDERS[0], "cuda": PROVIDERS[1], "cpu": PROVIDERS[2]}
 ENGINE_SUFFIXES = (".plan", ".engine")
-_RANGE_TOLERANCE = 1e-3  # raw floats this far outside [0, 1] are rounding, further is another scale
 
 
 def load(path, providers=None, device: int | None = None) -> "Predictor":
@@ -71,14 +69,14 @@ def resolve_providers(requested, available, known) -> list[str]:
                              f"such as CUDAExecutionProvider")
         if name not in available:
             raise TmdeployError(f"{name} is not in this onnxruntime build (it has {', '.join(available)}); "
-                                f'for GPUs: pip install "tmdeploy[gpu]" (onnxruntime-gpu)')
+                                f"for GPUs: {install_hint('onnxruntime-gpu')}")
     return names
 
 
 def _load_onnx(path: Path, providers, device) -> "Predictor":
     import onnxruntime as ort
 
-    meta = metadata_mod.read(path)
+    meta = metadata.read(path)
     names = resolve_providers(providers, ort.get_available_providers(), ort.get_all_providers())
     if device is not None and not set(names) & set(GPU_PROVIDERS):
         raise TmdeployError(f"device={device} needs a GPU provider, but onnxruntime would run on {', '.join(names)}")
@@ -86,7 +84,7 @@ def _load_onnx(path: Path, providers, device) -> "Predictor":
     try:
         session = ort.InferenceSession(str(path), providers=names, provider_options=options)
     except Exception as err:  # onnxruntime raises its own Fail/InvalidGraph/... types
-        raise TmdeployError(f"onnxruntime cannot load {path}: {str(err).splitlines()[0][:300]}") from err
+        raise TmdeployError(f"onnxruntime cannot load {path}: {first_line(err)}") from err
     if providers is not None:
         dropped = [n for n in names if n not in session.get_providers()]
         if dropped:
@@ -108,15 +106,15 @@ def _load_engine(path: Path, device) -> "Predictor":
                      providers=["TensorRT"], batch_range=(batch["min"], batch["max"]))
 
 
-def _check_graph_input(path: Path, meta: ModelMetadata, graph_shape, graph_type: str) -> None:
+def _check_graph_input(path: Path, meta: metadata.ModelMetadata, graph_shape, graph_type: str) -> None:
     """The metadata must describe the graph's real input: it is what every check here relies on."""
-    expected = (sample_shape(meta), f"tensor({'uint8' if meta.input_dtype == 'uint8' else 'float'})")
+    expected = (meta.sample_shape, f"tensor({'uint8' if meta.input_dtype == 'uint8' else 'float'})")
     if (tuple(graph_shape[1:]), graph_type) != expected:
-        raise TmdeployError(f"{path}: the metadata describes input {_batch_shape(expected[0])} {expected[1]}, "
+        raise TmdeployError(f"{path}: the metadata describes input {metadata.batch_shape(expected[0])} {expected[1]}, "
                             f"but the graph takes {list(graph_shape)} {graph_type}")
 
 
-def _check_graph_outputs(path: Path, meta: ModelMetadata, graph_outputs: dict) -> None:
+def _check_graph_outputs(path: Path, meta: metadata.ModelMetadata, graph_outputs: dict) -> None:
     """The outputs the metadata names must be the graph's, and ``logits`` must have one column per class name."""
     missing = [name for name in meta.outputs if name not in graph_outputs]
     if missing:
@@ -157,7 +155,7 @@ class _TrtBackend:
 class Predictor:
     """A loaded model with its metadata; see the module docstring for what it accepts."""
 
-    def __init__(self, backend, meta: ModelMetadata, *, providers, batch_range: tuple[int, int] | None = None) -> None:
+    def __init__(self, backend, meta: metadata.ModelMetadata, *, providers, batch_range: tuple[int, int] | None = None) -> None:
         self._backend = backend
         self.metadata = meta
         self.providers = list(providers)
@@ -165,8 +163,7 @@ class Predictor:
 
     def prepare(self, images, *, raw: bool = False, check_finite: bool = True) -> np.ndarray:
         """The array the graph gets for ``images``: checked, and preprocessed when ``raw``."""
-        convert = raw_to_graph_input if raw else graph_input
-        x = convert(images, self.metadata, check_finite)
+        x = self.metadata.graph_input(images, raw=raw, check_finite=check_finite)
         if self.batch_range and not self.batch_range[0] <= len(x) <= self.batch_range[1]:
             lo, hi = self.batch_range
             raise TmdeployError(f"batch of {len(x)} images is outside the engine's profile {lo}..{hi}: "
@@ -194,88 +191,3 @@ class Predictor:
 
     def __exit__(self, *_) -> None:
         self.close()
-
-
-# ---- input checks and preprocessing (pure) ----------------------------------------------------------
-
-
-def to_numpy(images) -> np.ndarray:
-    """A numpy view of a numpy array, a torch tensor (detached, on the CPU) or a nested list."""
-    if type(images).__module__.split(".")[0] == "torch":
-        images = images.detach().cpu().numpy()
-    try:
-        return np.asarray(images)
-    except (ValueError, TypeError, OverflowError) as err:  # ragged nested lists, ints too large, ...
-        detail = str(err).splitlines()[0][:160] if str(err) else ""
-        raise TmdeployError(f"images are not an array ({type(err).__name__}: {detail})") from None
-
-
-def graph_input(images, meta: ModelMetadata, check_finite: bool = True) -> np.ndarray:
-    """``images`` as the graph takes them: normalized float32 NCHW, or uint8 NHWC for baked graphs."""
-    x = to_numpy(images)
-    if meta.preprocess == "baked":
-        if x.dtype != np.uint8:
-            raise TmdeployError(f"expected uint8 pixels (the model has its preprocessing baked in), got {x.dtype}")
-        return np.ascontiguousarray(_check_shape(x, sample_shape(meta), "images"))
-    if not np.issubdtype(x.dtype, np.floating):
-        raise TmdeployError(f"expected normalized float images, got {x.dtype} "
-                            f"(raw pixels? use classify() or predict(..., raw=True))")
-    with np.errstate(over="ignore"):  # float64 beyond float32's range becomes Inf, which the check then names
-        x = np.ascontiguousarray(_check_shape(x, sample_shape(meta), "images"), dtype=np.float32)
-    if check_finite:
-        _check_finite(x)
-    return x
-
-
-def raw_to_graph_input(images, meta: ModelMetadata, check_finite: bool = True) -> np.ndarray:
-    """Raw images (uint8 NHWC 0..255 or float NCHW in [0, 1]) → the graph's input, per the metadata."""
-    x = to_numpy(images)
-    c, h, w = meta.input_size
-    baked = meta.preprocess == "baked"
-    if x.dtype == np.uint8:
-        x = _check_shape(x, (h, w, c), "raw uint8 images (N, H, W, C)")
-        if baked:
-            return np.ascontiguousarray(x)
-        unit = x.transpose(0, 3, 1, 2).astype(np.float32) / np.float32(255)
-    elif np.issubdtype(x.dtype, np.floating):
-        with np.errstate(over="ignore"):  # beyond float32's range: Inf, refused below as out of [0, 1]
-            unit = _check_shape(x, (c, h, w), "raw float images (N, C, H, W)").astype(np.float32)
-        if check_finite or baked:  # NaN has no pixel value: a baked graph cannot take it at all
-            _check_finite(unit)
-        _check_unit_range(unit)
-        if baked:
-            return np.ascontiguousarray(np.rint(np.clip(unit, 0, 1) * 255).astype(np.uint8).transpose(0, 2, 3, 1))
-    else:
-        raise TmdeployError(f"expected raw images as uint8 pixels or floats in [0, 1], got {x.dtype}")
-    mean = np.asarray(meta.mean, np.float32).reshape(1, -1, 1, 1)
-    std = np.asarray(meta.std, np.float32).reshape(1, -1, 1, 1)
-    return np.ascontiguousarray((unit - mean) / std, dtype=np.float32)
-
-
-def _batch_shape(sample) -> str:
-    return "(" + ", ".join(["N", *map(str, sample)]) + ")"
-
-
-def _check_shape(x: np.ndarray, sample: tuple[int, ...], what: str) -> np.ndarray:
-    if x.ndim != len(sample) + 1 or tuple(x.shape[1:]) != tuple(sample):
-        hint = " (one image? add a batch axis: images[None])" if x.ndim == len(sample) else ""
-        raise TmdeployError(f"expected {what} of shape {_batch_shape(sample)}, got {tuple(x.shape)}{hint}")
-    if len(x) == 0:
-        raise TmdeployError("expected at least one image, got an empty batch")
-    return x
-
-
-def _check_finite(x: np.ndarray) -> None:
-    bad = np.flatnonzero(~np.isfinite(x.reshape(len(x), -1)).all(axis=1))
-    if bad.size:
-        rows = ", ".join(map(str, bad[:10])) + (", ..." if bad.size > 10 else "")
-        raise TmdeployError(f"images contain NaN or Inf in {bad.size} row(s) ({rows}); "
-                            f"fix them, or pass check_finite=False to get NaN logits for those rows")
-
-
-def _check_unit_range(x: np.ndarray) -> None:
-    finite = x[np.isfinite(x)]
-    if finite.size and (finite.min() < -_RANGE_TOLERANCE or finite.max() > 1 + _RANGE_TOLERANCE):
-        raise TmdeployError(f"raw float images must be in [0, 1], got values in [{finite.min():.4g}, "
-                            f"{finite.max():.4g}] (0..255 pixels? pass them as uint8; already normalized? "
-                            f"use predict() without raw)")

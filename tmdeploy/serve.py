@@ -13,9 +13,11 @@ Two facts of nvidia-pytriton 0.7 this module works around or checks (both measur
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import sysconfig
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,8 +25,8 @@ import numpy as np
 from tmdeploy import runtime
 from tmdeploy.engines.triton import check_batching, model_name, model_signature
 from tmdeploy.errors import TmdeployError, UsageError
+from tmdeploy.optional import require
 
-INSTALL_HINT = 'pip install "tmdeploy[serve]" (nvidia-pytriton)'
 
 
 def library_path_with(libdir: str, current: str | None) -> str:
@@ -33,17 +35,37 @@ def library_path_with(libdir: str, current: str | None) -> str:
     return os.pathsep.join([libdir, *rest])
 
 
-def _check_ports(*ports: int) -> None:
-    for port in ports:
-        if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
-            raise UsageError(f"port {port!r}: expected an integer in 1..65535")
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    host: str = "127.0.0.1"  # 0.0.0.0: every interface
+    port: int = 8000  # HTTP
+    grpc_port: int | None = None  # None: port + 1
+    metrics_port: int | None = None  # None: port + 2
+    max_batch: int = 64  # the largest batch Triton's dynamic batcher forms
+    max_queue_delay_us: int = 100  # how long a request may wait for others to batch with
+    name: str | None = None  # the model's name in the server's URLs; None: the file's stem
+    providers: str | None = None  # onnxruntime providers, comma-separated; None: tensorrt, cuda, cpu as available
+
+    @property
+    def ports(self) -> tuple[int, int, int]:
+        """HTTP, gRPC and metrics ports."""
+        return (self.port, self.port + 1 if self.grpc_port is None else self.grpc_port,
+                self.port + 2 if self.metrics_port is None else self.metrics_port)
+
+    def validate(self) -> None:
+        """The options alone; the batch size against an engine's profile is checked with the model."""
+        for port in (self.port, self.grpc_port, self.metrics_port):
+            if port is not None and (isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535):
+                raise UsageError(f"port {port!r}: expected an integer in 1..65535")
+        if self.name is not None:
+            model_name("model", self.name)
 
 
 def _import_pytriton():
-    try:
-        from pytriton import triton  # noqa: F401  (the import is the check)
-    except ImportError as err:
-        raise TmdeployError(f"serving needs nvidia-pytriton ({err}): {INSTALL_HINT}") from None
+    require("pytriton.triton", "nvidia-pytriton", "nvidia-pytriton")
     if int(np.__version__.split(".")[0]) >= 2:
         raise TmdeployError(f"nvidia-pytriton needs numpy<2 (its Triton backend returns empty outputs with numpy "
                             f"{np.__version__}): pip install 'numpy<2'")
@@ -62,26 +84,27 @@ def _infer_function(predictor: runtime.Predictor):
 
 
 @contextlib.contextmanager
-def running(model_path, *, host: str = "127.0.0.1", port: int = 8000, grpc_port: int | None = None,
-            metrics_port: int | None = None, max_batch: int = 64, max_queue_delay_us: int = 100,
-            name: str | None = None, providers=None):
-    """Start Triton with the model bound and ready; yields the ``pytriton.triton.Triton``; stops it on exit."""
-    grpc_port = port + 1 if grpc_port is None else grpc_port
-    metrics_port = port + 2 if metrics_port is None else metrics_port
-    _check_ports(port, grpc_port, metrics_port)
+def running(model_path, **options):
+    """Start Triton with the model bound and ready; yields the ``pytriton.triton.Triton``; stops it on exit.
+
+    ``options``: the fields of :class:`ServeOptions`.
+    """
+    opts = ServeOptions(**options)
+    opts.validate()
     model_path = Path(model_path)
-    name = model_name(model_path, name)
+    name = model_name(model_path, opts.name)
     sig = model_signature(model_path)
-    check_batching(max_batch, None, max_queue_delay_us, 1, sig.batch_range)
+    check_batching(opts.max_batch, None, opts.max_queue_delay_us, 1, sig.batch_range)
     _import_pytriton()
     from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
     from pytriton.triton import Triton, TritonConfig
 
-    predictor = runtime.load(model_path, providers=providers)
+    predictor = runtime.load(model_path, providers=opts.providers)
     os.environ["LD_LIBRARY_PATH"] = library_path_with(sysconfig.get_config_var("LIBDIR"),
                                                       os.environ.get("LD_LIBRARY_PATH"))
-    config = TritonConfig(http_address=host, http_port=port, grpc_address=host, grpc_port=grpc_port,
-                          metrics_address=host, metrics_port=metrics_port)
+    http_port, grpc_port, metrics_port = opts.ports
+    config = TritonConfig(http_address=opts.host, http_port=http_port, grpc_address=opts.host, grpc_port=grpc_port,
+                          metrics_address=opts.host, metrics_port=metrics_port)
 
     def tensors(specs):
         return [Tensor(name=s.name, dtype=np.dtype(s.dtype), shape=s.dims) for s in specs]
@@ -90,8 +113,8 @@ def running(model_path, *, host: str = "127.0.0.1", port: int = 8000, grpc_port:
         triton.bind(
             model_name=name, infer_func=_infer_function(predictor),
             inputs=tensors(sig.inputs), outputs=tensors(sig.outputs),
-            config=ModelConfig(max_batch_size=max_batch,
-                               batcher=DynamicBatcher(max_queue_delay_microseconds=max_queue_delay_us)),
+            config=ModelConfig(max_batch_size=opts.max_batch,
+                               batcher=DynamicBatcher(max_queue_delay_microseconds=opts.max_queue_delay_us)),
             strict=True,
         )
         yield triton
@@ -106,9 +129,9 @@ def serve(model_path, **options) -> None:
 
     ``options`` as for ``running``. Call from the main thread (it installs the SIGTERM handler).
     """
+    opts = ServeOptions(**options)
     signal.signal(signal.SIGTERM, _interrupt)
     with running(model_path, **options) as triton:
-        host, port = options.get("host", "127.0.0.1"), options.get("port", 8000)
-        print(f"serving {model_name(model_path, options.get('name'))} at http://{host}:{port} "
-              f"(Triton HTTP/gRPC, dynamic batching); Ctrl-C or SIGTERM stops", flush=True)
+        log.warning("serving %s at http://%s:%d (Triton HTTP/gRPC, dynamic batching); Ctrl-C or SIGTERM stops",
+                    model_name(model_path, opts.name), opts.host, opts.port)
         triton.serve()

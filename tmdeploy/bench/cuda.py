@@ -11,8 +11,9 @@ from typing import Callable
 import numpy as np
 import torch
 
-from tmdeploy.bench.backends import OrtSession, Skip, TorchSession
+from tmdeploy.bench.sessions import OrtSession, Skip, TorchSession
 from tmdeploy.errors import TmdeployError
+from tmdeploy.optional import install_hint
 
 
 def event_timer(call: Callable[[], object]) -> float:
@@ -69,7 +70,7 @@ def cuda_providers() -> list[str]:
     import onnxruntime as ort
 
     if "CUDAExecutionProvider" not in ort.get_available_providers():
-        raise Skip("this onnxruntime has no CUDAExecutionProvider: pip install onnxruntime-gpu")
+        raise Skip(f"this onnxruntime has no CUDAExecutionProvider: {install_hint('onnxruntime-gpu')}")
     if hasattr(ort, "preload_dlls"):  # onnxruntime >= 1.21: CUDA/cuDNN from the nvidia-* wheels torch uses
         ort.preload_dlls()
     return ["CUDAExecutionProvider"]

@@ -17,6 +17,8 @@ from typing import Callable
 
 import numpy as np
 
+from tmdeploy.errors import first_line
+
 Call = Callable[[], object]
 Timer = Callable[[Call], float]  # runs the call once, returns its latency in seconds
 
@@ -64,8 +66,8 @@ def _warm_up(call: Call, timer: Timer, budget: Budget, samples: Samples) -> int:
 
 def error_line(err: BaseException) -> str:
     """An exception as one report line: its type and the first line of its message."""
-    text = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {text[0][:300]}" if text else type(err).__name__
+    line = first_line(err)
+    return f"{type(err).__name__}: {line}" if line else type(err).__name__
 
 
 def measure(calls: dict[str, Call], budget: Budget = Budget(), timer: Timer = wall_timer,

@@ -11,6 +11,8 @@ import sys
 import traceback
 
 from tmdeploy import __version__
+from tmdeploy.cli import _logging
+from tmdeploy.cli._common import HelpFormatter
 from tmdeploy.errors import TmdeployError, UsageError
 
 # Command modules, in the order `tmdeploy --help` lists them. Each has register(subparsers) that
@@ -19,7 +21,16 @@ COMMANDS = ("models", "train", "export", "info", "check", "bench", "serve", "dem
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse that reports a bad command line as one line and exit status 2, not a usage block."""
+    """argparse that reports a bad command line as one line and exit status 2, not a usage block, shows the
+    API's defaults in help, and leaves the choices of options bound to the API to their ``validate()``."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def _check_value(self, action, value) -> None:
+        if getattr(action, "api", None) is None:
+            super()._check_value(action, value)
 
     def error(self, message):
         command = self.prog.removeprefix("tmdeploy").strip()  # main() prints "tmdeploy: error: " before it
@@ -55,6 +66,7 @@ def _one_line(err: BaseException) -> str:
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     debug = "--debug" in argv
+    _logging.configure(debug)
     try:
         args = build_parser().parse_args(argv)
         if not getattr(args, "func", None):

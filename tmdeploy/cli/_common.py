@@ -1,7 +1,17 @@
-"""Arguments and loaders shared by several commands."""
+"""Arguments and loaders shared by several commands, and options bound to the Python API.
+
+An option bound to the API (:func:`api_option`) has argparse default None, so an option not given on the
+command line is left to the API; its help shows the API's own default, read from the options dataclass
+(or function) when help is printed, so the defaults live once, in the API. Its choices are shown, and
+checked by the options' ``validate()`` with everything else.
+"""
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
+import importlib
+import inspect
 from pathlib import Path
 
 from tmdeploy.errors import UsageError
@@ -29,3 +39,58 @@ def int_list(text: str, option: str) -> tuple[int, ...]:
     if not values or any(v < 1 for v in values):
         raise UsageError(f"{option} takes positive integers, got '{text}'")
     return values
+
+
+def api_option(container, flag: str, source: str, field: str | None = None, *, help: str, shown: str | None = None,
+               **kwargs) -> argparse.Action:
+    """Add ``flag`` bound to ``field`` of ``source`` ("module:Name", a dataclass or a function).
+
+    ``shown`` describes a default that is not a plain value (None meaning "the data's own", say).
+    """
+    field = field or flag.lstrip("-").replace("-", "_")
+    action = container.add_argument(flag, dest=field, default=None, help=help, **kwargs)
+    action.api = (source, field, shown)
+    return action
+
+
+def api_default(source: str, field: str):
+    """The default of ``field`` in ``source`` ("module:Name"), imported only when asked for."""
+    module, _, name = source.partition(":")
+    obj = getattr(importlib.import_module(module), name)
+    if dataclasses.is_dataclass(obj):
+        spec = next(f for f in dataclasses.fields(obj) if f.name == field)
+        return spec.default_factory() if spec.default is dataclasses.MISSING else spec.default
+    return inspect.signature(obj).parameters[field].default
+
+
+def show(value) -> str:
+    """A default as a user would type it."""
+    if isinstance(value, (tuple, list)):
+        return ",".join(map(str, value)) or "none"
+    return "none" if value is None else str(value)
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Appends the API's default to the help of every option bound to it."""
+
+    def _get_help_string(self, action) -> str:
+        api = getattr(action, "api", None)
+        if api is None or action.help is None:
+            return action.help
+        source, field, shown = api
+        default = shown if shown is not None else show(api_default(source, field))
+        return f"{action.help} (default: {default.replace('%', '%%')})"
+
+
+def api_values(args, cls, **convert) -> dict:
+    """The fields of ``cls`` given on the command line, converted where ``convert`` says (field → function)."""
+    values = {}
+    for spec in dataclasses.fields(cls):
+        value = getattr(args, spec.name, None)
+        if value is not None:
+            values[spec.name] = convert[spec.name](value) if spec.name in convert else value
+    return values
+
+
+def comma_list(text: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in text.split(",") if item.strip())

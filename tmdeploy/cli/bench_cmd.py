@@ -2,48 +2,52 @@
 
 from pathlib import Path
 
-from tmdeploy.cli._common import add_checkpoint_args, int_list, load_checkpoint
+from tmdeploy.cli._common import add_checkpoint_args, api_option, api_values, comma_list, int_list, load_checkpoint
+
+BENCH = "tmdeploy.bench.options:BenchOptions"
 
 
 def register(sub) -> None:
+    from tmdeploy.bench.options import DEVICES
+
     p = sub.add_parser("bench", help="benchmark PyTorch, torch.compile, onnxruntime (FP32/FP16/INT8) and TensorRT")
     add_checkpoint_args(p)
-    p.add_argument("--device", default="cpu", help="cpu | cuda (default cpu)")
-    p.add_argument("--batch", default="1,32,256", help="batch sizes (default 1,32,256)")
-    p.add_argument("--backends", default=None,
-                   help="comma-separated subset (default: all for the device; an unknown name lists them)")
-    p.add_argument("--min-time", type=float, default=1.0,
-                   help="seconds of timed iterations per backend and batch size (default 1.0)")
-    p.add_argument("--min-iterations", type=int, default=10, help="timed iterations at least (default 10)")
-    p.add_argument("--warmup", type=int, default=3, help="untimed calls before timing (default 3)")
-    p.add_argument("--data", default="digits",
-                   help="data for accuracy (test split) and INT8 calibration (train split); default digits; "
-                        "'none' skips accuracy")
-    p.add_argument("--accuracy-limit", type=int, default=None, help="at most this many test images")
-    p.add_argument("--compile-backend", default="inductor", help="torch.compile backend (default inductor)")
-    p.add_argument("--threads", type=int, default=None,
-                   help="CPU threads for PyTorch and onnxruntime alike (default: each library's own)")
-    p.add_argument("--seed", type=int, default=0)
+    api_option(p, "--device", BENCH, choices=DEVICES, help="where to run")
+    api_option(p, "--batch", BENCH, "batches", help="batch sizes")
+    api_option(p, "--backends", BENCH, shown="all for the device",
+               help="comma-separated subset (an unknown name lists them)")
+    api_option(p, "--min-time", BENCH, type=float, help="seconds of timed iterations per backend and batch size")
+    api_option(p, "--min-iterations", BENCH, type=int, help="timed iterations at least")
+    api_option(p, "--warmup", BENCH, type=int, help="untimed calls before timing")
+    api_option(p, "--data", BENCH, help="data for accuracy (test split) and INT8 calibration (train split); "
+                                        "'none' skips accuracy")
+    api_option(p, "--accuracy-limit", BENCH, type=int, shown="all", help="at most this many test images")
+    api_option(p, "--compile-backend", BENCH, help="torch.compile backend")
+    api_option(p, "--threads", BENCH, type=int, shown="each library's own",
+               help="CPU threads for PyTorch and onnxruntime alike")
+    api_option(p, "--seed", BENCH, type=int, help="seed of the timing inputs and the data split")
     p.add_argument("--report-dir", type=Path, default=None,
                    help="where to write bench.json, bench.md and the plots (default: <checkpoint>-bench/)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
 
+def options(args):
+    from tmdeploy.bench.options import BenchOptions
+
+    values = api_values(args, BenchOptions, batches=lambda text: int_list(text, "--batch"), backends=comma_list)
+    if values.get("data", "").lower() == "none":
+        values["data"] = None
+    return BenchOptions(**values, show_progress=not args.quiet)
+
+
 def run(args) -> int:
-    from tmdeploy.bench import BenchOptions
     from tmdeploy.bench import run as bench
     from tmdeploy.report import to_markdown, write_report
 
-    options = BenchOptions(
-        device=args.device, batches=int_list(args.batch, "--batch"),
-        backends=tuple(n.strip() for n in args.backends.split(",")) if args.backends else None,
-        min_time=args.min_time, min_iterations=args.min_iterations, warmup=args.warmup,
-        data=None if args.data.lower() == "none" else args.data, accuracy_limit=args.accuracy_limit,
-        compile_backend=args.compile_backend, threads=args.threads, seed=args.seed, show_progress=not args.quiet,
-    )
-    options.validate()  # before the (slow) checkpoint load and export, so a bad option fails at once
-    result = bench(load_checkpoint(args), options)
+    bench_options = options(args)
+    bench_options.validate()  # before the (slow) checkpoint load and export, so a bad option fails at once
+    result = bench(load_checkpoint(args), bench_options)
     directory = args.report_dir or args.checkpoint.with_name(f"{args.checkpoint.stem}-bench")
     paths = write_report(result, directory)
     print(to_markdown(result.to_dict()), end="")

@@ -2,71 +2,77 @@
 
 from pathlib import Path
 
-from tmdeploy.cli._common import add_checkpoint_args, load_checkpoint
+from tmdeploy.cli._common import add_checkpoint_args, api_option, api_values, comma_list, load_checkpoint
 
-FORMATS = ("onnx", "trt", "triton")
+EXPORT = "tmdeploy.export.options:ExportOptions"
+TARGET = "tmdeploy.engines.options:TargetOptions"
 
 
 def register(sub) -> None:
-    from tmdeploy.export.choices import DEFAULT_FORM, DEFAULT_OPSET, FORMS
+    from tmdeploy.engines.options import FORMATS, TRITON_MODELS
+    from tmdeploy.export.options import EXPORTERS, FORMS, INT8_TARGETS, PRECISIONS
 
     p = sub.add_parser("export", help="export a checkpoint to ONNX, TensorRT or a Triton model repository")
     add_checkpoint_args(p)
-    p.add_argument("--format", default="onnx", help=f"{' | '.join(FORMATS)} (default onnx)")
+    api_option(p, "--format", TARGET, choices=FORMATS, help="what to write")
     p.add_argument("--out", type=Path, default=None, help="output path (default: beside the checkpoint)")
-    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset, at least 13 (default {DEFAULT_OPSET})")
-    p.add_argument("--tm-form", default=DEFAULT_FORM, help=f"template-matching export form: {' | '.join(FORMS)}")
-    p.add_argument("--patch-logits", action="store_true", help="add the per-patch class map as a second output")
-    p.add_argument("--bake-preprocess", action="store_true",
-                   help="graph takes uint8 N×H×W×C pixels and scales/normalizes inside")
+    api_option(p, "--opset", EXPORT, type=int, help="ONNX opset, at least 13")
+    api_option(p, "--tm-form", EXPORT, choices=FORMS, help="template-matching export form (docs/models.md)")
+    api_option(p, "--exporter", EXPORT, choices=EXPORTERS,
+               help="torch.onnx exporter: torchscript (fast) or dynamo (torch.export); the graphs agree after clean-up")
+    api_option(p, "--patch-logits", EXPORT, action="store_true", help="add the per-patch class map as a second output")
+    api_option(p, "--bake-preprocess", EXPORT, action="store_true",
+               help="graph takes uint8 N×H×W×C pixels and scales/normalizes inside")
     low = p.add_argument_group("lower precision, in the graph (verified on ONNX Runtime by tmdeploy check)")
-    low.add_argument("--precision", default="fp32", help="fp32 | fp16 | int8 (default fp32)")
-    low.add_argument("--int8-target", default="tensorrt",
-                     help="tensorrt (symmetric signed, as TensorRT requires) | onnxruntime (unsigned activations, "
-                          "fast on x86 CPUs)")
-    low.add_argument("--calib-data", default="digits", help="calibration data (default digits)")
-    low.add_argument("--keep-fp32", default="", help="fp16: comma-separated op types or node names kept in FP32")
+    api_option(low, "--precision", EXPORT, choices=PRECISIONS, help="precision of the graph")
+    api_option(low, "--int8-target", EXPORT, choices=INT8_TARGETS,
+               help="tensorrt (symmetric signed, as TensorRT requires) or onnxruntime (unsigned activations, "
+                    "fast on x86 CPUs)")
+    api_option(low, "--calib-data", EXPORT, help="calibration data")
+    api_option(low, "--keep-fp32", EXPORT, help="fp16: comma-separated op types or node names kept in FP32")
     trt = p.add_argument_group("TensorRT (--format trt) and Triton (--format triton)")
-    trt.add_argument("--batch", default="1,32,256", help="optimization profile MIN,OPT,MAX (default 1,32,256)")
-    trt.add_argument("--workspace-mib", type=int, default=None, help="TensorRT workspace limit in MiB")
-    trt.add_argument("--timing-cache", type=Path, default=None, help="TensorRT timing cache file, reused across builds")
-    trt.add_argument("--force", action="store_true", help="rebuild the engine even if an identical one exists")
-    trt.add_argument("--triton-model", default="trt", choices=("onnx", "trt"),
-                     help="what the Triton repository serves (default trt: an engine built here)")
+    api_option(trt, "--batch", TARGET, help="optimization profile MIN,OPT,MAX (MAX: Triton's max_batch_size)")
+    api_option(trt, "--workspace-mib", TARGET, type=int, shown="TensorRT's own", help="TensorRT workspace limit in MiB")
+    api_option(trt, "--timing-cache", TARGET, type=Path, shown="beside the engine",
+               help="TensorRT timing cache file, reused across builds")
+    api_option(trt, "--force", TARGET, action="store_true", help="rebuild the engine even if an identical one exists")
+    api_option(trt, "--triton-model", TARGET, choices=TRITON_MODELS,
+               help="what the Triton repository serves: an engine built here, or the ONNX file")
     p.set_defaults(func=run)
 
 
-def run(args) -> int:
-    from tmdeploy.engines import parse_batch
-    from tmdeploy.errors import UsageError
-    from tmdeploy.export import ExportOptions, export_onnx
+def options(args):
+    """The API's options for these arguments: (ExportOptions, TargetOptions)."""
+    from tmdeploy.engines.options import TargetOptions
+    from tmdeploy.export.options import ExportOptions
 
-    if args.format not in FORMATS:
-        raise UsageError(f"unknown --format '{args.format}'; choose one of: {', '.join(FORMATS)}")
-    options = ExportOptions(opset=args.opset, tm_form=args.tm_form, patch_logits=args.patch_logits,
-                            bake_preprocess=args.bake_preprocess, precision=args.precision,
-                            int8_target=args.int8_target, calib_data=args.calib_data,
-                            keep_fp32=tuple(k for k in args.keep_fp32.split(",") if k))
-    options.validate()  # before the (slow) checkpoint load and export, so a bad option fails at once
-    batch = parse_batch(args.batch)
-    if args.out is not None and args.out.is_dir() and args.format != "triton":
+    return (ExportOptions(**api_values(args, ExportOptions, keep_fp32=comma_list)),
+            TargetOptions(**api_values(args, TargetOptions)))
+
+
+def run(args) -> int:
+    from tmdeploy.errors import UsageError
+    from tmdeploy.export import export_onnx
+
+    export, target = options(args)
+    export.validate()  # before the (slow) checkpoint load and export, so a bad option fails at once
+    target.validate()
+    if args.out is not None and args.out.is_dir() and target.format != "triton":
         raise UsageError(f"--out {args.out} is a directory; give a file name")
     ckpt = load_checkpoint(args)
-    onnx_out = args.out if args.format == "onnx" else None
-    path = export_onnx(ckpt, onnx_out, options)
+    path = export_onnx(ckpt, args.out if target.format == "onnx" else None, export)
     print(f"wrote {path}")
-    if args.format == "trt" or (args.format == "triton" and args.triton_model == "trt"):
+    if target.format == "trt" or (target.format == "triton" and target.triton_model == "trt"):
         from tmdeploy.engines.tensorrt import build_engine
 
         # The ONNX file is already written: without TensorRT the user keeps it and gets one clear error.
-        engine_out = args.out if args.format == "trt" else None
-        path = build_engine(path, engine_out, batch=batch, workspace_mib=args.workspace_mib,
-                            timing_cache=args.timing_cache, force=args.force)
+        path = build_engine(path, args.out if target.format == "trt" else None, batch=target.profile(),
+                            workspace_mib=target.workspace_mib, timing_cache=target.timing_cache, force=target.force)
         print(f"wrote {path} (+ {path.name}.json sidecar)")
-    if args.format == "triton":
+    if target.format == "triton":
         from tmdeploy.engines.triton import write_model_repository
 
         repo = args.out or args.checkpoint.parent / "model_repository"
-        model_dir = write_model_repository(path, repo, max_batch_size=batch.max)
+        model_dir = write_model_repository(path, repo, max_batch_size=target.profile().max)
         print(f"wrote Triton model repository {model_dir}")
     return 0

@@ -2,29 +2,38 @@
 
 from pathlib import Path
 
+from tmdeploy.cli._common import api_option, api_values
+
+TRAIN = "tmdeploy.train:TrainConfig"
+
 
 def register(sub) -> None:
     p = sub.add_parser("train", help="train a model and write a deployable checkpoint")
-    p.add_argument("--arch", default="rn26-cls", help="architecture (see `tmdeploy models`)")
-    p.add_argument("--data", default="digits", help="digits | cifar10:DIR | cifar100:DIR | folder:DIR")
-    p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=0.05, help="peak learning rate of the cosine schedule")
-    p.add_argument("--aux-weight", type=float, default=0.3, help="λ of the auxiliary per-patch loss (SPEC §2)")
-    p.add_argument("--image-size", type=int, default=32, help="square input size the images are resized to")
-    p.add_argument("--in-chans", type=int, default=None, help="input channels (default: the data's own)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, default=Path("ckpt.pt"), help="checkpoint path (.pt or .safetensors)")
+    api_option(p, "--arch", TRAIN, help="architecture (see `tmdeploy models`)")
+    api_option(p, "--data", TRAIN, help="digits | cifar10:DIR | cifar100:DIR | folder:DIR")
+    api_option(p, "--epochs", TRAIN, type=int, help="passes over the training split")
+    api_option(p, "--batch-size", TRAIN, type=int, help="images per SGD step")
+    api_option(p, "--lr", TRAIN, type=float, help="peak learning rate of the cosine schedule")
+    api_option(p, "--aux-weight", TRAIN, type=float,
+               help="λ of the auxiliary per-patch loss (docs/models.md, class-semantic block)")
+    api_option(p, "--image-size", TRAIN, type=int, help="square input size the images are resized to")
+    api_option(p, "--in-chans", TRAIN, type=int, shown="the data's own", help="input channels")
+    api_option(p, "--seed", TRAIN, type=int, help="seed of the weights, the data order and the split")
+    p.add_argument("--out", type=Path, default=Path("ckpt.pt"), help="checkpoint path, .pt or .safetensors "
+                   "(default: ckpt.pt)")
     p.set_defaults(func=run)
 
 
-def run(args) -> int:
-    from tmdeploy.train import TrainConfig, train
+def options(args):
+    from tmdeploy.train import TrainConfig
 
-    config = TrainConfig(
-        arch=args.arch, data=args.data, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-        aux_weight=args.aux_weight, image_size=args.image_size, in_chans=args.in_chans, seed=args.seed,
-    )
+    return TrainConfig(**api_values(args, TrainConfig))
+
+
+def run(args) -> int:
+    from tmdeploy.train import train
+
+    config = options(args)
     result = train(config, out=args.out)
     print(f"wrote {args.out}: {config.arch}, held-out top-1 {result.accuracy:.2%}")
     return 0

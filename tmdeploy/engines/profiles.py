@@ -33,13 +33,7 @@ def parse_batch(text: str) -> BatchProfile:
     return BatchProfile(lo, opt, hi)
 
 
-def sample_shape(meta: ModelMetadata) -> tuple[int, ...]:
-    """One image as the graph takes it: C,H,W for normalized float input, H,W,C for baked uint8 pixels."""
-    c, h, w = meta.input_size
-    return (h, w, c) if meta.layout == "NHWC" else (c, h, w)
-
-
 def profile_shapes(meta: ModelMetadata, batch: BatchProfile) -> dict[str, list[int]]:
     """min/opt/max shapes of the graph input for ``batch``: what TensorRT's optimization profile needs."""
-    shape = list(sample_shape(meta))
+    shape = list(meta.sample_shape)
     return {k: [getattr(batch, k), *shape] for k in ("min", "opt", "max")}

@@ -21,16 +21,16 @@ from pathlib import Path
 
 from tmdeploy import __version__
 from tmdeploy.engines.profiles import BatchProfile, parse_batch, profile_shapes
-from tmdeploy.errors import TmdeployError, UsageError
+from tmdeploy.errors import TmdeployError, UsageError, first_line
 from tmdeploy.export import metadata
 from tmdeploy.fileio import atomic_write, file_sha256
+from tmdeploy.optional import require
 
 INPUT_NAME = "images"
 SIDECAR_FORMAT = "1"
 # Keys that loading and Triton read without further checks: a hand-edited sidecar lacking one is refused.
 SIDECAR_KEYS = ("cache_key", "engine_sha256", "tensorrt", "gpu", "compute_capability", "precision", "profile", "batch",
                 "onnx_path", "onnx_sha256", "metadata")
-INSTALL_HINT = 'on a machine with an NVIDIA GPU run: pip install "tmdeploy[gpu]" (or: pip install tensorrt)'
 MIN_TENSORRT_MAJOR = 10
 STRONGLY_TYPED_MAJOR = 11  # TensorRT 11 dropped the FP16/INT8 builder flags: precision lives in the graph
 
@@ -264,12 +264,7 @@ def check_layer_precisions(engine_info, precision: str) -> dict:
 
 def import_tensorrt():
     """The tensorrt module, or one TmdeployError naming the install step."""
-    try:
-        import tensorrt
-    except ImportError as err:
-        reason = "" if isinstance(err, ModuleNotFoundError) else f" ({str(err).splitlines()[0]})"
-        raise TmdeployError(f"TensorRT is not installed{reason}: {INSTALL_HINT}") from None
-    return tensorrt
+    return require("tensorrt", "tensorrt", "TensorRT")
 
 
 def current_environment(tensorrt_version: str, device: int | None = None) -> Environment:
@@ -331,7 +326,7 @@ def _build(trt, onnx_path: Path, spec: BuildSpec, timing_cache: Path):
     try:
         return EngineBytesFromNetwork(network, config=config, save_timing_cache=str(timing_cache))()
     except PolygraphyException as err:
-        raise TmdeployError(f"TensorRT could not build {onnx_path}: {str(err).splitlines()[0]}") from err
+        raise TmdeployError(f"TensorRT could not build {onnx_path}: {first_line(err)}") from err
 
 
 def _engine_information(trt, engine_bytes: bytes) -> str:

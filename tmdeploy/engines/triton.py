@@ -21,6 +21,7 @@ from tmdeploy.engines import tensorrt as trt_engine
 from tmdeploy.errors import TmdeployError, UsageError
 from tmdeploy.export import metadata
 from tmdeploy.fileio import file_sha256
+from tmdeploy.optional import require
 
 PLATFORMS = {".onnx": "onnxruntime_onnx", ".plan": "tensorrt_plan"}
 DEFAULT_MAX_BATCH = 256
@@ -127,23 +128,27 @@ def check_batching(max_batch_size: int, preferred_batch_sizes, max_queue_delay_u
 
 def config_pbtxt(name: str, platform: str, sig: ModelSignature, *, max_batch_size: int, preferred_batch_sizes,
                  max_queue_delay_us: int, instance_count: int) -> str:
-    """Triton's model configuration in protobuf text format."""
-    def tensor(spec: TensorSpec, labels: bool) -> str:
-        label = f'\n    label_filename: "{LABELS_FILE}"' if labels else ""
-        dims = ", ".join(map(str, spec.dims))
-        return f'  {{\n    name: "{spec.name}"\n    data_type: {spec.triton_type}\n    dims: [ {dims} ]{label}\n  }}'
+    """Triton's model configuration in protobuf text format, built with Triton's own ``ModelConfig`` message.
 
-    inputs = ",\n".join(tensor(s, False) for s in sig.inputs)
-    outputs = ",\n".join(tensor(s, s.name == "logits") for s in sig.outputs)
-    sizes = ", ".join(map(str, preferred_batch_sizes or ()))
-    preferred = f"  preferred_batch_size: [ {sizes} ]\n" if sizes else ""
-    kind = "\n    kind: KIND_GPU" if platform == "tensorrt_plan" else ""
-    return (
-        f'name: "{name}"\nplatform: "{platform}"\nmax_batch_size: {max_batch_size}\n'
-        f"input [\n{inputs}\n]\noutput [\n{outputs}\n]\n"
-        f"dynamic_batching {{\n{preferred}  max_queue_delay_microseconds: {max_queue_delay_us}\n}}\n"
-        f"instance_group [\n  {{\n    count: {instance_count}{kind}\n  }}\n]\n"
-    )
+    It is proto3: fields at their zero value are not written, and Triton reads them back as zero (so a
+    ``max_batch_size`` of 0, Triton's "no batching", needs no line). ``dynamic_batching`` is marked present
+    even when all its fields are zero, since its presence is what turns the batcher on.
+    """
+    pb = require("tritonclient.grpc.model_config_pb2", "tritonclient", "tritonclient")
+    from google.protobuf import text_format
+
+    config = pb.ModelConfig(name=name, platform=platform, max_batch_size=max_batch_size)
+    for spec in sig.inputs:
+        config.input.add(name=spec.name, data_type=pb.DataType.Value(spec.triton_type), dims=spec.dims)
+    for spec in sig.outputs:
+        config.output.add(name=spec.name, data_type=pb.DataType.Value(spec.triton_type), dims=spec.dims,
+                          label_filename=LABELS_FILE if spec.name == "logits" else "")
+    config.dynamic_batching.SetInParent()
+    config.dynamic_batching.preferred_batch_size.extend(preferred_batch_sizes or ())
+    config.dynamic_batching.max_queue_delay_microseconds = max_queue_delay_us
+    kind = pb.ModelInstanceGroup.KIND_GPU if platform == "tensorrt_plan" else pb.ModelInstanceGroup.KIND_AUTO
+    config.instance_group.add(count=instance_count, kind=kind)
+    return text_format.MessageToString(config)
 
 
 def labels_text(meta: metadata.ModelMetadata) -> str:

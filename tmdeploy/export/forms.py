@@ -1,4 +1,4 @@
-"""Exact export forms of the template-matching block (SPEC §1, "Export form").
+"""Exact export forms of the template-matching block (docs/models.md, "Export forms").
 
 Training code keeps the plain form ``softmax([s; μ] / τ)[:, :K]``, which exports to Concat, Expand,
 Shape and Slice nodes. For export, each :class:`TemplateMatching` is swapped for one of these modules,
@@ -26,8 +26,6 @@ import copy
 import torch
 from torch import Tensor, nn
 
-from tmdeploy.errors import UsageError
-from tmdeploy.export.choices import DEFAULT_FORM, FORMS  # noqa: F401 (re-exported)
 from tmdeploy.models.template_matching import TemplateMatching
 
 _PAD_MULTIPLE = 8
@@ -125,15 +123,10 @@ _BUILDERS = {
 }
 
 
-def _builder(form: str):
-    if form not in _BUILDERS:
-        raise UsageError(f"unknown --tm-form '{form}'; choose one of: {', '.join(FORMS)}")
-    return _BUILDERS[form]
-
-
 def apply_form(model: nn.Module, form: str) -> nn.Module:
-    """A copy of ``model`` with every TemplateMatching module replaced by its export form."""
-    build = _builder(form)  # checked even when the model has no template-matching block
+    """A copy of ``model`` with every TemplateMatching module replaced by its export form
+    (one of ``tmdeploy.export.options.FORMS``, which ``ExportOptions.validate`` checks)."""
+    build = _BUILDERS[form]
     model = copy.deepcopy(model).eval()
     targets = [(name, module) for name, module in model.named_modules() if isinstance(module, TemplateMatching)]
     for name, module in targets:

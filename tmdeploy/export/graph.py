@@ -1,26 +1,24 @@
-"""Graph passes after ``torch.onnx.export``: BatchNorm folding, clean-up, and full checks."""
+"""Graph passes after ``torch.onnx.export``: BatchNorm folding, clean-up, module scopes and full checks."""
 
 from __future__ import annotations
 
 import ast
+from functools import lru_cache
 
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
-import onnx_ir as ir
-from onnxscript import rewriter
-from onnxscript.rewriter.rules.common import fuse_batchnorm_into_conv_rule, fuse_batchnorm_into_gemm_rule
 
-from tmdeploy.errors import TmdeployError
+from tmdeploy.errors import TmdeployError, first_line
 
 MODULE_KEY = "tmdeploy.module"  # node metadata: the PyTorch module path the node was exported from
 
 
-def module_scopes(model: ir.Model) -> dict[str, str]:
-    """Node name → PyTorch module path, from the exporter's name scopes (lost in later passes otherwise)."""
+def dynamo_scopes(model: onnx.ModelProto) -> dict[str, str]:
+    """Node name → PyTorch module path, from the dynamo exporter's name scopes (lost in later passes otherwise)."""
     scopes = {}
-    for node in model.graph.all_nodes():
-        raw = node.metadata_props.get("pkg.torch.onnx.name_scopes")
+    for node in model.graph.node:
+        raw = next((p.value for p in node.metadata_props if p.key == "pkg.torch.onnx.name_scopes"), None)
         if node.name and raw:
             try:
                 names = ast.literal_eval(raw)
@@ -31,18 +29,54 @@ def module_scopes(model: ir.Model) -> dict[str, str]:
     return scopes
 
 
+def torchscript_scopes(model: onnx.ModelProto, module_names: list[str]) -> dict[str, str]:
+    """Node name → PyTorch module path, from the TorchScript exporter's node names.
+
+    It names a node ``/model/stages.0/stages.0.0/branch/Conv``: one part per module call, each the end of
+    that module's path (a container's children carry the container's name too). The path is rebuilt by
+    taking, below the module found so far, the nearest module whose path ends with the next part.
+    """
+    names = tuple(module_names)
+
+    @lru_cache(maxsize=None)
+    def child(parent: str, part: str) -> str | None:
+        below = [n for n in names if n.startswith(parent + ".")] if parent else names
+        found = [n for n in below if n == part or n.endswith("." + part)]
+        return min(found, key=len) if found else None
+
+    scopes = {}
+    for node in model.graph.node:
+        path = ""
+        for part in node.name.split("/")[1:-1]:
+            path = child(path, part) or path
+        if path:
+            scopes[node.name] = path
+    return scopes
+
+
 def attach_module_scopes(model: onnx.ModelProto, scopes: dict[str, str]) -> None:
     """Keep one short key per node so ``tmdeploy check --localize`` can map tensors back to modules."""
     for node in model.graph.node:
+        del node.metadata_props[:]
         if node.name in scopes:
-            del node.metadata_props[:]
             entry = node.metadata_props.add()
             entry.key, entry.value = MODULE_KEY, scopes[node.name]
 
 
-def fold_batchnorm(model: ir.Model) -> ir.Model:
-    """Fold inference BatchNorm into the preceding Conv/Gemm (onnxscript's maintained rewrite rules)."""
-    return rewriter.rewrite(model, pattern_rewrite_rules=[fuse_batchnorm_into_conv_rule, fuse_batchnorm_into_gemm_rule])
+def fold_batchnorm(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Fold inference BatchNorm into the preceding Conv/Gemm (onnxscript's maintained rewrite rules).
+
+    The TorchScript exporter folds Conv → BatchNorm itself, so a graph without BatchNormalization skips
+    the (slow to import) rewriter.
+    """
+    if not any(node.op_type == "BatchNormalization" for node in model.graph.node):
+        return model
+    import onnx_ir as ir
+    from onnxscript import rewriter
+    from onnxscript.rewriter.rules.common import fuse_batchnorm_into_conv_rule, fuse_batchnorm_into_gemm_rule
+
+    rules = [fuse_batchnorm_into_conv_rule, fuse_batchnorm_into_gemm_rule]
+    return ir.serde.serialize_model(rewriter.rewrite(ir.serde.deserialize_model(model), pattern_rewrite_rules=rules))
 
 
 def batchnorm_to_affine(graph: gs.Graph) -> int:
@@ -74,6 +108,7 @@ def batchnorm_to_affine(graph: gs.Graph) -> int:
 def clean_up(model: onnx.ModelProto) -> onnx.ModelProto:
     """Constant folding, dead-node removal and topological order with onnx-graphsurgeon."""
     graph = gs.import_onnx(model)
+    graph.fold_constants()  # first: the TorchScript exporter feeds equal initializers through Identity nodes
     batchnorm_to_affine(graph)
     graph.fold_constants().cleanup().toposort()
     cleaned = gs.export_onnx(graph)
@@ -90,7 +125,7 @@ def check(model: onnx.ModelProto) -> onnx.ModelProto:
         onnx.checker.check_model(model, full_check=True)
         return onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as err:
-        raise TmdeployError(f"exported graph failed onnx.checker: {str(err).splitlines()[0][:200]}") from err
+        raise TmdeployError(f"exported graph failed onnx.checker: {first_line(err, 200)}") from err
 
 
 def op_histogram(model: onnx.ModelProto) -> dict[str, int]:

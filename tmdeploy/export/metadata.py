@@ -11,12 +11,14 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+import numpy as np
 import onnx
 
-from tmdeploy.errors import TmdeployError
+from tmdeploy.errors import TmdeployError, first_line
 
 METADATA_FORMAT = "1"
 _JSON_FIELDS = {"class_names", "input_size", "mean", "std", "outputs"}
+_RANGE_TOLERANCE = 1e-3  # raw floats this far outside [0, 1] are rounding, further is another scale
 
 
 @dataclass
@@ -37,6 +39,23 @@ class ModelMetadata:
     source_checkpoint: str = ""
     tmdeploy_version: str = ""
     tmdeploy_format: str = METADATA_FORMAT
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        """One image as the graph takes it: C,H,W for normalized float input, H,W,C for baked uint8 pixels."""
+        c, h, w = self.input_size
+        return (h, w, c) if self.layout == "NHWC" else (c, h, w)
+
+    def graph_input(self, images, *, raw: bool = False, check_finite: bool = True) -> np.ndarray:
+        """``images`` as this graph takes them, checked (rank, shape, channels, dtype, finite values).
+
+        The one definition of what the graph takes, used by applications (``runtime``), the parity check
+        and calibration alike. ``raw=False``: images already in the graph's form (normalized float32
+        N×C×H×W, or uint8 N×H×W×C for baked preprocessing). ``raw=True``: uint8 N×H×W×C pixels or float
+        N×C×H×W in [0, 1], scaled and normalized here as the metadata says (or only converted for baked
+        graphs). Numpy arrays, torch tensors and nested lists are accepted; each failure is one TmdeployError.
+        """
+        return (_from_raw if raw else _prepared)(images, self, check_finite)
 
     def to_props(self) -> dict[str, str]:
         return {k: json.dumps(v) if k in _JSON_FIELDS else str(v) for k, v in asdict(self).items()}
@@ -60,9 +79,8 @@ class ModelMetadata:
             values["opset"] = int(values.get("opset", 0))
             meta = cls(**values)
         except (TypeError, ValueError, RecursionError) as err:  # RecursionError: JSON nested too deep
-            detail = str(err).splitlines()[0][:160] if str(err) else ""
             raise TmdeployError(
-                f"the ONNX file's tmdeploy metadata is malformed ({type(err).__name__}: {detail})") from err
+                f"the ONNX file's tmdeploy metadata is malformed ({type(err).__name__}: {first_line(err, 160)})") from err
         _validate(meta)
         return meta
 
@@ -144,3 +162,88 @@ def _non_utf8_string(message) -> str | None:
             elif descriptor.type == descriptor.TYPE_MESSAGE:
                 stack.extend([value] if isinstance(value, Message) else value)
     return None
+
+
+# ---- what the graph takes: checks and preprocessing (pure numpy) ------------------------------------
+
+
+def to_numpy(images) -> np.ndarray:
+    """A numpy view of a numpy array, a torch tensor (detached, on the CPU) or a nested list."""
+    if type(images).__module__.split(".")[0] == "torch":
+        images = images.detach().cpu().numpy()
+    try:
+        return np.asarray(images)
+    except (ValueError, TypeError, OverflowError) as err:  # ragged nested lists, ints too large, ...
+        raise TmdeployError(f"images are not an array ({type(err).__name__}: {first_line(err, 160)})") from None
+
+
+def _prepared(images, meta: ModelMetadata, check_finite: bool) -> np.ndarray:
+    """Input already in the graph's form, checked: normalized float32 NCHW, or uint8 NHWC for baked graphs."""
+    x = to_numpy(images)
+    if meta.preprocess == "baked":
+        if x.dtype != np.uint8:
+            raise TmdeployError(f"expected uint8 pixels (the model has its preprocessing baked in), got {x.dtype}")
+        return np.ascontiguousarray(_check_shape(x, meta.sample_shape, "images"))
+    if not np.issubdtype(x.dtype, np.floating):
+        raise TmdeployError(f"expected normalized float images, got {x.dtype} "
+                            f"(raw pixels? use classify() or predict(..., raw=True))")
+    with np.errstate(over="ignore"):  # float64 beyond float32's range becomes Inf, which the check then names
+        x = np.ascontiguousarray(_check_shape(x, meta.sample_shape, "images"), dtype=np.float32)
+    if check_finite:
+        _check_finite(x)
+    return x
+
+
+def _from_raw(images, meta: ModelMetadata, check_finite: bool) -> np.ndarray:
+    """Raw images (uint8 NHWC 0..255 or float NCHW in [0, 1]) → the graph's input, per the metadata."""
+    x = to_numpy(images)
+    c, h, w = meta.input_size
+    baked = meta.preprocess == "baked"
+    if x.dtype == np.uint8:
+        x = _check_shape(x, (h, w, c), "raw uint8 images (N, H, W, C)")
+        if baked:
+            return np.ascontiguousarray(x)
+        unit = x.transpose(0, 3, 1, 2).astype(np.float32) / np.float32(255)
+    elif np.issubdtype(x.dtype, np.floating):
+        with np.errstate(over="ignore"):  # beyond float32's range: Inf, refused below as out of [0, 1]
+            unit = _check_shape(x, (c, h, w), "raw float images (N, C, H, W)").astype(np.float32)
+        if check_finite or baked:  # NaN has no pixel value: a baked graph cannot take it at all
+            _check_finite(unit)
+        _check_unit_range(unit)
+        if baked:
+            return np.ascontiguousarray(np.rint(np.clip(unit, 0, 1) * 255).astype(np.uint8).transpose(0, 2, 3, 1))
+    else:
+        raise TmdeployError(f"expected raw images as uint8 pixels or floats in [0, 1], got {x.dtype}")
+    mean = np.asarray(meta.mean, np.float32).reshape(1, -1, 1, 1)
+    std = np.asarray(meta.std, np.float32).reshape(1, -1, 1, 1)
+    return np.ascontiguousarray((unit - mean) / std, dtype=np.float32)
+
+
+def batch_shape(sample) -> str:
+    """``(N, C, H, W)``-style text for a sample shape with a batch axis in front."""
+    return "(" + ", ".join(["N", *map(str, sample)]) + ")"
+
+
+def _check_shape(x: np.ndarray, sample: tuple[int, ...], what: str) -> np.ndarray:
+    if x.ndim != len(sample) + 1 or tuple(x.shape[1:]) != tuple(sample):
+        hint = " (one image? add a batch axis: images[None])" if x.ndim == len(sample) else ""
+        raise TmdeployError(f"expected {what} of shape {batch_shape(sample)}, got {tuple(x.shape)}{hint}")
+    if len(x) == 0:
+        raise TmdeployError("expected at least one image, got an empty batch")
+    return x
+
+
+def _check_finite(x: np.ndarray) -> None:
+    bad = np.flatnonzero(~np.isfinite(x.reshape(len(x), -1)).all(axis=1))
+    if bad.size:
+        rows = ", ".join(map(str, bad[:10])) + (", ..." if bad.size > 10 else "")
+        raise TmdeployError(f"images contain NaN or Inf in {bad.size} row(s) ({rows}); "
+                            f"fix them, or pass check_finite=False to get NaN logits for those rows")
+
+
+def _check_unit_range(x: np.ndarray) -> None:
+    finite = x[np.isfinite(x)]
+    if finite.size and (finite.min() < -_RANGE_TOLERANCE or finite.max() > 1 + _RANGE_TOLERANCE):
+        raise TmdeployError(f"raw float images must be in [0, 1], got values in [{finite.min():.4g}, "
+                            f"{finite.max():.4g}] (0..255 pixels? pass them as uint8; already normalized? "
+                            f"use predict() without raw)")

@@ -29,7 +29,6 @@ and made the ONNX Runtime recipe 1.6× slower (its QLinearConv needs a quantized
 
 from __future__ import annotations
 
-import logging
 import tempfile
 import warnings
 from collections.abc import Sequence
@@ -39,12 +38,9 @@ import numpy as np
 import onnx
 
 from tmdeploy import data
-from tmdeploy.data import graph_inputs
-from tmdeploy.errors import TmdeployError, UsageError
+from tmdeploy.errors import TmdeployError, UsageError, first_line
 from tmdeploy.export.metadata import ModelMetadata
-
-PRECISIONS = ("fp32", "fp16", "int8")
-INT8_TARGETS = ("tensorrt", "onnxruntime")
+from tmdeploy.export.options import INT8_TARGETS, ExportOptions  # noqa: F401 (INT8_TARGETS: tests use it here)
 
 # ModelOpt AutoCast's default ``data_max``: 128× headroom under FP16's 65504 for inputs the
 # calibration set did not show.
@@ -184,13 +180,12 @@ def to_int8(model: onnx.ModelProto, calibration: np.ndarray, target: str = "tens
     ``tensorrt``: symmetric signed INT8 activations and per-channel weights (zero points 0), biases left in
     float because TensorRT's parser has no INT32 DequantizeLinear. ``onnxruntime``: unsigned activations,
     signed per-channel weights and INT32 biases, which ONNX Runtime's x86 kernels fuse into QLinearConv
-    (symmetric signed activations ran slower than FP32 there: SPEC §1). Soft-max exponents and
+    (symmetric signed activations ran slower than FP32 there: docs/models.md, "INT8"). Soft-max exponents and
     normalisers stay in float for both.
     """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-    if target not in INT8_TARGETS:
-        raise UsageError(f"unknown --int8-target '{target}'; choose one of: {', '.join(INT8_TARGETS)}")
+    ExportOptions(precision="int8", int8_target=target).validate()
     if len(calibration) == 0:
         raise UsageError("INT8 calibration needs at least one image")
     if target == "tensorrt":
@@ -199,30 +194,17 @@ def to_int8(model: onnx.ModelProto, calibration: np.ndarray, target: str = "tens
     else:
         activations = QuantType.QUInt8
         extra = {"ActivationSymmetric": False, "WeightSymmetric": True}
-    advice, root = _NoPreprocessingAdvice(), logging.getLogger()
     with tempfile.TemporaryDirectory(prefix="tmdeploy-int8-") as tmp:
         source, quantized = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
         onnx.save(model, str(source))
-        root.addFilter(advice)
-        try:
-            with _CalibrationReader(model.graph.input[0].name, calibration, show_progress) as reader:
-                quantize_static(
-                    str(source), str(quantized), reader, quant_format=QuantFormat.QDQ,
-                    op_types_to_quantize=list(INT8_OP_TYPES), nodes_to_exclude=softmax_nodes(model),
-                    per_channel=True, activation_type=activations, weight_type=QuantType.QInt8,
-                    calibrate_method=CalibrationMethod.MinMax, extra_options=extra,
-                )
-        finally:
-            root.removeFilter(advice)
+        with _CalibrationReader(model.graph.input[0].name, calibration, show_progress) as reader:
+            quantize_static(
+                str(source), str(quantized), reader, quant_format=QuantFormat.QDQ,
+                op_types_to_quantize=list(INT8_OP_TYPES), nodes_to_exclude=softmax_nodes(model),
+                per_channel=True, activation_type=activations, weight_type=QuantType.QInt8,
+                calibrate_method=CalibrationMethod.MinMax, extra_options=extra,
+            )
         return _checked(onnx.load(str(quantized)), model, "int8")
-
-
-class _NoPreprocessingAdvice(logging.Filter):
-    """quantize_static advises (twice, on the root logger) ``quant_pre_process``: shape inference and
-    constant folding, which the exporter already did; and its symbolic shape inference fails on the TM graphs."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "pre-processing before quantization" not in record.getMessage()
 
 
 class _CalibrationReader:
@@ -262,7 +244,7 @@ def calibration_inputs(meta: ModelMetadata, data_spec: str = "digits", count: in
         raise UsageError(f"calibration needs at least one image, got count={count}")
     c, h, _ = meta.input_size
     images, _ = data.stack(data.load(data_spec, image_size=h, in_chans=c, seed=seed).train, limit=count)
-    return graph_inputs(images, meta)
+    return meta.graph_input(images.numpy(), raw=True)
 
 
 def lower_precision(model: onnx.ModelProto, precision: str, *, meta: ModelMetadata, calib_data: str = "digits",
@@ -270,12 +252,7 @@ def lower_precision(model: onnx.ModelProto, precision: str, *, meta: ModelMetada
                     show_progress: bool = True) -> onnx.ModelProto:
     """Dispatch on ``precision``; ``fp32`` returns ``model`` unchanged. Both lower precisions measure the
     model on ``calib_data``'s training images: INT8 for its scales, FP16 for its value ranges."""
-    if precision not in PRECISIONS:
-        raise UsageError(f"unknown --precision '{precision}'; choose one of: {', '.join(PRECISIONS)}")
-    if int8_target not in INT8_TARGETS:
-        raise UsageError(f"unknown --int8-target '{int8_target}'; choose one of: {', '.join(INT8_TARGETS)}")
-    if keep_fp32 and precision != "fp16":
-        raise UsageError(f"--keep-fp32 applies to --precision fp16 only, not {precision}")
+    ExportOptions(precision=precision, int8_target=int8_target, keep_fp32=tuple(keep_fp32)).validate()
     if precision == "fp32":
         return model
     calibration = calibration_inputs(meta, calib_data)
@@ -310,7 +287,7 @@ def _checked(lowered: onnx.ModelProto, original: onnx.ModelProto, precision: str
     try:
         onnx.checker.check_model(lowered, full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as err:
-        raise TmdeployError(f"the {precision} graph fails the ONNX checker: {str(err).splitlines()[0][:300]}") from err
+        raise TmdeployError(f"the {precision} graph fails the ONNX checker: {first_line(err)}") from err
     for kind in ("input", "output"):
         before = [(v.name, v.type.tensor_type.elem_type) for v in getattr(original.graph, kind)]
         after = [(v.name, v.type.tensor_type.elem_type) for v in getattr(lowered.graph, kind)]

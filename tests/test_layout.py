@@ -1,0 +1,73 @@
+"""The package's shape: light modules import without torch, and the CLI's defaults are the API's."""
+
+import subprocess
+import sys
+
+
+def test_numpy_only_modules_import_without_torch():
+    code = ("import sys, tmdeploy.verify.stats, tmdeploy.bench.timing, tmdeploy.bench.machine, tmdeploy.report, "
+            "tmdeploy.export.options, tmdeploy.export.metadata, tmdeploy.runtime, tmdeploy.cli; "
+            "tmdeploy.cli.build_parser(); "
+            "heavy = [m for m in ('torch', 'polygraphy', 'onnxscript') if m in sys.modules]; "
+            "assert not heavy, heavy")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_fronts_re_export_functions_not_modules():
+    from tmdeploy.bench import BenchOptions, run
+    from tmdeploy.verify import CheckOptions, check
+
+    assert callable(run) and callable(check) and BenchOptions().device == "cpu" and CheckOptions().batches
+
+
+MINIMAL_ARGV = {"train": [], "export": ["x.pt"], "check": ["x.pt", "y.onnx"], "bench": ["x.pt"], "serve": ["m.onnx"],
+                "demo": []}
+
+
+def _subparsers():
+    from tmdeploy.cli import build_parser
+
+    parser = build_parser()
+    (sub,) = [a for a in parser._actions if a.choices and a.dest == "command"]
+    return parser, sub.choices
+
+
+def test_every_cli_default_is_the_api_default():
+    """Options bound to the API leave their default to it; nothing else restates an API field's default."""
+    import dataclasses
+    import importlib
+
+    from tmdeploy.cli._common import api_default
+
+    parser, commands = _subparsers()
+    for command, sub in commands.items():
+        bound = [a for a in sub._actions if getattr(a, "api", None)]
+        sources = {a.api[0] for a in bound}
+        for action in bound:
+            assert action.default is None, (command, action.dest)
+            api_default(*action.api[:2])  # the field exists in the API
+        fields = set()
+        for source in sources:
+            module, _, name = source.partition(":")
+            obj = getattr(importlib.import_module(module), name)
+            fields |= {f.name for f in dataclasses.fields(obj)} if dataclasses.is_dataclass(obj) else set()
+        unbound = {a.dest for a in sub._actions if a.option_strings and not getattr(a, "api", None)}
+        assert not unbound & fields - {"arch", "num_classes", "in_chans"}, (command, unbound & fields)
+        if command in MINIMAL_ARGV:
+            args = parser.parse_args([command, *MINIMAL_ARGV[command]])
+            built = importlib.import_module(f"tmdeploy.cli.{command}_cmd").options(args)
+            for value in built if isinstance(built, tuple) else (built,):
+                assert value == type(value)(), (command, value)
+
+
+def test_help_shows_the_api_defaults(capsys):
+    from tmdeploy.cli import main
+
+    for command, expected in (("export", "(default: torchscript)"), ("check", "(default: 1,7)"),
+                              ("bench", "(default: 1,32,256)"), ("serve", "(default: 64)"), ("train", "(default: digits)")):
+        try:
+            main([command, "--help"])
+        except SystemExit:
+            pass
+        assert expected in " ".join(capsys.readouterr().out.split()), command

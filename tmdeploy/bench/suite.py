@@ -1,0 +1,169 @@
+"""The benchmark: one checkpoint on every backend side by side — latency, throughput, accuracy.
+
+``run(ckpt, BenchOptions(...))`` builds each backend (PyTorch eager, torch.compile, onnxruntime in FP32,
+FP16 and INT8 with both quantization recipes, TensorRT where it is installed, a CUDA graph on GPUs),
+times them in interleaved rounds under a time budget per batch size (:mod:`tmdeploy.bench.timing`), and
+measures top-1 on a data set and agreement with PyTorch. A backend that cannot be built or fails while
+running is reported with its error; the run goes on. Speed-ups are paired ratios to PyTorch eager.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from tmdeploy import data
+from tmdeploy.bench import machine
+from tmdeploy.bench.backends import BASELINE, Context, Skip, by_name, default_names, predict_all
+from tmdeploy.bench.timing import error_line, latency_stats, measure, paired_ratio, wall_timer
+from tmdeploy.bench.options import BenchOptions
+from tmdeploy.checkpoint import Checkpoint
+from tmdeploy.threads import torch_threads
+
+
+@dataclass
+class BackendResult:
+    name: str
+    label: str
+    precision: str
+    status: str = "ok"  # ok | failed | skipped
+    note: str = ""
+    setup_s: float = 0.0  # building it: export, quantization, session or engine creation
+    latency: list[dict] = field(default_factory=list)  # per batch size: percentiles, throughput, speedup
+    top1: float | None = None
+    agreement: float | None = None  # share of images where its top-1 class is PyTorch eager's
+
+    def fail(self, note: str) -> None:
+        self.status, self.note = "failed", note
+
+
+@dataclass
+class BenchResult:
+    model: dict
+    machine: dict
+    options: dict
+    backends: list[BackendResult]
+    data: dict | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def backend(self, name: str) -> BackendResult:
+        return next(b for b in self.backends if b.name == name)
+
+
+def run(ckpt: Checkpoint, options: BenchOptions = BenchOptions()) -> BenchResult:
+    """Benchmark ``ckpt`` as ``options`` say; see the module docstring."""
+    options.validate()
+    from tmdeploy.bench.progress import Reporter
+
+    ctx = Context(ckpt, options.device, tuple(options.batches), calib_data=options.data or "digits",
+                  compile_backend=options.compile_backend, threads=options.threads)
+    names = options.backends or default_names(options.device)
+    results = [BackendResult(b.name, b.label, b.precision) for b in map(by_name, names)]
+    test_set = _test_set(ckpt, options) if options.data else None  # a bad --data fails before the long part
+    with torch_threads(options.threads), Reporter(options.show_progress) as reporter:
+        where = machine.describe(options.device, options.threads)
+        sessions: dict = {}
+        try:
+            _build(ctx, results, sessions, reporter)
+            for batch in options.batches:
+                _time_batch(ctx, batch, sessions, results, options, reporter)
+            accuracy = _accuracy(test_set, sessions, results, max(options.batches), reporter) if test_set else None
+        finally:
+            for session in sessions.values():
+                session.close()
+            ctx.close()
+    c, h, w = ckpt.card.input_size
+    model = {"arch": ckpt.card.arch, "checkpoint": str(ckpt.path or ""), "sha256": ckpt.sha256 or "",
+             "input_size": [c, h, w], "classes": ckpt.card.num_classes}
+    return BenchResult(model, where, _options_dict(options), results, accuracy)
+
+
+def _options_dict(options: BenchOptions) -> dict:
+    out = asdict(options)
+    out.pop("show_progress")
+    out["batches"] = list(options.batches)
+    out["backends"] = list(options.backends) if options.backends else None
+    return out
+
+
+def _build(ctx: Context, results: list[BackendResult], sessions: dict, reporter) -> None:
+    """Build each backend into ``sessions`` (filled as it goes, so the caller closes what was built)."""
+    for i, result in enumerate(results):
+        reporter.setup(result.label, i, len(results))
+        start = time.perf_counter()
+        backend = by_name(result.name)
+        try:
+            if backend.cuda_only and ctx.device != "cuda":
+                raise Skip("needs --device cuda")
+            sessions[result.name] = backend.build(ctx)
+        except Skip as note:
+            result.status, result.note = "skipped", str(note)
+        except Exception as err:  # noqa: BLE001 - one backend that cannot be built must not end the run
+            result.fail(f"build failed: {error_line(err)}")
+        result.setup_s = time.perf_counter() - start
+    reporter.setup("", len(results), len(results))
+
+
+def _inputs(ckpt: Checkpoint, batch: int, seed: int) -> np.ndarray:
+    """Seeded normalized-scale inputs: speed does not depend on the values, only their shape."""
+    return np.random.default_rng(seed).standard_normal((batch, *ckpt.card.input_size)).astype(np.float32)
+
+
+def _time_batch(ctx: Context, batch: int, sessions: dict, results: list[BackendResult], options: BenchOptions,
+                reporter) -> None:
+    live = {r.name: r for r in results if r.status == "ok"}
+    x = _inputs(ctx.ckpt, batch, options.seed)
+    calls = {}
+    for name, result in live.items():
+        try:
+            calls[name] = sessions[name].bind(x)
+        except Exception as err:  # noqa: BLE001
+            result.fail(f"batch {batch}: {error_line(err)}")
+    timer = wall_timer
+    if options.device == "cuda":
+        from tmdeploy.bench.cuda import event_timer as timer
+    progress = reporter.timing(batch, [live[n].label for n in calls])
+    samples = measure(calls, options.budget(), timer, progress)
+    progress("done", 1.0)
+    for name, s in samples.items():
+        if s.error:
+            live[name].fail(f"batch {batch}: {s.error}")
+            continue
+        stats = {"batch": batch, **latency_stats(s.times, batch), "first_call_s": s.first_call}
+        if BASELINE in samples and not samples[BASELINE].error:
+            stats["speedup"] = paired_ratio(samples[BASELINE], s)
+        live[name].latency.append(stats)
+
+
+def _test_set(ckpt: Checkpoint, options: BenchOptions) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Normalized test images, their labels, and a description for the report."""
+    c, h, _ = ckpt.card.input_size
+    split = data.load(options.data, image_size=h, in_chans=c, seed=options.seed)
+    images, labels = data.stack(split.test, limit=options.accuracy_limit)
+    x = data.normalize(images, ckpt.card.mean, ckpt.card.std).numpy()
+    return x, labels.numpy(), {"spec": options.data, "split": "test", "samples": int(len(labels))}
+
+
+def _accuracy(test_set, sessions: dict, results: list[BackendResult], chunk: int, reporter) -> dict:
+    """Top-1 of every backend still standing, and how often its top-1 is PyTorch eager's."""
+    x, labels, description = test_set
+    live = [r for r in results if r.status == "ok"]
+    predictions = {}
+    for i, result in enumerate(live):
+        reporter.accuracy(result.label, i, len(live))
+        try:
+            predictions[result.name] = predict_all(sessions[result.name], x, chunk).argmax(axis=1)
+        except Exception as err:  # noqa: BLE001
+            result.fail(f"accuracy: {error_line(err)}")
+            continue
+        result.top1 = float((predictions[result.name] == labels).mean())
+    reporter.accuracy("", len(live), len(live))
+    reference = predictions.get(BASELINE)
+    for result in live:
+        if reference is not None and result.name in predictions:
+            result.agreement = float((predictions[result.name] == reference).mean())
+    return description

@@ -1,0 +1,48 @@
+"""What ``tmdeploy export`` can be asked, its defaults and their validation, importable without torch
+(the CLI builds its options and help from this class)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tmdeploy.errors import UsageError, check_choice
+
+FORMS = ("folded", "folded-padded", "deferred", "normalized")
+DEFAULT_FORM = "normalized"  # fastest on ONNX Runtime CPU: see benchmarks/tm_forms.py and the README table
+EXPORTERS = ("torchscript", "dynamo")
+PRECISIONS = ("fp32", "fp16", "int8")
+INT8_TARGETS = ("tensorrt", "onnxruntime")
+MIN_OPSET = 13  # ONNX Softmax before opset 13 flattens from the axis: a channel soft-max would be wrong
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    opset: int = 18
+    tm_form: str = DEFAULT_FORM
+    # torchscript: 0.2 s for rn26 and the same graph after clean-up; dynamo: torch.export, about 10 s
+    # (benchmarks/export_cost.py, docs/models.md "Export")
+    exporter: str = "torchscript"
+    patch_logits: bool = False
+    bake_preprocess: bool = False
+    precision: str = "fp32"
+    int8_target: str = "tensorrt"  # "tensorrt": symmetric signed QDQ; "onnxruntime": unsigned activations
+    calib_data: str = "digits"  # calibration (INT8 scales, FP16 value ranges) from this data's train split
+    keep_fp32: tuple[str, ...] = ()  # extra op types or node names to keep in FP32 under --precision fp16
+
+    def validate(self) -> None:
+        import onnx
+
+        if self.opset < MIN_OPSET:
+            raise UsageError(
+                f"--opset {self.opset} is too old: ONNX Softmax before opset 13 flattens every axis after the "
+                f"given one, so the template-matching soft-max over channels would be wrong; use {MIN_OPSET} or later"
+            )
+        newest = onnx.defs.onnx_opset_version()
+        if self.opset > newest:
+            raise UsageError(f"--opset {self.opset} is newer than this onnx package supports ({newest})")
+        check_choice(self.tm_form, FORMS, "--tm-form")
+        check_choice(self.exporter, EXPORTERS, "--exporter")
+        check_choice(self.precision, PRECISIONS, "--precision")
+        check_choice(self.int8_target, INT8_TARGETS, "--int8-target")
+        if self.keep_fp32 and self.precision != "fp16":
+            raise UsageError(f"--keep-fp32 applies to --precision fp16 only, not {self.precision}")

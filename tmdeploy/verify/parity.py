@@ -1,0 +1,161 @@
+"""The parity check: prove the ONNX file computes what the PyTorch checkpoint computes.
+
+Both sides run inside polygraphy's Comparator on the same inputs; polygraphy's compare functions give the
+element-wise verdict and the statistics a person needs to judge a deployment (errors and their 99th
+percentile, the largest being the smallest tolerance that would pass alone, cosine similarity); top-1
+agreement is ours. Inputs and reference outputs can be
+saved in polygraphy's own JSON formats so the polygraphy CLI can re-check the file without tmdeploy.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from polygraphy.comparator import Comparator, RunResults
+from polygraphy.common import TensorMetadata
+from polygraphy.json import save_json
+from polygraphy.logger import G_LOGGER
+
+from tmdeploy import data
+from tmdeploy.checkpoint import Checkpoint
+from tmdeploy.errors import TmdeployError
+from tmdeploy.export import metadata
+from tmdeploy.export.to_onnx import INPUT_NAME, DeployModule
+from tmdeploy.fileio import atomic_write
+from tmdeploy.threads import torch_threads
+from tmdeploy.verify.runners import TorchRunner, onnxrt_runner
+from tmdeploy.verify.options import CheckOptions
+from tmdeploy.verify.stats import DEFAULT_TOLERANCES, Tolerance, output_stats
+
+
+
+@dataclass
+class CheckReport:
+    onnx: str
+    checkpoint: str
+    precision: str
+    tolerance: dict
+    passed: bool
+    outputs: dict[str, dict]
+    inputs: str
+    batches: list[int]
+    warnings: list[str] = field(default_factory=list)
+    divergence: dict | None = None
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+    def to_markdown(self) -> str:
+        verdict = "PASS" if self.passed else "FAIL"
+        lines = [f"# Parity check: {verdict}", "",
+                 f"- ONNX: `{self.onnx}` ({self.precision})", f"- Checkpoint: `{self.checkpoint}`",
+                 f"- Inputs: {self.inputs}, batch sizes {', '.join(map(str, self.batches))}",
+                 f"- Tolerance: {Tolerance(**self.tolerance).describe()}", ""]
+        lines += ["| output | pass | max abs | mean abs | p99 abs | max rel | p99 rel | cosine | top-1 agreement |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for name, s in self.outputs.items():
+            lines.append(
+                f"| {name} | {'yes' if s['passed'] else 'no'} | {s['max_abs_error']:.3g} | {s['mean_abs_error']:.3g} "
+                f"| {s['p99_abs_error']:.3g} | {s['max_rel_error']:.3g} | {s['p99_rel_error']:.3g} "
+                f"| {s['cosine_similarity']:.6f} | {s['top1_agreement']:.2%} |")
+        if self.divergence:
+            d = self.divergence
+            lines += ["", f"First diverging block: `{d['block']}` ({d['type']}), first at `{d['module']}` "
+                          f"({d['module_type']}), max abs error {d['max_abs_error']:.3g}"]
+        lines += [f"- warning: {w}" for w in self.warnings]
+        return "\n".join(lines) + "\n"
+
+
+def _reference_module(ckpt: Checkpoint, meta: metadata.ModelMetadata) -> DeployModule:
+    """The trained model exactly as PyTorch runs it (training form, BatchNorm unfolded), in float32."""
+    model = ckpt.build_model().float()
+    return DeployModule(model, ckpt.card.mean, ckpt.card.std, meta.preprocess == "baked",
+                        "patch_logits" in meta.outputs).eval()
+
+
+def make_feeds(meta: metadata.ModelMetadata, options: CheckOptions) -> tuple[list[dict], str]:
+    """Input feed dicts: seeded random tensors, or real images from ``options.data``."""
+    c, h, w = meta.input_size
+    rng = np.random.default_rng(options.seed)
+    images = None
+    if options.data:
+        split = data.load(options.data, image_size=h, in_chans=c, seed=options.seed)
+        need = sum(options.batches) * options.iterations
+        images, _ = data.stack(split.test, limit=need)
+        if len(images) < need:
+            raise TmdeployError(f"--data {options.data}: {len(images)} test images, the check needs {need}")
+    feeds, used = [], 0
+    for batch in options.batches:
+        for _ in range(options.iterations):
+            if images is not None:
+                x = meta.graph_input(images[used:used + batch].numpy(), raw=True)
+                used += batch
+            elif meta.preprocess == "baked":
+                x = rng.integers(0, 256, size=(batch, h, w, c), dtype=np.uint8)
+            else:
+                x = rng.standard_normal((batch, c, h, w)).astype(np.float32)
+            feeds.append({INPUT_NAME: np.ascontiguousarray(x)})
+    source = f"data '{options.data}' (test split)" if options.data else f"seeded random (seed {options.seed})"
+    return feeds, source
+
+
+def check(ckpt: Checkpoint, onnx_path, options: CheckOptions = CheckOptions()) -> CheckReport:
+    """Run the checkpoint and the ONNX file side by side and compare every output."""
+    with G_LOGGER.verbosity(G_LOGGER.CRITICAL):  # polygraphy's per-iteration log; the report says it all
+        return _check(ckpt, onnx_path, options)
+
+
+def _check(ckpt: Checkpoint, onnx_path, options: CheckOptions) -> CheckReport:
+    options.validate()
+    onnx_path = Path(onnx_path)
+    meta = metadata.read(onnx_path)
+    base = DEFAULT_TOLERANCES.get(meta.precision, DEFAULT_TOLERANCES["fp32"])
+    tol = Tolerance(atol=base.atol if options.atol is None else options.atol,
+                    rtol=base.rtol if options.rtol is None else options.rtol,
+                    min_top1=base.min_top1 if options.min_top1 is None else options.min_top1,
+                    elementwise=base.elementwise or options.atol is not None or options.rtol is not None)
+    warnings = []
+    if meta.source_sha256 and ckpt.sha256 and meta.source_sha256 != ckpt.sha256:
+        warnings.append("the checkpoint is not the one this ONNX file was exported from (sha256 differs)")
+    if list(meta.input_size) != list(ckpt.card.input_size):
+        raise TmdeployError(f"input sizes differ: ONNX {meta.input_size}, checkpoint {list(ckpt.card.input_size)}")
+    feeds, source = make_feeds(meta, options)
+    c, h, w = meta.input_size
+    dtype, shape = (np.uint8, (-1, h, w, c)) if meta.preprocess == "baked" else (np.float32, (-1, c, h, w))
+    reference = _reference_module(ckpt, meta)
+    torch_runner = TorchRunner(reference, TensorMetadata().add(INPUT_NAME, dtype, shape), meta.outputs)
+    with torch_threads(1):  # small batches: more threads only wait on each other, badly so on a shared machine
+        results = Comparator.run([torch_runner, onnxrt_runner(onnx_path)], data_loader=feeds)
+    (ref_name, ref_iters), (_, onnx_iters) = list(results.items())
+    outputs = {}
+    for name in meta.outputs:
+        stats = output_stats(name, [it[name] for it in ref_iters], [it[name] for it in onnx_iters], tol)
+        stats["passed"] = stats["elementwise_passed"] and stats["finite"] and stats["top1_agreement"] >= tol.min_top1
+        outputs[name] = stats
+    passed = all(s["passed"] for s in outputs.values())
+    if options.save_inputs:
+        atomic_write(Path(options.save_inputs), lambda tmp: save_json(feeds, str(tmp), description="inputs"))
+    if options.save_outputs:
+        only_reference = RunResults([(ref_name, ref_iters)])
+        atomic_write(Path(options.save_outputs), lambda tmp: only_reference.save(str(tmp)))
+    divergence = None
+    if options.localize and not passed:
+        from tmdeploy.verify.localize import first_divergence
+
+        divergence = first_divergence(reference, onnx_path, feeds[0], tol)
+    return CheckReport(
+        onnx=str(onnx_path), checkpoint=str(ckpt.path or ""), precision=meta.precision, tolerance=asdict(tol),
+        passed=passed, outputs=outputs, inputs=source, batches=list(options.batches), warnings=warnings,
+        divergence=divergence,
+    )
+
+
+def write_report(report: CheckReport, directory: Path, stem: str) -> tuple[Path, Path]:
+    """Write ``<stem>.check.json`` and ``<stem>.check.md`` into ``directory``."""
+    json_path, md_path = directory / f"{stem}.check.json", directory / f"{stem}.check.md"
+    atomic_write(json_path, lambda tmp: tmp.write_text(report.to_json()))
+    atomic_write(md_path, lambda tmp: tmp.write_text(report.to_markdown()))
+    return json_path, md_path
