@@ -19,7 +19,7 @@ import torch
 from _common import caption, number, print_table
 
 from tmdeploy import models
-from tmdeploy.bench.backends import OrtSession
+from tmdeploy.bench.sessions import OrtSession
 from tmdeploy.bench.timing import Budget, measure, paired_ratio
 from tmdeploy.checkpoint import Checkpoint
 from tmdeploy.export import ExportOptions, to_model_proto

@@ -286,7 +286,7 @@ def test_every_model_forward_and_attributes(name):
     assert gray.default_input_size == (1, 32, 32)
 
 
-# Seed table (SPEC §2): base + per-class terms. The table gives -aux / -Ours increments for RN26 only
+# Seed table (docs/models.md, "Architectures"): base + per-class terms. The table gives -aux / -Ours increments for RN26 only
 # (+129C, +130C more); for RN38 / WRN16 / DN100 the same increments are assumed.
 SEED_COUNTS = {
     "rn26": (0.96e6, 257), "rn26-aux": (0.96e6, 386), "rn26-cls": (0.96e6, 516),

@@ -35,7 +35,7 @@ class TrainConfig:
     lr: float = 2e-3  # AdamW's peak learning rate, reached after the warm-up
     warmup_epochs: float = 1.0  # linear warm-up from lr/steps, then cosine decay to 0
     weight_decay: float = 0.05  # decoupled (AdamW); never applied to biases, norms, μ or τ
-    aux_weight: float = 0.3  # λ in SPEC §2; used only by models with per-patch logits
+    aux_weight: float = 0.3  # λ of the auxiliary loss (docs/models.md); used only by models with per-patch logits
     image_size: int | None = None  # default: the data's own size (data.DEFAULT_IMAGE_SIZES)
     in_chans: int | None = None  # default: the data's own channels
     seed: int = 0

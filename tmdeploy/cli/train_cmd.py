@@ -12,11 +12,14 @@ def register(sub) -> None:
     api_option(p, "--arch", TRAIN, help="architecture (see `tmdeploy models`)")
     api_option(p, "--data", TRAIN, help="digits | cifar10:DIR | cifar100:DIR | folder:DIR")
     api_option(p, "--epochs", TRAIN, type=int, help="passes over the training split")
-    api_option(p, "--batch-size", TRAIN, type=int, help="images per SGD step")
-    api_option(p, "--lr", TRAIN, type=float, help="peak learning rate of the cosine schedule")
+    api_option(p, "--batch-size", TRAIN, type=int, help="images per optimizer step")
+    api_option(p, "--lr", TRAIN, type=float, help="AdamW's peak learning rate, reached after the warm-up")
+    api_option(p, "--warmup-epochs", TRAIN, type=float, help="linear warm-up before the cosine decay")
+    api_option(p, "--weight-decay", TRAIN, type=float, help="AdamW's decoupled weight decay (weights only)")
     api_option(p, "--aux-weight", TRAIN, type=float,
                help="λ of the auxiliary per-patch loss (docs/models.md, class-semantic block)")
-    api_option(p, "--image-size", TRAIN, type=int, help="square input size the images are resized to")
+    api_option(p, "--image-size", TRAIN, type=int, shown="the data's own (digits 16, else 32)",
+               help="square input size the images are resized to")
     api_option(p, "--in-chans", TRAIN, type=int, shown="the data's own", help="input channels")
     api_option(p, "--seed", TRAIN, type=int, help="seed of the weights, the data order and the split")
     p.add_argument("--out", type=Path, default=Path("ckpt.pt"), help="checkpoint path, .pt or .safetensors "

@@ -1,4 +1,4 @@
-"""Classifier heads over the list of stage outputs, including ConvMix (SPEC §5, [reconstructed]).
+"""Classifier heads over the list of stage outputs, including ConvMix (docs/models.md, "ConvMix head"; a reconstruction).
 
 A head takes the list of every stage's output map and returns logits, so the backbone does not need
 to know whether it uses the last stage only (:class:`ClassifierHead`) or all of them (:class:`ConvMixHead`).

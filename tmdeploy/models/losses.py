@@ -1,4 +1,4 @@
-"""Training loss of the seed-001 "Ours" models (SPEC §2)."""
+"""Training loss of the seed-001 "Ours" models (docs/models.md, "Class-semantic block and the auxiliary loss")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""ResCNet response calibration (SPEC §4; arXiv 2411.13582).
+"""ResCNet response calibration (docs/models.md, "ResCNet response calibration"; arXiv 2411.13582).
 
 Each sample predicts, from its own pooled response, a per-channel mean and log-variance; responses
 far from that mean (two-tailed normal tail probability small) get a small boost, typical ones up to

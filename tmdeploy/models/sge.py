@@ -1,4 +1,4 @@
-"""Spatial Group-wise Enhance (SPEC §3; Li et al., arXiv 1905.09646).
+"""Spatial Group-wise Enhance (docs/models.md, "SGE"; Li et al., arXiv 1905.09646).
 
 Each of G channel groups is re-weighted per position by how well the position matches the group's
 own global descriptor, normalised over space per sample: no batch statistics, 2G parameters.

@@ -1,4 +1,4 @@
-"""Template matching with a soft-max over K templates plus a null option (SPEC §1, §2).
+"""Template matching with a soft-max over K templates plus a null option (docs/models.md, "Template-matching block").
 
 ``Conv → BN → ReLU → Conv`` read as template matching makes K independent "template k or nothing"
 choices whose thresholds come from batch statistics. :class:`TemplateMatching` makes one joint,
@@ -104,7 +104,7 @@ class TMBlock(nn.Module):
 
 
 class ClassSemanticBlock(nn.Module):
-    """TM over the classes as templates (SPEC §2): ``x + Σ_c P_c ν_c``.
+    """TM over the classes as templates (docs/models.md, "Class-semantic block"): ``x + Σ_c P_c ν_c``.
 
     The 1×1 template conv is the per-patch class classifier, so its raw scores S (N×C_cls×h×w) are
     the patch logits of the auxiliary loss; they are part of the inference graph because P needs them.
