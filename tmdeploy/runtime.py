@@ -24,7 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
+from tmdeploy import onnxfile
 from tmdeploy.engines.profiles import sample_shape
+from tmdeploy.engines.tensorrt import ENGINE_SUFFIXES
 from tmdeploy.errors import TmdeployError, UsageError
 from tmdeploy.export import metadata as metadata_mod
 from tmdeploy.export.metadata import ModelMetadata
@@ -32,7 +34,6 @@ from tmdeploy.export.metadata import ModelMetadata
 PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")  # preference order
 GPU_PROVIDERS = PROVIDERS[:2]
 PROVIDER_ALIASES = {"tensorrt": PROVIDERS[0], "trt": PROVIDERS[0], "cuda": PROVIDERS[1], "cpu": PROVIDERS[2]}
-ENGINE_SUFFIXES = (".plan", ".engine")
 _RANGE_TOLERANCE = 1e-3  # raw floats this far outside [0, 1] are rounding, further is another scale
 
 
@@ -83,10 +84,7 @@ def _load_onnx(path: Path, providers, device) -> "Predictor":
     if device is not None and not set(names) & set(GPU_PROVIDERS):
         raise TmdeployError(f"device={device} needs a GPU provider, but onnxruntime would run on {', '.join(names)}")
     options = [{"device_id": device} if device is not None and n in GPU_PROVIDERS else {} for n in names]
-    try:
-        session = ort.InferenceSession(str(path), providers=names, provider_options=options)
-    except Exception as err:  # onnxruntime raises its own Fail/InvalidGraph/... types
-        raise TmdeployError(f"onnxruntime cannot load {path}: {str(err).splitlines()[0][:300]}") from err
+    session = onnxfile.session(path, names, options)
     if providers is not None:
         dropped = [n for n in names if n not in session.get_providers()]
         if dropped:

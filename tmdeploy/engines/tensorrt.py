@@ -26,6 +26,7 @@ from tmdeploy.export import metadata
 from tmdeploy.fileio import atomic_write, file_sha256
 
 INPUT_NAME = "images"
+ENGINE_SUFFIXES = (".plan", ".engine")  # what runtime.load, serve and Triton repositories take as an engine
 SIDECAR_FORMAT = "1"
 # Keys that loading and Triton read without further checks: a hand-edited sidecar lacking one is refused.
 SIDECAR_KEYS = ("cache_key", "engine_sha256", "tensorrt", "gpu", "compute_capability", "precision", "profile", "batch",

@@ -9,10 +9,9 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
-
 import onnx
 
+from tmdeploy import onnxfile
 from tmdeploy.errors import TmdeployError
 
 METADATA_FORMAT = "1"
@@ -106,41 +105,4 @@ def props(model: onnx.ModelProto) -> dict[str, str]:
 
 def read(path) -> ModelMetadata:
     """Read the metadata of an ONNX file without loading its weights."""
-    return ModelMetadata.from_props(props(load_onnx(path, load_weights=False)))
-
-
-def load_onnx(path, load_weights: bool = True) -> onnx.ModelProto:
-    """Load an ONNX file, turning every parse failure into one clear TmdeployError."""
-    path = Path(path)
-    if not path.is_file():
-        raise TmdeployError(f"ONNX file not found: {path}" if not path.exists() else f"not a file: {path}")
-    try:
-        model = onnx.load(str(path), load_external_data=load_weights)
-    except Exception as err:  # protobuf raises DecodeError, RuntimeWarning-ish and others for non-ONNX bytes
-        raise TmdeployError(f"{path} is not a valid ONNX file (truncated or another format): {type(err).__name__}") from err
-    if not model.graph.node and not model.graph.input:
-        raise TmdeployError(f"{path} is not a valid ONNX file: it holds no graph")
-    field = _non_utf8_string(model)
-    if field is not None:
-        raise TmdeployError(f"{path} is not a valid ONNX file: its {field} is not UTF-8 text (corrupt file?)")
-    return model
-
-
-def _non_utf8_string(message) -> str | None:
-    """The name of the first string field that is not valid UTF-8, or None.
-
-    ONNX's .proto is proto2, so protobuf parses such fields without complaint and hands them back as
-    ``bytes``, which every reader of names, op types and metadata would trip over.
-    """
-    from google.protobuf.message import Message
-
-    stack = [message]
-    while stack:
-        current = stack.pop()
-        for descriptor, value in current.ListFields():
-            if descriptor.type == descriptor.TYPE_STRING:
-                if any(not isinstance(v, str) for v in ([value] if isinstance(value, (str, bytes)) else value)):
-                    return f"{current.DESCRIPTOR.name}.{descriptor.name}"
-            elif descriptor.type == descriptor.TYPE_MESSAGE:
-                stack.extend([value] if isinstance(value, Message) else value)
-    return None
+    return ModelMetadata.from_props(props(onnxfile.load(path)))
