@@ -24,22 +24,27 @@ def register(sub) -> None:
     low.add_argument("--int8-target", default="tensorrt",
                      help="tensorrt (symmetric signed, as TensorRT requires) | onnxruntime (unsigned activations, "
                           "fast on x86 CPUs)")
-    low.add_argument("--calib-data", default="digits", help="calibration data (default digits)")
+    low.add_argument("--calib-data", default=None,
+                     help="calibration data (default: the data the checkpoint was trained on, as its card records)")
     low.add_argument("--keep-fp32", default="", help="fp16: comma-separated op types or node names kept in FP32")
     trt = p.add_argument_group("TensorRT (--format trt) and Triton (--format triton)")
     trt.add_argument("--batch", default="1,32,256", help="optimization profile MIN,OPT,MAX (default 1,32,256)")
     trt.add_argument("--workspace-mib", type=int, default=None, help="TensorRT workspace limit in MiB")
     trt.add_argument("--timing-cache", type=Path, default=None, help="TensorRT timing cache file, reused across builds")
     trt.add_argument("--force", action="store_true", help="rebuild the engine even if an identical one exists")
-    trt.add_argument("--triton-model", default="trt", choices=("onnx", "trt"),
-                     help="what the Triton repository serves (default trt: an engine built here)")
+    trt.add_argument("--triton-model", default="auto", choices=("auto", "onnx", "trt"),
+                     help="what the Triton repository serves (default auto: an engine built here where TensorRT is "
+                          "installed, else the ONNX file)")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
+    import tempfile
+
     from tmdeploy.engines import parse_batch
     from tmdeploy.errors import UsageError
     from tmdeploy.export import ExportOptions, export_onnx
+    from tmdeploy.fileio import check_output
 
     if args.format not in FORMATS:
         raise UsageError(f"unknown --format '{args.format}'; choose one of: {', '.join(FORMATS)}")
@@ -49,24 +54,44 @@ def run(args) -> int:
                             keep_fp32=tuple(k for k in args.keep_fp32.split(",") if k))
     options.validate()  # before the (slow) checkpoint load and export, so a bad option fails at once
     batch = parse_batch(args.batch)
-    if args.out is not None and args.out.is_dir() and args.format != "triton":
-        raise UsageError(f"--out {args.out} is a directory; give a file name")
+    if args.out is not None and args.format != "triton":  # a Triton --out is the repository directory
+        check_output(args.out, args.checkpoint, option="--out")
+    engine = args.format == "trt" or (args.format == "triton" and _triton_engine(args.triton_model))
+    if engine:  # before anything is written: without TensorRT a failed export changes no file
+        from tmdeploy.engines.tensorrt import import_tensorrt
+
+        import_tensorrt()
     ckpt = load_checkpoint(args)
-    onnx_out = args.out if args.format == "onnx" else None
-    path = export_onnx(ckpt, onnx_out, options)
-    print(f"wrote {path}")
-    if args.format == "trt" or (args.format == "triton" and args.triton_model == "trt"):
-        from tmdeploy.engines.tensorrt import build_engine
+    with tempfile.TemporaryDirectory(prefix="tmdeploy-") as scratch:
+        # Triton gets copies in its repository: the ONNX file and engine are built in scratch space, so
+        # nothing is written beside the checkpoint, outside --out.
+        onnx_out = args.out if args.format == "onnx" else Path(scratch, "model.onnx") if args.format == "triton" else None
+        path = export_onnx(ckpt, onnx_out, options)
+        if args.format != "triton":
+            print(f"wrote {path}")
+        if engine:
+            from tmdeploy.engines.tensorrt import build_engine
 
-        # The ONNX file is already written: without TensorRT the user keeps it and gets one clear error.
-        engine_out = args.out if args.format == "trt" else None
-        path = build_engine(path, engine_out, batch=batch, workspace_mib=args.workspace_mib,
-                            timing_cache=args.timing_cache, force=args.force)
-        print(f"wrote {path} (+ {path.name}.json sidecar)")
-    if args.format == "triton":
-        from tmdeploy.engines.triton import write_model_repository
+            engine_out = args.out if args.format == "trt" else None
+            path = build_engine(path, engine_out, batch=batch, workspace_mib=args.workspace_mib,
+                                timing_cache=args.timing_cache, force=args.force)
+            if args.format != "triton":
+                print(f"wrote {path} (+ {path.name}.json sidecar)")
+        if args.format == "triton":
+            from tmdeploy.engines.triton import model_name, write_model_repository
 
-        repo = args.out or args.checkpoint.parent / "model_repository"
-        model_dir = write_model_repository(path, repo, max_batch_size=batch.max)
-        print(f"wrote Triton model repository {model_dir}")
+            repo = args.out or args.checkpoint.parent / "model_repository"
+            model_dir = write_model_repository(path, repo, name=model_name(args.checkpoint), max_batch_size=batch.max)
+            served = "a TensorRT engine" if engine else "the ONNX file (onnxruntime)"
+            print(f"wrote Triton model repository {model_dir}, serving {served}")
     return 0
+
+
+def _triton_engine(choice: str) -> bool:
+    """Whether the Triton repository serves an engine: ``auto`` means where TensorRT is installed."""
+    if choice != "auto":
+        return choice == "trt"
+    import importlib.util
+
+    return importlib.util.find_spec("tensorrt") is not None
+

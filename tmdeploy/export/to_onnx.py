@@ -27,7 +27,7 @@ from tmdeploy.export.choices import DEFAULT_OPSET, MIN_OPSET
 from tmdeploy.export import precision as lowering
 from tmdeploy.export.metadata import ModelMetadata
 from tmdeploy.export.metadata import write as write_metadata
-from tmdeploy.fileio import atomic_write
+from tmdeploy.fileio import atomic_write, check_output
 
 INPUT_NAME = "images"
 
@@ -151,16 +151,15 @@ def default_output(ckpt: Checkpoint, suffix: str) -> Path:
     return ckpt.path.with_suffix(suffix)
 
 
-def save_model(proto: onnx.ModelProto, path: Path) -> Path:
-    """Write atomically: a killed export leaves the previous file intact and no partial file."""
-    if path.is_dir():
-        raise UsageError(f"--out {path} is a directory; give a file name ending in .onnx")
-    atomic_write(path, lambda tmp: onnx.save(proto, str(tmp)))
+def save_model(proto: onnx.ModelProto, path: Path, source: Path | None = None) -> Path:
+    """Write atomically: a killed export leaves the previous file intact and no partial file; never over ``source``."""
+    atomic_write(path, lambda tmp: onnx.save(proto, str(tmp)), source)
     return path
 
 
 def export_onnx(ckpt: Checkpoint, out: Path | None = None, options: ExportOptions = ExportOptions()) -> Path:
     """Export ``ckpt`` to ONNX at ``out`` (default: beside the checkpoint) and return the path."""
     out = Path(out) if out is not None else default_output(ckpt, ".onnx")
-    return save_model(to_model_proto(ckpt, options), out)
+    check_output(out, ckpt.path, option="--out")  # before the export: a bad target fails at once
+    return save_model(to_model_proto(ckpt, options), out, ckpt.path)
 
