@@ -21,6 +21,8 @@ from tmdeploy.bench.backends import BASELINE, NAMES, Context, Skip, by_name, def
 from tmdeploy.bench.timing import Budget, error_line, latency_stats, measure, paired_ratio, wall_timer
 from tmdeploy.checkpoint import Checkpoint
 from tmdeploy.errors import TmdeployError, UsageError
+from tmdeploy.export.to_onnx import calibration_data
+from tmdeploy.values import MAX_BATCH, MAX_ITERATIONS, MAX_SECONDS, MAX_SEED, MAX_THREADS, check_option
 
 DEVICES = ("cpu", "cuda")
 
@@ -35,7 +37,9 @@ class BenchOptions:
     min_time: float = 1.0  # seconds of timed iterations per backend and batch size
     min_iterations: int = 10
     warmup: int = 3
-    data: str | None = "digits"  # accuracy on its test split, INT8 calibration on its train split; None: no accuracy
+    # accuracy on its test split, INT8/FP16 calibration on its train split; "auto": the data the checkpoint
+    # was trained on (its card says); None: no accuracy
+    data: str | None = "auto"
     accuracy_limit: int | None = None  # at most this many test images
     compile_backend: str = "inductor"
     threads: int | None = None  # CPU threads for PyTorch and onnxruntime alike; None: each library's default
@@ -47,18 +51,27 @@ class BenchOptions:
             raise UsageError(f"unknown --device '{self.device}'; choose one of: {', '.join(DEVICES)}")
         if not self.batches or any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in self.batches):
             raise UsageError(f"--batch needs positive batch sizes, got {self.batches}")
+        for b in self.batches:
+            check_option("--batch", b, 1, MAX_BATCH)
         unknown = [n for n in self.backends or () if n not in NAMES]
         if unknown or self.backends == ():
             raise UsageError(f"unknown backend '{unknown[0] if unknown else ''}'; choose from: {', '.join(NAMES)}")
-        if not self.min_time >= 0 or self.min_iterations < 1 or self.warmup < 0:
-            raise UsageError("--min-time must be >= 0, --min-iterations >= 1 and --warmup >= 0")
-        if self.threads is not None and self.threads < 1:
-            raise UsageError(f"--threads must be at least 1, got {self.threads}")
+        check_option("--min-time", self.min_time, 0, MAX_SECONDS)
+        check_option("--min-iterations", self.min_iterations, 1, MAX_ITERATIONS)
+        check_option("--warmup", self.warmup, 0, MAX_ITERATIONS)
+        check_option("--seed", self.seed, 0, MAX_SEED)
+        if self.threads is not None:
+            check_option("--threads", self.threads, 1, MAX_THREADS)
+        import torch
+
+        if self.compile_backend not in torch.compiler.list_backends(exclude_tags=()):
+            raise UsageError(f"unknown --compile-backend '{self.compile_backend}'; choose one of: "
+                             f"{', '.join(torch.compiler.list_backends())}")
+        if self.data not in (None, "auto"):
+            data.check_spec(self.data)
         if self.accuracy_limit is not None and self.accuracy_limit < 1:
             raise UsageError(f"--accuracy-limit must be at least 1, got {self.accuracy_limit}")
         if self.device == "cuda":
-            import torch
-
             if not torch.cuda.is_available():
                 raise TmdeployError("--device cuda: PyTorch sees no CUDA device on this machine")
 
@@ -102,11 +115,14 @@ def run(ckpt: Checkpoint, options: BenchOptions = BenchOptions()) -> BenchResult
     options.validate()
     from tmdeploy.bench.progress import Reporter
 
-    ctx = Context(ckpt, options.device, tuple(options.batches), calib_data=options.data or "digits",
+    spec = ckpt.card.training_data if options.data == "auto" else options.data
+    if spec is not None:  # data unlike the model's fails here, before the long part
+        calibration_data(ckpt, spec)
+    ctx = Context(ckpt, options.device, tuple(options.batches), calib_data=spec,
                   compile_backend=options.compile_backend, threads=options.threads)
     names = options.backends or default_names(options.device)
     results = [BackendResult(b.name, b.label, b.precision) for b in map(by_name, names)]
-    test_set = _test_set(ckpt, options) if options.data else None  # a bad --data fails before the long part
+    test_set = _test_set(ckpt, spec, options) if spec else None
     with torch_threads(options.threads), Reporter(options.show_progress) as reporter:
         where = machine.describe(options.device, options.threads)
         sessions: dict = {}
@@ -200,13 +216,13 @@ def _time_batch(ctx: Context, batch: int, sessions: dict, results: list[BackendR
         live[name].latency.append(stats)
 
 
-def _test_set(ckpt: Checkpoint, options: BenchOptions) -> tuple[np.ndarray, np.ndarray, dict]:
+def _test_set(ckpt: Checkpoint, spec: str, options: BenchOptions) -> tuple[np.ndarray, np.ndarray, dict]:
     """Normalized test images, their labels, and a description for the report."""
     c, h, _ = ckpt.card.input_size
-    split = data.load(options.data, image_size=h, in_chans=c, seed=options.seed)
+    split = data.load(spec, image_size=h, in_chans=c, seed=options.seed)
     images, labels = data.stack(split.test, limit=options.accuracy_limit)
     x = data.normalize(images, ckpt.card.mean, ckpt.card.std).numpy()
-    return x, labels.numpy(), {"spec": options.data, "split": "test", "samples": int(len(labels))}
+    return x, labels.numpy(), {"spec": spec, "split": "test", "samples": int(len(labels))}
 
 
 def _accuracy(test_set, sessions: dict, results: list[BackendResult], chunk: int, reporter) -> dict:

@@ -16,9 +16,9 @@ def register(sub) -> None:
                    help="seconds of timed iterations per backend and batch size (default 1.0)")
     p.add_argument("--min-iterations", type=int, default=10, help="timed iterations at least (default 10)")
     p.add_argument("--warmup", type=int, default=3, help="untimed calls before timing (default 3)")
-    p.add_argument("--data", default="digits",
-                   help="data for accuracy (test split) and INT8 calibration (train split); default digits; "
-                        "'none' skips accuracy")
+    p.add_argument("--data", default="auto",
+                   help="data for accuracy (test split) and FP16/INT8 calibration (train split); default auto: the "
+                        "data the checkpoint was trained on; 'none' skips accuracy")
     p.add_argument("--accuracy-limit", type=int, default=None, help="at most this many test images")
     p.add_argument("--compile-backend", default="inductor", help="torch.compile backend (default inductor)")
     p.add_argument("--threads", type=int, default=None,

@@ -7,12 +7,12 @@ An application that loads the file with onnxruntime alone reads these with
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import asdict, dataclass, field, fields
 import onnx
 
 from tmdeploy import onnxfile
 from tmdeploy.errors import TmdeployError
+from tmdeploy.values import input_size_problem, normalization_problem
 
 METADATA_FORMAT = "1"
 _JSON_FIELDS = {"class_names", "input_size", "mean", "std", "outputs"}
@@ -76,16 +76,15 @@ def _validate(meta: ModelMetadata) -> None:
         raise TmdeployError("the ONNX file's tmdeploy metadata is malformed: class_names must be a list of strings")
     if not ok_list(meta.input_size, int, 3) or min(meta.input_size) < 1:
         raise TmdeployError("the ONNX file's tmdeploy metadata is malformed: input_size must be [C, H, W]")
+    problem = input_size_problem(meta.input_size)
+    if problem:
+        raise TmdeployError(f"the ONNX file's tmdeploy metadata is malformed: {problem}")
     channels = meta.input_size[0]
     if not ok_list(meta.mean, (int, float), channels) or not ok_list(meta.std, (int, float), channels):
         raise TmdeployError("the ONNX file's tmdeploy metadata is malformed: mean/std need one number per channel")
-    try:
-        finite = all(math.isfinite(v) for v in (*meta.mean, *meta.std))
-    except OverflowError:  # an integer too large for a float
-        finite = False
-    if not finite or any(not s > 0 for s in meta.std):
-        raise TmdeployError("the ONNX file's tmdeploy metadata is malformed: std must be positive and finite, "
-                            "mean finite")
+    problem = normalization_problem(meta.mean, meta.std)  # as the runtime applies them: in float32
+    if problem:
+        raise TmdeployError(f"the ONNX file's tmdeploy metadata is malformed: {problem}")
     if meta.preprocess not in ("none", "baked") or meta.layout not in ("NCHW", "NHWC"):
         raise TmdeployError("the ONNX file's tmdeploy metadata is malformed: unknown preprocess or layout")
     if not ok_list(meta.outputs, str) or "logits" not in meta.outputs or len(set(meta.outputs)) != len(meta.outputs):

@@ -256,7 +256,7 @@ def _batches(images: np.ndarray) -> list[np.ndarray]:
     return [np.ascontiguousarray(images[i:i + _BATCH]) for i in range(0, len(images), _BATCH)]
 
 
-def calibration_inputs(meta: ModelMetadata, data_spec: str = "digits", count: int = 256, seed: int = 0) -> np.ndarray:
+def calibration_inputs(meta: ModelMetadata, data_spec: str, count: int = 256, seed: int = 0) -> np.ndarray:
     """``count`` images from the TRAIN split of ``data_spec`` in the graph's input format."""
     if count < 1:
         raise UsageError(f"calibration needs at least one image, got count={count}")
@@ -265,7 +265,7 @@ def calibration_inputs(meta: ModelMetadata, data_spec: str = "digits", count: in
     return graph_inputs(images, meta)
 
 
-def lower_precision(model: onnx.ModelProto, precision: str, *, meta: ModelMetadata, calib_data: str = "digits",
+def lower_precision(model: onnx.ModelProto, precision: str, *, meta: ModelMetadata, calib_data: str | None = None,
                     int8_target: str = "tensorrt", keep_fp32: Sequence[str] = (),
                     show_progress: bool = True) -> onnx.ModelProto:
     """Dispatch on ``precision``; ``fp32`` returns ``model`` unchanged. Both lower precisions measure the
@@ -278,6 +278,8 @@ def lower_precision(model: onnx.ModelProto, precision: str, *, meta: ModelMetada
         raise UsageError(f"--keep-fp32 applies to --precision fp16 only, not {precision}")
     if precision == "fp32":
         return model
+    if calib_data is None:
+        raise UsageError(f"--precision {precision} needs calibration data (--calib-data)")
     calibration = calibration_inputs(meta, calib_data)
     if precision == "fp16":
         return to_fp16(model, keep_fp32, calibration)

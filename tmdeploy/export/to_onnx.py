@@ -19,7 +19,7 @@ import onnx_ir as ir
 import torch
 from torch import Tensor, nn
 
-from tmdeploy import __version__
+from tmdeploy import __version__, data
 from tmdeploy.checkpoint import Checkpoint, check_finite
 from tmdeploy.errors import TmdeployError, UsageError
 from tmdeploy.export import forms, graph
@@ -40,7 +40,7 @@ class ExportOptions:
     bake_preprocess: bool = False
     precision: str = "fp32"
     int8_target: str = "tensorrt"  # "tensorrt": symmetric signed QDQ; "onnxruntime": unsigned activations
-    calib_data: str = "digits"  # calibration (INT8 scales, FP16 value ranges) from this data's train split
+    calib_data: str | None = None  # calibration (INT8 scales, FP16 ranges) from this data's train split; None: the card's
     keep_fp32: tuple[str, ...] = ()  # extra op types or node names to keep in FP32 under --precision fp16
 
     def validate(self) -> None:
@@ -59,6 +59,8 @@ class ExportOptions:
         if self.int8_target not in lowering.INT8_TARGETS:
             raise UsageError(f"unknown --int8-target '{self.int8_target}'; "
                              f"choose one of: {', '.join(lowering.INT8_TARGETS)}")
+        if self.calib_data is not None:
+            data.check_spec(self.calib_data)
 
 
 class DeployModule(nn.Module):
@@ -107,6 +109,7 @@ def to_model_proto(ckpt: Checkpoint, options: ExportOptions) -> onnx.ModelProto:
     """Export, fold, clean and check; returns the in-memory graph with its metadata written."""
     options.validate()
     check_finite(ckpt.state_dict)
+    calib_data = calibration_data(ckpt, options.calib_data) if options.precision != "fp32" else None
     module = deploy_module(ckpt, options)
     names = output_names(options.patch_logits)
     batch = torch.export.Dim("batch", min=1, max=4096)
@@ -127,8 +130,20 @@ def to_model_proto(ckpt: Checkpoint, options: ExportOptions) -> onnx.ModelProto:
     meta = metadata_for(ckpt, options, names)
     proto.producer_name, proto.producer_version = "tmdeploy", __version__
     write_metadata(proto, meta)
-    return lowering.lower_precision(proto, options.precision, meta=meta, calib_data=options.calib_data,
-                                    int8_target=options.int8_target, keep_fp32=options.keep_fp32)
+    graph.check_finite_values(proto)  # before calibration runs it: the values the FP32 graph really holds
+    lowered = lowering.lower_precision(proto, options.precision, meta=meta, calib_data=calib_data,
+                                       int8_target=options.int8_target, keep_fp32=options.keep_fp32)
+    return graph.check_finite_values(lowered)
+
+
+def calibration_data(ckpt: Checkpoint, spec: str | None) -> str:
+    """The calibration data spec: ``spec``, or the data the checkpoint was trained on; checked to fit the model."""
+    spec = spec or ckpt.card.training_data
+    if spec is None:
+        raise UsageError("the checkpoint does not record its training data: name calibration data with --calib-data")
+    c, h, w = ckpt.card.input_size
+    data.check_calibration_fit(spec, c, max(h, w), ckpt.card.training_data)
+    return spec
 
 
 def metadata_for(ckpt: Checkpoint, options: ExportOptions, outputs: list[str]) -> ModelMetadata:
