@@ -21,7 +21,7 @@ from torch import nn
 from tmdeploy import __version__, models
 from tmdeploy.errors import TmdeployError, UsageError
 from tmdeploy.fileio import atomic_write, file_sha256
-from tmdeploy.values import input_size_problem, normalization_problem
+from tmdeploy.values import MAX_CHANNELS, MAX_CLASSES, check_option, input_size_problem, normalization_problem
 
 FORMAT = "tmdeploy-checkpoint"
 FORMAT_VERSION = 1
@@ -312,6 +312,10 @@ def _bare_card(state: dict, arch: str, num_classes: int | None, in_chans: int | 
     """Card for a bare state_dict: classes and channels default to what the weights imply."""
     if arch not in models.list_models():
         raise UsageError(f"unknown architecture '{arch}'; choose one of: {', '.join(models.list_models())}")
+    if num_classes is not None:
+        check_option("--num-classes", num_classes, 1, MAX_CLASSES)
+    if in_chans is not None:
+        check_option("--in-chans", in_chans, 1, MAX_CHANNELS)
     if num_classes is None:
         num_classes = _infer_num_classes(state)
     if in_chans is None:

@@ -12,7 +12,9 @@ so that a deployed model can bake it into its graph or an application can apply 
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -162,14 +164,15 @@ def _folder(root: Path, image_size: int, seed: int):
         raise TmdeployError(f"image folder not found: {root}")
     tf = _image_transform(image_size)
     split_dirs = [root / "train", next((root / d for d in ("val", "test") if (root / d).is_dir()), None)]
+    folder = partial(datasets.ImageFolder, transform=tf, loader=_load_image, is_valid_file=_checked_image_file)
     try:
         if split_dirs[0].is_dir() and split_dirs[1] is not None:
-            train = datasets.ImageFolder(str(split_dirs[0]), transform=tf)
-            test = datasets.ImageFolder(str(split_dirs[1]), transform=tf)
+            train = folder(str(split_dirs[0]))
+            test = folder(str(split_dirs[1]))
             if test.classes != train.classes:
                 raise TmdeployError(f"{root}: train and {split_dirs[1].name} folders have different classes")
         else:
-            full = datasets.ImageFolder(str(root), transform=tf)
+            full = folder(str(root))
             order = torch.randperm(len(full), generator=torch.Generator().manual_seed(seed)).tolist()
             cut = max(1, int(0.8 * len(order)))
             train, test = Subset(full, order[:cut]), Subset(full, order[cut:])
@@ -179,11 +182,47 @@ def _folder(root: Path, image_size: int, seed: int):
     return train, test, list(train.classes), 3
 
 
+def _checked_image_file(path: str) -> bool:
+    """ImageFolder's file filter: image names only, and each one a regular file that decodes.
+
+    Checked when the folder is listed, before training starts: a FIFO named ``x.png`` would block the
+    first read forever, and a corrupt image would fail an epoch half-way through.
+    """
+    from PIL import Image
+    from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
+
+    if not has_file_allowed_extension(path, IMG_EXTENSIONS):
+        return False
+    if not os.path.isfile(path):  # follows links; False for FIFOs, sockets, devices
+        raise TmdeployError(f"{path} is not a regular file (a FIFO, socket or device?); refusing to read it")
+    try:
+        with Image.open(path) as image:
+            image.verify()
+    except Exception as err:  # PIL raises UnidentifiedImageError, SyntaxError, OSError, DecompressionBombError...
+        raise TmdeployError(f"{path} is not a readable image ({_reason(err)}): remove or replace it") from None
+    return True
+
+
+def _load_image(path: str):
+    """Decode one image; a fault the listing's check could not see (data cut short) names the file."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except Exception as err:
+        raise TmdeployError(f"{path} is not a readable image ({_reason(err)}): remove or replace it") from None
+
+
+def _reason(err: Exception) -> str:
+    return (str(err).splitlines()[0][:160] if str(err) else "") or type(err).__name__
+
+
 def _image_transform(image_size: int):
     from torchvision import transforms
 
     return transforms.Compose(
-        [transforms.Resize((image_size, image_size)), transforms.Lambda(lambda im: im.convert("RGB")), transforms.ToTensor()]
+        [transforms.Resize((image_size, image_size)), transforms.ToTensor()]
     )
 
 

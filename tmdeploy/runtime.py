@@ -200,12 +200,36 @@ class Predictor:
 def to_numpy(images) -> np.ndarray:
     """A numpy view of a numpy array, a torch tensor (detached, on the CPU) or a nested list."""
     if type(images).__module__.split(".")[0] == "torch":
-        images = images.detach().cpu().numpy()
+        images = _torch_to_numpy(images)
     try:
         return np.asarray(images)
     except (ValueError, TypeError, OverflowError) as err:  # ragged nested lists, ints too large, ...
         detail = str(err).splitlines()[0][:160] if str(err) else ""
         raise TmdeployError(f"images are not an array ({type(err).__name__}: {detail})") from None
+
+
+def _torch_to_numpy(tensor) -> np.ndarray:
+    """A torch tensor of any layout, device and dtype as numpy.
+
+    Sparse and quantized tensors are made dense; float types numpy lacks (bfloat16, float8) become
+    float32, which holds every value they can; a meta tensor has no values and is refused.
+    """
+    import torch  # already loaded: ``tensor`` is one of its tensors
+
+    try:
+        tensor = tensor.detach()
+        if tensor.device.type == "meta":
+            raise TmdeployError("images are a meta tensor: it has a shape but no values")
+        if tensor.layout != torch.strided:
+            tensor = tensor.to_dense()
+        if tensor.is_quantized:
+            tensor = tensor.dequantize()
+        if tensor.is_floating_point() and tensor.dtype not in (torch.float16, torch.float32, torch.float64):
+            tensor = tensor.float()
+        return tensor.cpu().resolve_conj().resolve_neg().numpy()
+    except (TypeError, RuntimeError, NotImplementedError, ValueError) as err:
+        detail = str(err).splitlines()[0][:160] if str(err) else ""
+        raise TmdeployError(f"images: cannot read this torch tensor ({type(err).__name__}: {detail})") from None
 
 
 def graph_input(images, meta: ModelMetadata, check_finite: bool = True) -> np.ndarray:

@@ -19,12 +19,15 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    from tmdeploy.fileio import check_output
     from tmdeploy.train import TrainConfig, train
 
     config = TrainConfig(
         arch=args.arch, data=args.data, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         aux_weight=args.aux_weight, image_size=args.image_size, in_chans=args.in_chans, seed=args.seed,
     )
+    config.validate()
+    check_output(args.out, option="--out")  # before training, not after it
     result = train(config, out=args.out)
     print(f"wrote {args.out}: {config.arch}, held-out top-1 {result.accuracy:.2%}")
     return 0

@@ -8,6 +8,7 @@ saved in polygraphy's own JSON formats so the polygraphy CLI can re-check the fi
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -23,8 +24,9 @@ from tmdeploy.checkpoint import Checkpoint
 from tmdeploy.errors import TmdeployError, UsageError
 from tmdeploy.export import metadata as onnx_metadata
 from tmdeploy.export.to_onnx import INPUT_NAME, DeployModule
-from tmdeploy.fileio import atomic_write, json_text
+from tmdeploy.fileio import atomic_write, check_output, json_text
 from tmdeploy.sanitize import clean
+from tmdeploy.values import MAX_BATCH, MAX_ITERATIONS, MAX_SEED, check_option
 from tmdeploy.verify.runners import TorchRunner, onnxrt_runner
 from tmdeploy.verify.stats import DEFAULT_TOLERANCES, Tolerance, output_stats
 
@@ -48,6 +50,19 @@ class CheckOptions:
             raise UsageError(f"--batch needs positive batch sizes, got {','.join(map(str, self.batches))}")
         if self.iterations < 1:
             raise UsageError(f"--iterations must be at least 1, got {self.iterations}")
+        for b in self.batches:
+            check_option("--batch", b, 1, MAX_BATCH)
+        check_option("--iterations", self.iterations, 1, MAX_ITERATIONS)
+        check_option("--seed", self.seed, 0, MAX_SEED)
+        for option, value, high in (("--atol", self.atol, math.inf), ("--rtol", self.rtol, math.inf),
+                                    ("--min-top1", self.min_top1, 1.0)):
+            if value is not None:
+                check_option(option, value, 0.0, high)
+        if self.data is not None:
+            data.check_spec(self.data)
+        for option, path in (("--save-inputs", self.save_inputs), ("--save-outputs", self.save_outputs)):
+            if path is not None:
+                check_output(path, option=option)
 
 
 @dataclass
@@ -122,7 +137,8 @@ def make_feeds(meta: onnx_metadata.ModelMetadata, options: CheckOptions) -> tupl
 
 def check(ckpt: Checkpoint, onnx_path, options: CheckOptions = CheckOptions()) -> CheckReport:
     """Run the checkpoint and the ONNX file side by side and compare every output."""
-    with G_LOGGER.verbosity(G_LOGGER.CRITICAL):  # polygraphy's per-iteration log; the report says it all
+    # polygraphy's per-iteration log, and numpy's warnings on NaN/Inf outputs: the report says it all
+    with G_LOGGER.verbosity(G_LOGGER.CRITICAL), np.errstate(all="ignore"):
         return _check(ckpt, onnx_path, options)
 
 
