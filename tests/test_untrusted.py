@@ -27,7 +27,7 @@ import onnx
 import pytest
 import torch
 from onnx import numpy_helper
-from test_errors import ENV, partly_written, snapshot, temp_files, tmdeploy
+from test_errors import ENV, big_checkpoint, partly_written, snapshot, temp_files, tmdeploy  # noqa: F401 (a fixture)
 from test_runtime import write_model
 
 from tmdeploy import checkpoint, data, models, onnxfile, runtime
@@ -351,12 +351,11 @@ def test_free_option_values_are_usage_errors(work, tmp_path):
         "calib-data": (["export", ckpt, "--precision", "int8", "--calib-data", "nope"], "unknown data source 'nope'"),
         "train-lr": (["train", "--lr", "inf", "--out", "t.pt"], "--lr must be in"),
         "models-classes": (["models", "--num-classes", "1000000000"], "--num-classes must be in 1..1000000"),
-        "bare-in-chans": (["export", ckpt, "--arch", "rn26", "--in-chans", "0"], None),
+        "export-batch": (["export", ckpt, "--format", "trt", "--batch", "1,2,100000"], "MAX is at most 4096"),
     }
-    results = run_all({name: (tmp_path, argv) for name, (argv, _) in cases.items() if _ is not None})
+    results = run_all({name: (tmp_path, argv) for name, (argv, _) in cases.items()})
     for name, (_, message) in cases.items():
-        if message is not None:
-            one_line_error(results[name], 2, message)
+        one_line_error(results[name], 2, message)
 
 
 def test_bare_state_dict_sizes_are_bounded_before_anything_is_built(work, tmp_path):
@@ -430,16 +429,6 @@ def test_serve_on_a_busy_port_fails_fast_with_one_line(tmp_path):
 
 
 # ---- SIGINT and SIGTERM ---------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def big_checkpoint(tmp_path_factory) -> Path:
-    """rn26 with a 50,000-class head: writing its ~55 MB ONNX file takes long enough to interrupt."""
-    torch.manual_seed(0)
-    n = 50_000
-    model = models.create("rn26", num_classes=n, in_chans=1)
-    card = checkpoint.card_for(model, [f"c{i}" for i in range(n)], [0.5], [0.25], input_size=(1, 16, 16))
-    return checkpoint.save(tmp_path_factory.mktemp("big") / "big.pt", model, card)
 
 
 @pytest.mark.slow
