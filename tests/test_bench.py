@@ -32,7 +32,9 @@ def tiny_ckpt(tmp_path_factory):
     """Untrained rn26 on 1×8×8 inputs: the smallest input the architecture takes, so runs are cheap."""
     torch.manual_seed(0)
     model = models.create("rn26", num_classes=10, in_chans=1)
-    card = checkpoint.card_for(model, [str(i) for i in range(10)], [0.3], [0.4], input_size=(1, 8, 8))
+    # the card records digits as its training data: bench's default data (accuracy, calibration) is read from it
+    card = checkpoint.card_for(model, [str(i) for i in range(10)], [0.3], [0.4], input_size=(1, 8, 8),
+                               extra={"train": {"data": "digits"}})
     return checkpoint.load(checkpoint.save(tmp_path_factory.mktemp("bench") / "tiny.pt", model, card))
 
 
@@ -108,11 +110,17 @@ def test_markdown_from_the_saved_json_is_the_same(report):
 
 
 def test_compile_failure_is_reported_not_raised(tiny_ckpt):
-    """A torch.compile backend that does not exist (a typo in --compile-backend) fails only that backend."""
-    result = run(tiny_ckpt, BenchOptions(backends=("pytorch", "torch-compile"), compile_backend="no-such-backend",
+    """A torch.compile backend that fails while compiling (a real registered one) fails only that backend's row."""
+    from torch._dynamo import register_backend
+
+    def crashing_compiler(graph_module, example_inputs):
+        raise RuntimeError("the compiler crashed")
+
+    register_backend(crashing_compiler, name="tmdeploy_test_crashing")
+    result = run(tiny_ckpt, BenchOptions(backends=("pytorch", "torch-compile"), compile_backend="tmdeploy_test_crashing",
                                          data=None, **{**QUICK, "batches": (1,)}))
     compiled = result.backend("torch-compile")
-    assert compiled.status == "failed" and "no-such-backend" in compiled.note and not compiled.latency
+    assert compiled.status == "failed" and "tmdeploy_test_crashing" in compiled.note and not compiled.latency
     assert result.backend("pytorch").status == "ok" and result.backend("pytorch").latency
 
 
@@ -136,6 +144,11 @@ def test_paired_ratio_and_stats():
     (dict(device="tpu"), "--device"),
     (dict(backends=("tensorflow",)), "unknown backend"),
     (dict(threads=0), "--threads"),
+    (dict(compile_backend="no-such-backend"), "unknown --compile-backend 'no-such-backend'"),
+    (dict(min_time=float("inf")), "--min-time"),
+    (dict(seed=-1), "--seed"),
+    (dict(batches=(10**9,)), "--batch"),
+    (dict(data="mnist"), "unknown data source 'mnist'"),
 ])
 def test_invalid_options_are_usage_errors(options, match):
     with pytest.raises(UsageError, match=match):

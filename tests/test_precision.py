@@ -94,12 +94,12 @@ def test_bad_values_are_usage_errors():
     meta = metadata.ModelMetadata(arch="x", class_names=["a"], input_size=[1, 8, 8], mean=[0.5], std=[0.5])
     cases = [
         lambda: precision.lower_precision(model, "bf16", meta=meta),
-        lambda: precision.lower_precision(model, "int8", meta=meta, int8_target="tflite"),
-        lambda: precision.lower_precision(model, "int8", meta=meta, keep_fp32=["Exp"]),
+        lambda: precision.lower_precision(model, "int8", meta=meta, calib_data="digits", int8_target="tflite"),
+        lambda: precision.lower_precision(model, "int8", meta=meta, calib_data="digits", keep_fp32=["Exp"]),
         lambda: precision.to_int8(model, np.zeros((1, 16), np.float32), target="gpu"),
         lambda: precision.to_fp16(model, keep_fp32=["NotAnOperator"]),
         lambda: precision.to_fp16(precision.to_fp16(model)),
-        lambda: precision.calibration_inputs(meta, count=0),
+        lambda: precision.calibration_inputs(meta, "digits", count=0),
     ]
     for case in cases:
         with pytest.raises(UsageError) as err:
@@ -134,7 +134,7 @@ def test_fp16_keeps_out_of_range_values_in_fp32_when_calibration_shows_them():
 def test_fp16_graph_checks_against_pytorch(exported, tmp_path, record_property):
     ckpt, fp32, meta = exported("rn26-tm")
     keep = ["Exp", next(n.name for n in fp32.graph.node if n.op_type == "Conv")]
-    fp16 = precision.lower_precision(fp32, "fp16", meta=meta, keep_fp32=keep)
+    fp16 = precision.lower_precision(fp32, "fp16", meta=meta, calib_data="digits", keep_fp32=keep)
     onnx.checker.check_model(fp16, full_check=True)
     assert _io(fp16) == _io(fp32)
     assert all(t == TensorProto.FLOAT for _, t in _io(fp16))
@@ -163,7 +163,7 @@ def test_fp16_graph_checks_against_pytorch(exported, tmp_path, record_property):
 @pytest.mark.slow
 def test_fp16_baked_preprocessing_takes_uint8_pixels(exported, tmp_path):
     ckpt, fp32, meta = exported("rn26-cls", bake_preprocess=True)
-    fp16 = precision.lower_precision(fp32, "fp16", meta=meta)
+    fp16 = precision.lower_precision(fp32, "fp16", meta=meta, calib_data="digits")
     assert _io(fp16) == _io(fp32) and fp16.graph.input[0].type.tensor_type.elem_type == TensorProto.UINT8
     report = check(ckpt, _save(fp16, meta, "fp16", tmp_path / "cls.fp16.onnx"), CheckOptions(data="digits"))
     assert report.passed, report.to_markdown()
@@ -183,7 +183,8 @@ def _zero_points(model: onnx.ModelProto) -> dict[str, np.ndarray]:
 @pytest.mark.parametrize("arch", ["rn26-tm", "rn26-cls"])
 def test_int8_qdq_agrees_with_fp32(exported, tmp_path, arch, target, record_property):
     ckpt, fp32, meta = exported(arch)
-    int8 = precision.lower_precision(fp32, "int8", meta=meta, int8_target=target, show_progress=False)
+    int8 = precision.lower_precision(fp32, "int8", meta=meta, calib_data="digits", int8_target=target,
+                                   show_progress=False)
     onnx.checker.check_model(int8, full_check=True)
     assert _io(int8) == _io(fp32)
     ops = [n.op_type for n in int8.graph.node]

@@ -9,7 +9,6 @@ A bare state_dict (either format) is accepted when the caller names the architec
 from __future__ import annotations
 
 import json
-import math
 import pickle
 import zipfile
 from dataclasses import asdict, dataclass, field
@@ -21,6 +20,7 @@ from torch import nn
 from tmdeploy import __version__, models
 from tmdeploy.errors import TmdeployError, UsageError, first_line
 from tmdeploy.fileio import atomic_write, file_sha256
+from tmdeploy.values import MAX_CHANNELS, MAX_CLASSES, check_option, input_size_problem, normalization_problem
 
 FORMAT = "tmdeploy-checkpoint"
 FORMAT_VERSION = 1
@@ -42,6 +42,13 @@ class ModelCard:
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    @property
+    def training_data(self) -> str | None:
+        """The data spec the model was trained on, as ``tmdeploy train`` recorded it; None if unknown."""
+        train = self.extra.get("train")
+        spec = train.get("data") if isinstance(train, dict) else None
+        return spec if isinstance(spec, str) else None
 
 
 @dataclass
@@ -134,10 +141,21 @@ def load(path, arch: str | None = None, num_classes: int | None = None, in_chans
 
 
 def check_finite(state_dict: dict[str, torch.Tensor]) -> None:
-    """Refuse NaN or Inf weights, naming the tensor: an exported graph would silently emit NaN."""
+    """Refuse weights that are NaN or Inf in float32, naming the tensor: the graph would silently emit NaN.
+
+    Checked after the cast to float32, what the model and its graph hold: a float64 1e300 is finite in
+    the file and Inf in the graph. A negative BatchNorm running variance is refused too: folded into the
+    convolution it becomes the square root of a negative number.
+    """
     for name, tensor in state_dict.items():
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            raise TmdeployError(f"weight '{name}' contains NaN or Inf values; refusing to export it")
+        if not tensor.is_floating_point():
+            continue
+        held = tensor.to(torch.float32)
+        if not bool(torch.isfinite(held).all()):
+            cast = " once cast to float32, the graph's type" if bool(torch.isfinite(tensor).all()) else ""
+            raise TmdeployError(f"weight '{name}' contains NaN or Inf values{cast}; refusing to export it")
+        if name.endswith("running_var") and bool((held < 0).any()):
+            raise TmdeployError(f"BatchNorm running variance '{name}' has negative values; refusing to export it")
 
 
 def _is_safetensors(path: Path) -> bool:
@@ -265,11 +283,15 @@ def _card_from_dict(meta: dict, path: Path) -> ModelCard:
                             f"({type(err).__name__}: {first_line(err, 160)})") from err
     if len(card.input_size) != 3 or min(card.input_size) < 1:
         raise TmdeployError(f"{path}: input_size must be three positive integers (C, H, W), got {card.input_size}")
+    problem = input_size_problem(card.input_size)
+    if problem:
+        raise TmdeployError(f"{path}: {problem}")
     channels = card.input_size[0]
     if len(card.mean) != channels or len(card.std) != channels:
         raise TmdeployError(f"{path}: mean/std must have one value per input channel ({channels})")
-    if any(not math.isfinite(s) or s <= 0 for s in card.std) or any(not math.isfinite(m) for m in card.mean):
-        raise TmdeployError(f"{path}: std must be positive and finite, mean finite")
+    problem = normalization_problem(card.mean, card.std)  # as the float32 graph holds them, not as stored
+    if problem:
+        raise TmdeployError(f"{path}: {problem}")
     if not card.class_names:
         raise TmdeployError(f"{path}: checkpoint has no class names")
     for option, value in (("num_classes", card.num_classes), ("in_chans", channels)):
@@ -286,6 +308,10 @@ def _bare_card(state: dict, arch: str, num_classes: int | None, in_chans: int | 
     """Card for a bare state_dict: classes and channels default to what the weights imply."""
     if arch not in models.list_models():
         raise UsageError(f"unknown architecture '{arch}'; choose one of: {', '.join(models.list_models())}")
+    if num_classes is not None:
+        check_option("--num-classes", num_classes, 1, MAX_CLASSES)
+    if in_chans is not None:
+        check_option("--in-chans", in_chans, 1, MAX_CHANNELS)
     if num_classes is None:
         num_classes = _infer_num_classes(state)
     if in_chans is None:

@@ -12,7 +12,9 @@ so that a deployed model can bake it into its graph or an application can apply 
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -20,12 +22,14 @@ import torch
 from torch.nn import functional as F
 from torch.utils.data import Dataset, Subset, TensorDataset
 
-from tmdeploy.errors import TmdeployError, UsageError
+from tmdeploy.errors import TmdeployError, UsageError, first_line
+from tmdeploy.values import MAX_IMAGE_SIZE
 
 SOURCES = ("digits", "cifar10:DIR", "cifar100:DIR", "folder:DIR")
 # The input size a source trains at when none is asked for. Digits are 8×8: at 16×16 RN26's stride-2
 # stages still see 8×8 and 4×4 maps, and training costs a quarter of 32×32 with nothing lost.
 DEFAULT_IMAGE_SIZES = {"digits": 16, "cifar10": 32, "cifar100": 32, "folder": 32}
+NATIVE_SIZES = {"digits": 8, "cifar10": 32, "cifar100": 32}  # the images as stored; folders vary
 
 
 @dataclass
@@ -40,20 +44,48 @@ class DataSplit:
     name: str
 
 
+def check_spec(spec) -> str:
+    """The kind of a data spec ("digits", "cifar10", ...); UsageError for one that names no source."""
+    kind, sep, arg = str(spec).partition(":")
+    if not ((kind == "digits" and not sep) or (kind in ("cifar10", "cifar100", "folder") and arg)):
+        raise UsageError(f"unknown data source '{spec}'; use one of: {', '.join(SOURCES)}")
+    return kind
+
+
+def check_calibration_fit(spec: str, channels: int, size: int, trained_on: str | None) -> None:
+    """Refuse calibration data unlike what the model sees: other channels, or images upsampled to its size.
+
+    Data the checkpoint was trained on always fits; its card records it.
+    """
+    kind = check_spec(spec)
+    if spec == trained_on:
+        return
+    native_channels = 1 if kind == "digits" else 3
+    if native_channels != channels:
+        raise UsageError(f"calibration data '{spec}' has {native_channels}-channel images, the model takes {channels}: "
+                         f"calibrate on data like its training data ({trained_on or 'not recorded'})")
+    native = NATIVE_SIZES.get(kind)
+    if native is not None and native < size:
+        raise UsageError(f"calibration data '{spec}' holds {native}x{native} images, the model takes {size}x{size}: "
+                         f"upsampled images would calibrate it on other statistics; calibrate on data like its "
+                         f"training data ({trained_on or 'not recorded'})")
+
+
 def load(spec: str, image_size: int | None = None, in_chans: int | None = None, seed: int = 0) -> DataSplit:
     """Resolve a data spec (see module docstring) into train/test datasets with their statistics.
 
     ``image_size`` None: the source's own default (``DEFAULT_IMAGE_SIZES``)."""
-    kind, _, arg = spec.partition(":")
+    kind = check_spec(spec)
+    arg = spec.partition(":")[2]
     image_size = image_size or DEFAULT_IMAGE_SIZES.get(kind, 32)
-    if kind == "digits" and not arg:
+    if not 1 <= image_size <= MAX_IMAGE_SIZE:  # before any image is resized to it
+        raise UsageError(f"image size {image_size} is out of range 1..{MAX_IMAGE_SIZE}")
+    if kind == "digits":
         train, test, names, native = _digits(image_size, seed)
-    elif kind in ("cifar10", "cifar100") and arg:
+    elif kind in ("cifar10", "cifar100"):
         train, test, names, native = _cifar(kind, Path(arg), image_size)
-    elif kind == "folder" and arg:
-        train, test, names, native = _folder(Path(arg), image_size, seed)
     else:
-        raise UsageError(f"unknown data source '{spec}'; use one of: {', '.join(SOURCES)}")
+        train, test, names, native = _folder(Path(arg), image_size, seed)
     channels = in_chans or native
     if channels not in (1, 3) or (native == 3 and channels == 1):
         raise UsageError(f"data '{spec}' has {native}-channel images; the model asks for {channels}")
@@ -124,14 +156,15 @@ def _folder(root: Path, image_size: int, seed: int):
         raise TmdeployError(f"image folder not found: {root}")
     tf = _image_transform(image_size)
     split_dirs = [root / "train", next((root / d for d in ("val", "test") if (root / d).is_dir()), None)]
+    folder = partial(datasets.ImageFolder, transform=tf, loader=_load_image, is_valid_file=_checked_image_file)
     try:
         if split_dirs[0].is_dir() and split_dirs[1] is not None:
-            train = datasets.ImageFolder(str(split_dirs[0]), transform=tf)
-            test = datasets.ImageFolder(str(split_dirs[1]), transform=tf)
+            train = folder(str(split_dirs[0]))
+            test = folder(str(split_dirs[1]))
             if test.classes != train.classes:
                 raise TmdeployError(f"{root}: train and {split_dirs[1].name} folders have different classes")
         else:
-            full = datasets.ImageFolder(str(root), transform=tf)
+            full = folder(str(root))
             order = torch.randperm(len(full), generator=torch.Generator().manual_seed(seed)).tolist()
             cut = max(1, int(0.8 * len(order)))
             train, test = Subset(full, order[:cut]), Subset(full, order[cut:])
@@ -141,11 +174,47 @@ def _folder(root: Path, image_size: int, seed: int):
     return train, test, list(train.classes), 3
 
 
+def _checked_image_file(path: str) -> bool:
+    """ImageFolder's file filter: image names only, and each one a regular file that decodes.
+
+    Checked when the folder is listed, before training starts: a FIFO named ``x.png`` would block the
+    first read forever, and a corrupt image would fail an epoch half-way through.
+    """
+    from PIL import Image
+    from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
+
+    if not has_file_allowed_extension(path, IMG_EXTENSIONS):
+        return False
+    if not os.path.isfile(path):  # follows links; False for FIFOs, sockets, devices
+        raise TmdeployError(f"{path} is not a regular file (a FIFO, socket or device?); refusing to read it")
+    try:
+        with Image.open(path) as image:
+            image.verify()
+    except Exception as err:  # PIL raises UnidentifiedImageError, SyntaxError, OSError, DecompressionBombError...
+        raise TmdeployError(f"{path} is not a readable image ({_reason(err)}): remove or replace it") from None
+    return True
+
+
+def _load_image(path: str):
+    """Decode one image; a fault the listing's check could not see (data cut short) names the file."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except Exception as err:
+        raise TmdeployError(f"{path} is not a readable image ({_reason(err)}): remove or replace it") from None
+
+
+def _reason(err: Exception) -> str:
+    return first_line(err, 160) or type(err).__name__
+
+
 def _image_transform(image_size: int):
     from torchvision import transforms
 
     return transforms.Compose(
-        [transforms.Resize((image_size, image_size)), transforms.Lambda(lambda im: im.convert("RGB")), transforms.ToTensor()]
+        [transforms.Resize((image_size, image_size)), transforms.ToTensor()]
     )
 
 

@@ -24,14 +24,15 @@ from pathlib import Path
 
 import numpy as np
 
-from tmdeploy.errors import TmdeployError, UsageError, first_line
+from tmdeploy import onnxfile
+from tmdeploy.engines.tensorrt import ENGINE_SUFFIXES
+from tmdeploy.errors import TmdeployError, UsageError
 from tmdeploy.export import metadata
 from tmdeploy.optional import install_hint
 
 PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")  # preference order
 GPU_PROVIDERS = PROVIDERS[:2]
 PROVIDER_ALIASES = {"tensorrt": PROVIDERS[0], "trt": PROVIDERS[0], "cuda": PROVIDERS[1], "cpu": PROVIDERS[2]}
-ENGINE_SUFFIXES = (".plan", ".engine")
 
 
 def load(path, providers=None, device: int | None = None) -> "Predictor":
@@ -81,10 +82,7 @@ def _load_onnx(path: Path, providers, device) -> "Predictor":
     if device is not None and not set(names) & set(GPU_PROVIDERS):
         raise TmdeployError(f"device={device} needs a GPU provider, but onnxruntime would run on {', '.join(names)}")
     options = [{"device_id": device} if device is not None and n in GPU_PROVIDERS else {} for n in names]
-    try:
-        session = ort.InferenceSession(str(path), providers=names, provider_options=options)
-    except Exception as err:  # onnxruntime raises its own Fail/InvalidGraph/... types
-        raise TmdeployError(f"onnxruntime cannot load {path}: {first_line(err)}") from err
+    session = onnxfile.session(path, names, options)
     if providers is not None:
         dropped = [n for n in names if n not in session.get_providers()]
         if dropped:

@@ -13,16 +13,17 @@ Two facts of nvidia-pytriton 0.7 this module works around or checks (both measur
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
-import signal
+import socket
 import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from tmdeploy import runtime
+from tmdeploy import runtime, signals
 from tmdeploy.engines.triton import check_batching, model_name, model_signature
 from tmdeploy.errors import TmdeployError, UsageError
 from tmdeploy.optional import require
@@ -64,6 +65,29 @@ class ServeOptions:
             model_name("model", self.name)
 
 
+def check_ports_free(host: str, *ports: int) -> None:
+    """Fail fast when a port is taken: Triton would otherwise talk to whatever listens there, or hang.
+
+    Binding (with SO_REUSEADDR, as servers do) fails for a port something listens on, whether it is
+    another Triton or a silent TCP listener, and succeeds for one a closed server left in TIME_WAIT.
+    """
+    try:
+        infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as err:
+        raise UsageError(f"--host {host}: not an address this machine can listen on ({err})") from None
+    family, _, _, _, address = infos[0]
+    for port in ports:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((address[0], port))
+            except OSError as err:
+                if err.errno == errno.EADDRINUSE:
+                    raise TmdeployError(f"port {port} on {host} is already in use (another server?); "
+                                        f"choose another --port (the server needs PORT, PORT+1 and PORT+2)") from None
+                raise TmdeployError(f"cannot listen on {host}:{port}: {err.strerror or err}") from None
+
+
 def _import_pytriton():
     require("pytriton.triton", "nvidia-pytriton", "nvidia-pytriton")
     if int(np.__version__.split(".")[0]) >= 2:
@@ -95,6 +119,7 @@ def running(model_path, **options):
     name = model_name(model_path, opts.name)
     sig = model_signature(model_path)
     check_batching(opts.max_batch, None, opts.max_queue_delay_us, 1, sig.batch_range)
+    check_ports_free(opts.host, *opts.ports)
     _import_pytriton()
     from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
     from pytriton.triton import Triton, TritonConfig
@@ -120,18 +145,13 @@ def running(model_path, **options):
         yield triton
 
 
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt
-
-
 def serve(model_path, **options) -> None:
     """Serve until SIGINT (Ctrl-C) or SIGTERM (how service managers stop), then stop Triton cleanly.
 
-    ``options`` as for ``running``. Call from the main thread (it installs the SIGTERM handler).
+    ``options`` as for ``running``. Call from the main thread (it handles the signals).
     """
     opts = ServeOptions(**options)
-    signal.signal(signal.SIGTERM, _interrupt)
-    with running(model_path, **options) as triton:
+    with signals.handled(), running(model_path, **options) as triton:
         log.warning("serving %s at http://%s:%d (Triton HTTP/gRPC, dynamic batching); Ctrl-C or SIGTERM stops",
                     model_name(model_path, opts.name), opts.host, opts.port)
         triton.serve()

@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 from tmdeploy import checkpoint, data, models
 from tmdeploy.errors import UsageError
 from tmdeploy.models.losses import auxiliary_loss
+from tmdeploy.values import MAX_BATCH, MAX_CHANNELS, MAX_IMAGE_SIZE, MAX_ITERATIONS, MAX_SEED, check_option
 
 
 @dataclass
@@ -55,6 +56,16 @@ class TrainConfig:
             raise UsageError(f"--aux-weight must be in [0, 1), got {self.aux_weight}")
         if self.image_size is not None and self.image_size < 8:
             raise UsageError(f"--image-size must be at least 8, got {self.image_size}")
+        if self.image_size is not None:  # bounded before any image is resized to it
+            check_option("--image-size", self.image_size, 8, MAX_IMAGE_SIZE)
+        check_option("--epochs", self.epochs, 1, MAX_ITERATIONS)
+        check_option("--batch-size", self.batch_size, 1, MAX_BATCH)
+        check_option("--lr", self.lr, 0.0, 10.0)
+        check_option("--weight-decay", self.weight_decay, 0.0, 10.0)
+        check_option("--seed", self.seed, 0, MAX_SEED)
+        if self.in_chans is not None:
+            check_option("--in-chans", self.in_chans, 1, MAX_CHANNELS)
+        data.check_spec(self.data)
         if self.arch not in models.list_models():
             raise UsageError(f"unknown architecture '{self.arch}'; choose one of: {', '.join(models.list_models())}")
 

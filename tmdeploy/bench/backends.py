@@ -31,7 +31,7 @@ class Context:
     ckpt: Checkpoint
     device: str
     batches: tuple[int, ...]
-    calib_data: str = "digits"
+    calib_data: str | None = None  # None: no calibration data, so no FP16/INT8 backend
     compile_backend: str = "inductor"
     threads: int | None = None  # onnxruntime intra-op threads (PyTorch's are set by the caller); None: default
     _graphs: dict = field(default_factory=dict)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from tmdeploy.bench.backends import NAMES
 from tmdeploy.bench.timing import Budget
 from tmdeploy.errors import TmdeployError, UsageError, check_choice
+from tmdeploy.values import MAX_BATCH, MAX_ITERATIONS, MAX_SECONDS, MAX_SEED, MAX_THREADS, check_option
 
 DEVICES = ("cpu", "cuda")
 
@@ -19,7 +20,9 @@ class BenchOptions:
     min_time: float = 1.0  # seconds of timed iterations per backend and batch size
     min_iterations: int = 10
     warmup: int = 3
-    data: str | None = "digits"  # accuracy on its test split, INT8 calibration on its train split; None: no accuracy
+    # accuracy on its test split, INT8/FP16 calibration on its train split; "auto": the data the checkpoint
+    # was trained on (its card says); None: no accuracy
+    data: str | None = "auto"
     accuracy_limit: int | None = None  # at most this many test images
     compile_backend: str = "inductor"
     threads: int | None = None  # CPU threads for PyTorch and onnxruntime alike; None: each library's default
@@ -30,18 +33,29 @@ class BenchOptions:
         check_choice(self.device, DEVICES, "--device")
         if not self.batches or any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in self.batches):
             raise UsageError(f"--batch needs positive batch sizes, got {self.batches}")
+        for b in self.batches:
+            check_option("--batch", b, 1, MAX_BATCH)
         unknown = [n for n in self.backends or () if n not in NAMES]
         if unknown or self.backends == ():
             raise UsageError(f"unknown backend '{unknown[0] if unknown else ''}'; choose from: {', '.join(NAMES)}")
-        if not self.min_time >= 0 or self.min_iterations < 1 or self.warmup < 0:
-            raise UsageError("--min-time must be >= 0, --min-iterations >= 1 and --warmup >= 0")
-        if self.threads is not None and self.threads < 1:
-            raise UsageError(f"--threads must be at least 1, got {self.threads}")
+        check_option("--min-time", self.min_time, 0, MAX_SECONDS)
+        check_option("--min-iterations", self.min_iterations, 1, MAX_ITERATIONS)
+        check_option("--warmup", self.warmup, 0, MAX_ITERATIONS)
+        check_option("--seed", self.seed, 0, MAX_SEED)
+        if self.threads is not None:
+            check_option("--threads", self.threads, 1, MAX_THREADS)
+        import torch  # here, not at the top: the options import without torch
+
+        if self.compile_backend not in torch.compiler.list_backends(exclude_tags=()):
+            raise UsageError(f"unknown --compile-backend '{self.compile_backend}'; choose one of: "
+                             f"{', '.join(torch.compiler.list_backends())}")
+        if self.data not in (None, "auto"):
+            from tmdeploy import data
+
+            data.check_spec(self.data)
         if self.accuracy_limit is not None and self.accuracy_limit < 1:
             raise UsageError(f"--accuracy-limit must be at least 1, got {self.accuracy_limit}")
         if self.device == "cuda":
-            import torch
-
             if not torch.cuda.is_available():
                 raise TmdeployError("--device cuda: PyTorch sees no CUDA device on this machine")
 

@@ -20,6 +20,7 @@ from tmdeploy.bench.backends import BASELINE, Context, Skip, by_name, default_na
 from tmdeploy.bench.timing import error_line, latency_stats, measure, paired_ratio, wall_timer
 from tmdeploy.bench.options import BenchOptions
 from tmdeploy.checkpoint import Checkpoint
+from tmdeploy.export.to_onnx import calibration_data
 from tmdeploy.threads import torch_threads
 
 
@@ -59,11 +60,14 @@ def run(ckpt: Checkpoint, options: BenchOptions = BenchOptions()) -> BenchResult
     options.validate()
     from tmdeploy.bench.progress import Reporter
 
-    ctx = Context(ckpt, options.device, tuple(options.batches), calib_data=options.data or "digits",
+    spec = ckpt.card.training_data if options.data == "auto" else options.data
+    if spec is not None:  # data unlike the model's fails here, before the long part
+        calibration_data(ckpt, spec)
+    ctx = Context(ckpt, options.device, tuple(options.batches), calib_data=spec,
                   compile_backend=options.compile_backend, threads=options.threads)
     names = options.backends or default_names(options.device)
     results = [BackendResult(b.name, b.label, b.precision) for b in map(by_name, names)]
-    test_set = _test_set(ckpt, options) if options.data else None  # a bad --data fails before the long part
+    test_set = _test_set(ckpt, spec, options) if spec else None
     with torch_threads(options.threads), Reporter(options.show_progress) as reporter:
         where = machine.describe(options.device, options.threads)
         sessions: dict = {}
@@ -139,13 +143,13 @@ def _time_batch(ctx: Context, batch: int, sessions: dict, results: list[BackendR
         live[name].latency.append(stats)
 
 
-def _test_set(ckpt: Checkpoint, options: BenchOptions) -> tuple[np.ndarray, np.ndarray, dict]:
+def _test_set(ckpt: Checkpoint, spec: str, options: BenchOptions) -> tuple[np.ndarray, np.ndarray, dict]:
     """Normalized test images, their labels, and a description for the report."""
     c, h, _ = ckpt.card.input_size
-    split = data.load(options.data, image_size=h, in_chans=c, seed=options.seed)
+    split = data.load(spec, image_size=h, in_chans=c, seed=options.seed)
     images, labels = data.stack(split.test, limit=options.accuracy_limit)
     x = data.normalize(images, ckpt.card.mean, ckpt.card.std).numpy()
-    return x, labels.numpy(), {"spec": options.data, "split": "test", "samples": int(len(labels))}
+    return x, labels.numpy(), {"spec": spec, "split": "test", "samples": int(len(labels))}
 
 
 def _accuracy(test_set, sessions: dict, results: list[BackendResult], chunk: int, reporter) -> dict:

@@ -7,13 +7,15 @@ Every error reaches the user as one line on stderr with exit status 2 (usage) or
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import traceback
 
-from tmdeploy import __version__
+from tmdeploy import __version__, signals
 from tmdeploy.cli import _logging
 from tmdeploy.cli._common import HelpFormatter
 from tmdeploy.errors import TmdeployError, UsageError
+from tmdeploy.sanitize import clean
 
 # Command modules, in the order `tmdeploy --help` lists them. Each has register(subparsers) that
 # adds its parser and sets ``func`` to a function taking the parsed args and returning an exit status.
@@ -59,12 +61,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _one_line(err: BaseException) -> str:
-    """The error's message on one line: messages quoting other libraries may span several."""
-    return " ".join(line.strip() for line in str(err).splitlines() if line.strip())
+    """The error's message on one line, safe for a terminal: messages quoting files or other libraries may
+    span several lines and carry control characters."""
+    return clean(" ".join(line.strip() for line in str(err).splitlines() if line.strip()))
 
 
 def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
+    with signals.handled():  # first: an interrupt from here on is one line and a clean exit, never a traceback
+        return _main(sys.argv[1:] if argv is None else list(argv))
+
+
+def _main(argv: list[str]) -> int:
     debug = "--debug" in argv
     _logging.configure(debug)
     try:
@@ -78,9 +85,10 @@ def main(argv=None) -> int:
             traceback.print_exc()
         print(f"tmdeploy: error: {_one_line(err)}", file=sys.stderr)
         return err.exit_code
-    except KeyboardInterrupt:
-        print("tmdeploy: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as err:  # signals.Interrupted, or Ctrl-C before the handler was installed
+        code = getattr(err, "exit_code", 130)
+        print(f"tmdeploy: error: interrupted by {signal.Signals(code - 128).name}", file=sys.stderr)
+        return code
     except Exception as err:  # a bug, not bad input: still one line, the traceback behind --debug
         if debug:
             traceback.print_exc()

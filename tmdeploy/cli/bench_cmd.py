@@ -19,8 +19,8 @@ def register(sub) -> None:
     api_option(p, "--min-time", BENCH, type=float, help="seconds of timed iterations per backend and batch size")
     api_option(p, "--min-iterations", BENCH, type=int, help="timed iterations at least")
     api_option(p, "--warmup", BENCH, type=int, help="untimed calls before timing")
-    api_option(p, "--data", BENCH, help="data for accuracy (test split) and INT8 calibration (train split); "
-                                        "'none' skips accuracy")
+    api_option(p, "--data", BENCH, help="data for accuracy (test split) and FP16/INT8 calibration (train split); "
+                                        "auto: the data the checkpoint was trained on; 'none' skips accuracy")
     api_option(p, "--accuracy-limit", BENCH, type=int, shown="all", help="at most this many test images")
     api_option(p, "--compile-backend", BENCH, help="torch.compile backend")
     api_option(p, "--threads", BENCH, type=int, shown="each library's own",

@@ -28,7 +28,8 @@ def register(sub) -> None:
     api_option(low, "--int8-target", EXPORT, choices=INT8_TARGETS,
                help="tensorrt (symmetric signed, as TensorRT requires) or onnxruntime (unsigned activations, "
                     "fast on x86 CPUs)")
-    api_option(low, "--calib-data", EXPORT, help="calibration data")
+    api_option(low, "--calib-data", EXPORT, shown="the data the checkpoint was trained on, as its card records",
+               help="calibration data")
     api_option(low, "--keep-fp32", EXPORT, help="fp16: comma-separated op types or node names kept in FP32")
     trt = p.add_argument_group("TensorRT (--format trt) and Triton (--format triton)")
     api_option(trt, "--batch", TARGET, help="optimization profile MIN,OPT,MAX (MAX: Triton's max_batch_size)")
@@ -37,7 +38,8 @@ def register(sub) -> None:
                help="TensorRT timing cache file, reused across builds")
     api_option(trt, "--force", TARGET, action="store_true", help="rebuild the engine even if an identical one exists")
     api_option(trt, "--triton-model", TARGET, choices=TRITON_MODELS,
-               help="what the Triton repository serves: an engine built here, or the ONNX file")
+               help="what the Triton repository serves: an engine built here, or the ONNX file; auto: an engine "
+                    "where TensorRT is installed, else the ONNX file")
     p.set_defaults(func=run)
 
 
@@ -51,28 +53,45 @@ def options(args):
 
 
 def run(args) -> int:
-    from tmdeploy.errors import UsageError
+    import tempfile
+
     from tmdeploy.export import export_onnx
+    from tmdeploy.fileio import check_output
 
     export, target = options(args)
     export.validate()  # before the (slow) checkpoint load and export, so a bad option fails at once
     target.validate()
-    if args.out is not None and args.out.is_dir() and target.format != "triton":
-        raise UsageError(f"--out {args.out} is a directory; give a file name")
+    batch = target.profile()
+    if args.out is not None and target.format != "triton":  # a Triton --out is the repository directory
+        check_output(args.out, args.checkpoint, option="--out")
+    engine = target.builds_engine()
+    if engine:  # before anything is written: without TensorRT a failed export changes no file
+        from tmdeploy.engines.tensorrt import import_tensorrt
+
+        import_tensorrt()
     ckpt = load_checkpoint(args)
-    path = export_onnx(ckpt, args.out if target.format == "onnx" else None, export)
-    print(f"wrote {path}")
-    if target.format == "trt" or (target.format == "triton" and target.triton_model == "trt"):
-        from tmdeploy.engines.tensorrt import build_engine
+    with tempfile.TemporaryDirectory(prefix="tmdeploy-") as scratch:
+        # Triton gets copies in its repository: the ONNX file and engine are built in scratch space, so
+        # nothing is written beside the checkpoint, outside --out.
+        onnx_out = (args.out if target.format == "onnx" else Path(scratch, "model.onnx") if target.format == "triton"
+                    else None)
+        path = export_onnx(ckpt, onnx_out, export)
+        if target.format != "triton":
+            print(f"wrote {path}")
+        if engine:
+            from tmdeploy.engines.tensorrt import build_engine
 
-        # The ONNX file is already written: without TensorRT the user keeps it and gets one clear error.
-        path = build_engine(path, args.out if target.format == "trt" else None, batch=target.profile(),
-                            workspace_mib=target.workspace_mib, timing_cache=target.timing_cache, force=target.force)
-        print(f"wrote {path} (+ {path.name}.json sidecar)")
-    if target.format == "triton":
-        from tmdeploy.engines.triton import write_model_repository
+            engine_out = args.out if target.format == "trt" else None
+            path = build_engine(path, engine_out, batch=batch, workspace_mib=target.workspace_mib,
+                                timing_cache=target.timing_cache, force=target.force)
+            if target.format != "triton":
+                print(f"wrote {path} (+ {path.name}.json sidecar)")
+        if target.format == "triton":
+            from tmdeploy.engines.triton import model_name, write_model_repository
 
-        repo = args.out or args.checkpoint.parent / "model_repository"
-        model_dir = write_model_repository(path, repo, max_batch_size=target.profile().max)
-        print(f"wrote Triton model repository {model_dir}")
+            repo = args.out or args.checkpoint.parent / "model_repository"
+            model_dir = write_model_repository(path, repo, name=model_name(args.checkpoint), max_batch_size=batch.max)
+            served = "a TensorRT engine" if engine else "the ONNX file (onnxruntime)"
+            print(f"wrote Triton model repository {model_dir}, serving {served}")
     return 0
+

@@ -13,10 +13,11 @@ def register(sub) -> None:
 def describe(path: Path) -> dict:
     import onnx
 
+    from tmdeploy import onnxfile
     from tmdeploy.errors import TmdeployError
     from tmdeploy.export import graph, metadata
 
-    model = metadata.load_onnx(path)
+    model = onnxfile.load(path)  # without external tensor data: shapes and counts come from the protobuf
 
     def tensor(v):
         t = v.type.tensor_type
@@ -57,23 +58,28 @@ def run(args) -> int:
     from rich.markup import escape
     from rich.table import Table
 
-    # Everything shown comes from the file: escape it, or a name like "[/x]" is read as rich markup.
+    from tmdeploy.sanitize import clean
+
+    def show(value) -> str:
+        """Everything shown comes from the file: control characters escaped, and "[/x]" not read as markup."""
+        return escape(clean(value))
+
     console = Console()
-    console.print(f"[bold]{escape(info['path'])}[/bold]  opset {escape(str(info['opset']))}  "
-                  f"producer {escape(info['producer'] or '?')}  parameters {info['parameters']:,}")
+    console.print(f"[bold]{show(info['path'])}[/bold]  opset {show(info['opset'])}  "
+                  f"producer {show(info['producer'] or '?')}  parameters {info['parameters']:,}")
     io = Table("", "name", "dtype", "shape", title="inputs and outputs")
     for kind in ("inputs", "outputs"):
         for t in info[kind]:
-            io.add_row(kind[:-1], escape(t["name"]), escape(t["dtype"]), escape(str(t["shape"])))
+            io.add_row(kind[:-1], show(t["name"]), show(t["dtype"]), show(t["shape"]))
     console.print(io)
     meta = Table("key", "value", title="tmdeploy metadata" if info["tmdeploy"] else "metadata_props")
     for key, value in (info["tmdeploy"] or info["metadata_props"]).items():
-        meta.add_row(escape(key), escape(str(value)))
+        meta.add_row(show(key), show(value))
     console.print(meta)
     if info["note"]:
-        console.print(f"note: {escape(info['note'])}")
+        console.print(f"note: {show(info['note'])}")
     ops = Table("op", "count", title="op histogram")
     for op, n in info["ops"].items():
-        ops.add_row(escape(op), str(n))
+        ops.add_row(show(op), str(n))
     console.print(ops)
     return 0

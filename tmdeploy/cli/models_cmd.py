@@ -13,6 +13,10 @@ def run(args) -> int:
     from rich.table import Table
 
     from tmdeploy import models
+    from tmdeploy.values import MAX_CHANNELS, MAX_CLASSES, check_option
+
+    check_option("--num-classes", args.num_classes, 1, MAX_CLASSES)
+    check_option("--in-chans", args.in_chans, 1, MAX_CHANNELS)
 
     table = Table(title=f"tmdeploy architectures ({args.num_classes} classes, {args.in_chans} input channels)")
     for column in ("name", "parameters", "batch statistics", "per-patch logits"):

@@ -11,7 +11,7 @@ from tmdeploy.engines.tensorrt import validate_workspace
 from tmdeploy.errors import check_choice
 
 FORMATS = ("onnx", "trt", "triton")
-TRITON_MODELS = ("trt", "onnx")
+TRITON_MODELS = ("auto", "trt", "onnx")
 
 
 @dataclass(frozen=True)
@@ -21,7 +21,9 @@ class TargetOptions:
     workspace_mib: int | None = None  # TensorRT workspace limit; None: TensorRT's own
     timing_cache: Path | None = None  # None: one beside the engine per TensorRT version and GPU
     force: bool = False  # rebuild the engine even when an identical one exists
-    triton_model: str = "trt"  # what a Triton repository serves: an engine built here, or the ONNX file
+    # what a Triton repository serves: an engine built here, or the ONNX file; "auto": an engine where
+    # TensorRT is installed, else the ONNX file
+    triton_model: str = "auto"
 
     def validate(self) -> None:
         check_choice(self.format, FORMATS, "--format")
@@ -31,3 +33,15 @@ class TargetOptions:
 
     def profile(self) -> BatchProfile:
         return parse_batch(self.batch)
+
+    def builds_engine(self) -> bool:
+        """Whether this target needs a TensorRT engine: --format trt, or a Triton repository serving one."""
+        if self.format == "trt":
+            return True
+        if self.format != "triton":
+            return False
+        if self.triton_model != "auto":
+            return self.triton_model == "trt"
+        import importlib.util
+
+        return importlib.util.find_spec("tensorrt") is not None

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tmdeploy.errors import UsageError
+from tmdeploy.values import MAX_BATCH
 from tmdeploy.export.metadata import ModelMetadata
 
 
@@ -30,6 +31,8 @@ def parse_batch(text: str) -> BatchProfile:
     lo, opt, hi = map(int, parts)
     if not lo <= opt <= hi:
         raise UsageError(f"batch profile '{text}': expected MIN <= OPT <= MAX")
+    if hi > MAX_BATCH:
+        raise UsageError(f"batch profile '{text}': MAX is at most {MAX_BATCH}, the exported graphs' batch limit")
     return BatchProfile(lo, opt, hi)
 
 

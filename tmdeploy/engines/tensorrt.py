@@ -23,10 +23,11 @@ from tmdeploy import __version__
 from tmdeploy.engines.profiles import BatchProfile, parse_batch, profile_shapes
 from tmdeploy.errors import TmdeployError, UsageError, first_line
 from tmdeploy.export import metadata
-from tmdeploy.fileio import atomic_write, file_sha256
+from tmdeploy.fileio import atomic_write, check_output, file_sha256
 from tmdeploy.optional import require
 
 INPUT_NAME = "images"
+ENGINE_SUFFIXES = (".plan", ".engine")  # what runtime.load, serve and Triton repositories take as an engine
 SIDECAR_FORMAT = "1"
 # Keys that loading and Triton read without further checks: a hand-edited sidecar lacking one is refused.
 SIDECAR_KEYS = ("cache_key", "engine_sha256", "tensorrt", "gpu", "compute_capability", "precision", "profile", "batch",
@@ -292,7 +293,7 @@ def build_engine(onnx_path, engine_path=None, *, batch: BatchProfile | str, work
     """
     onnx_path = Path(onnx_path)
     meta = metadata.read(onnx_path)
-    engine_path = Path(engine_path) if engine_path is not None else onnx_path.with_suffix(".plan")
+    engine_path = check_output(engine_path if engine_path is not None else onnx_path.with_suffix(".plan"), onnx_path)
     batch = parse_batch(batch) if isinstance(batch, str) else batch
     validate_workspace(workspace_mib)
     trt = import_tensorrt()
@@ -303,7 +304,7 @@ def build_engine(onnx_path, engine_path=None, *, batch: BatchProfile | str, work
     timing_cache = Path(timing_cache) if timing_cache is not None else default_timing_cache(engine_path, env)
     engine_bytes = bytes(_build(trt, onnx_path, spec, timing_cache))
     counts = check_layer_precisions(_engine_information(trt, engine_bytes), spec.precision)
-    atomic_write(engine_path, lambda tmp: tmp.write_bytes(engine_bytes))
+    atomic_write(engine_path, lambda tmp: tmp.write_bytes(engine_bytes), onnx_path)
     sidecar = make_sidecar(spec, engine_sha256=file_sha256(engine_path), onnx_path=onnx_path, meta=meta,
                            layer_precisions=counts)
     write_sidecar(engine_path, sidecar)

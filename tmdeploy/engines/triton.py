@@ -17,13 +17,15 @@ from pathlib import Path
 
 import onnx
 
+from tmdeploy import onnxfile
 from tmdeploy.engines import tensorrt as trt_engine
 from tmdeploy.errors import TmdeployError, UsageError
 from tmdeploy.export import metadata
-from tmdeploy.fileio import file_sha256
+from tmdeploy.fileio import file_sha256, temp_prefix
 from tmdeploy.optional import require
 
-PLATFORMS = {".onnx": "onnxruntime_onnx", ".plan": "tensorrt_plan"}
+PLATFORMS = {".onnx": "onnxruntime_onnx", **{suffix: "tensorrt_plan" for suffix in trt_engine.ENGINE_SUFFIXES}}
+FILE_NAMES = {"onnxruntime_onnx": "model.onnx", "tensorrt_plan": "model.plan"}  # Triton's default_model_filename
 DEFAULT_MAX_BATCH = 256
 LABELS_FILE = "labels.txt"
 # ONNX element type → (numpy dtype name, Triton data type): the types tmdeploy graphs take and give.
@@ -75,11 +77,12 @@ def model_signature(model_path, onnx_path=None) -> ModelSignature:
     model_path = Path(model_path)
     if model_path.suffix == ".onnx":
         source, meta, batch_range = model_path, metadata.read(model_path), None
-    elif model_path.suffix == ".plan":
+    elif model_path.suffix in trt_engine.ENGINE_SUFFIXES:
         source, meta, batch_range = _engine_source(model_path, onnx_path)
     else:
-        raise UsageError(f"{model_path}: expected an .onnx or .plan file")
-    inputs, outputs = graph_signature(metadata.load_onnx(source, load_weights=False))
+        raise UsageError(f"{model_path}: expected an .onnx file or a TensorRT engine "
+                         f"({', '.join(trt_engine.ENGINE_SUFFIXES)})")
+    inputs, outputs = graph_signature(onnxfile.load(source))
     return ModelSignature(inputs, outputs, meta, batch_range)
 
 
@@ -171,8 +174,9 @@ def write_model_repository(model_path, repo_dir, name=None, max_batch_size: int 
         max_batch_size = sig.batch_range[1] if sig.batch_range else DEFAULT_MAX_BATCH
     check_batching(max_batch_size, preferred_batch_sizes, max_queue_delay_us, instance_count, sig.batch_range)
     name = model_name(model_path, name)
+    platform = PLATFORMS[model_path.suffix]
     config = config_pbtxt(
-        name, PLATFORMS[model_path.suffix], sig, max_batch_size=max_batch_size,
+        name, platform, sig, max_batch_size=max_batch_size,
         preferred_batch_sizes=preferred_batch_sizes, max_queue_delay_us=max_queue_delay_us,
         instance_count=instance_count,
     )
@@ -180,7 +184,7 @@ def write_model_repository(model_path, repo_dir, name=None, max_batch_size: int 
 
     def fill(tmp: Path) -> None:
         (tmp / "1").mkdir()
-        shutil.copyfile(model_path, tmp / "1" / f"model{model_path.suffix}")
+        shutil.copyfile(model_path, tmp / "1" / FILE_NAMES[platform])
         (tmp / "config.pbtxt").write_text(config)
         (tmp / LABELS_FILE).write_text(labels)
 
@@ -191,10 +195,13 @@ def _write_dir(final: Path, fill) -> Path:
     """Fill a temporary directory beside ``final``, then swap it in (the old one, if any, is removed after)."""
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+        prefix = temp_prefix(final.name, final.parent)
+        if final.is_symlink() or (final.exists() and not final.is_dir()):
+            raise UsageError(f"{final} exists and is not a directory; refusing to replace it")
+        tmp = Path(tempfile.mkdtemp(prefix=prefix, suffix=".tmp", dir=final.parent))
     except OSError as err:
         raise TmdeployError(f"cannot write {final}: {err.strerror or err}") from err
-    old = final.with_name(f".{final.name}.{uuid.uuid4().hex}.old")
+    old = final.with_name(f"{prefix}{uuid.uuid4().hex[:8]}.old")  # as long as the temporary name: fits NAME_MAX
     try:
         fill(tmp)
         os.chmod(tmp, 0o755)  # mkdtemp makes 0700 directories; the server may run as another user

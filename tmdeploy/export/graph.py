@@ -128,6 +128,29 @@ def check(model: onnx.ModelProto) -> onnx.ModelProto:
         raise TmdeployError(f"exported graph failed onnx.checker: {first_line(err, 200)}") from err
 
 
+def check_finite_values(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Refuse a graph holding NaN or Inf in a float initializer or constant, naming it.
+
+    The checkpoint's weights are checked before the export; this checks what the graph really holds
+    after BatchNorm folding, constant folding and lowering to FP16, where finite inputs can still give
+    Inf (a variance near zero, a product beyond the type's range).
+    """
+    constants = [*model.graph.initializer,
+                 *(a.t for n in model.graph.node if n.op_type == "Constant" for a in n.attribute if a.HasField("t"))]
+    for tensor in constants:
+        if tensor.data_type not in _FLOAT_TYPES:
+            continue
+        values = onnx.numpy_helper.to_array(tensor)
+        if not np.isfinite(values.astype(np.float64)).all():
+            raise TmdeployError(f"the exported graph would hold NaN or Inf in '{tensor.name[:100]}' "
+                                f"({onnx.TensorProto.DataType.Name(tensor.data_type)}): the checkpoint's values "
+                                f"overflow the graph's float type; refusing to write it")
+    return model
+
+
+_FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
+
+
 def op_histogram(model: onnx.ModelProto) -> dict[str, int]:
     counts: dict[str, int] = {}
     for node in model.graph.node:

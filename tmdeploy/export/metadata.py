@@ -7,14 +7,13 @@ An application that loads the file with onnxruntime alone reads these with
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
-
 import numpy as np
 import onnx
 
+from tmdeploy import onnxfile
 from tmdeploy.errors import TmdeployError, first_line
+from tmdeploy.values import input_size_problem, normalization_problem
 
 METADATA_FORMAT = "1"
 _JSON_FIELDS = {"class_names", "input_size", "mean", "std", "outputs"}
@@ -95,16 +94,15 @@ def _validate(meta: ModelMetadata) -> None:
         raise TmdeployError("the ONNX file's tmdeploy metadata is malformed: class_names must be a list of strings")
     if not ok_list(meta.input_size, int, 3) or min(meta.input_size) < 1:
         raise TmdeployError("the ONNX file's tmdeploy metadata is malformed: input_size must be [C, H, W]")
+    problem = input_size_problem(meta.input_size)
+    if problem:
+        raise TmdeployError(f"the ONNX file's tmdeploy metadata is malformed: {problem}")
     channels = meta.input_size[0]
     if not ok_list(meta.mean, (int, float), channels) or not ok_list(meta.std, (int, float), channels):
         raise TmdeployError("the ONNX file's tmdeploy metadata is malformed: mean/std need one number per channel")
-    try:
-        finite = all(math.isfinite(v) for v in (*meta.mean, *meta.std))
-    except OverflowError:  # an integer too large for a float
-        finite = False
-    if not finite or any(not s > 0 for s in meta.std):
-        raise TmdeployError("the ONNX file's tmdeploy metadata is malformed: std must be positive and finite, "
-                            "mean finite")
+    problem = normalization_problem(meta.mean, meta.std)  # as the runtime applies them: in float32
+    if problem:
+        raise TmdeployError(f"the ONNX file's tmdeploy metadata is malformed: {problem}")
     if meta.preprocess not in ("none", "baked") or meta.layout not in ("NCHW", "NHWC"):
         raise TmdeployError("the ONNX file's tmdeploy metadata is malformed: unknown preprocess or layout")
     if not ok_list(meta.outputs, str) or "logits" not in meta.outputs or len(set(meta.outputs)) != len(meta.outputs):
@@ -124,44 +122,7 @@ def props(model: onnx.ModelProto) -> dict[str, str]:
 
 def read(path) -> ModelMetadata:
     """Read the metadata of an ONNX file without loading its weights."""
-    return ModelMetadata.from_props(props(load_onnx(path, load_weights=False)))
-
-
-def load_onnx(path, load_weights: bool = True) -> onnx.ModelProto:
-    """Load an ONNX file, turning every parse failure into one clear TmdeployError."""
-    path = Path(path)
-    if not path.is_file():
-        raise TmdeployError(f"ONNX file not found: {path}" if not path.exists() else f"not a file: {path}")
-    try:
-        model = onnx.load(str(path), load_external_data=load_weights)
-    except Exception as err:  # protobuf raises DecodeError, RuntimeWarning-ish and others for non-ONNX bytes
-        raise TmdeployError(f"{path} is not a valid ONNX file (truncated or another format): {type(err).__name__}") from err
-    if not model.graph.node and not model.graph.input:
-        raise TmdeployError(f"{path} is not a valid ONNX file: it holds no graph")
-    field = _non_utf8_string(model)
-    if field is not None:
-        raise TmdeployError(f"{path} is not a valid ONNX file: its {field} is not UTF-8 text (corrupt file?)")
-    return model
-
-
-def _non_utf8_string(message) -> str | None:
-    """The name of the first string field that is not valid UTF-8, or None.
-
-    ONNX's .proto is proto2, so protobuf parses such fields without complaint and hands them back as
-    ``bytes``, which every reader of names, op types and metadata would trip over.
-    """
-    from google.protobuf.message import Message
-
-    stack = [message]
-    while stack:
-        current = stack.pop()
-        for descriptor, value in current.ListFields():
-            if descriptor.type == descriptor.TYPE_STRING:
-                if any(not isinstance(v, str) for v in ([value] if isinstance(value, (str, bytes)) else value)):
-                    return f"{current.DESCRIPTOR.name}.{descriptor.name}"
-            elif descriptor.type == descriptor.TYPE_MESSAGE:
-                stack.extend([value] if isinstance(value, Message) else value)
-    return None
+    return ModelMetadata.from_props(props(onnxfile.load(path)))
 
 
 # ---- what the graph takes: checks and preprocessing (pure numpy) ------------------------------------
@@ -170,11 +131,35 @@ def _non_utf8_string(message) -> str | None:
 def to_numpy(images) -> np.ndarray:
     """A numpy view of a numpy array, a torch tensor (detached, on the CPU) or a nested list."""
     if type(images).__module__.split(".")[0] == "torch":
-        images = images.detach().cpu().numpy()
+        images = _torch_to_numpy(images)
     try:
         return np.asarray(images)
     except (ValueError, TypeError, OverflowError) as err:  # ragged nested lists, ints too large, ...
         raise TmdeployError(f"images are not an array ({type(err).__name__}: {first_line(err, 160)})") from None
+
+
+def _torch_to_numpy(tensor) -> np.ndarray:
+    """A torch tensor of any layout, device and dtype as numpy.
+
+    Sparse and quantized tensors are made dense; float types numpy lacks (bfloat16, float8) become
+    float32, which holds every value they can; a meta tensor has no values and is refused.
+    """
+    import torch  # already loaded: ``tensor`` is one of its tensors
+
+    try:
+        tensor = tensor.detach()
+        if tensor.device.type == "meta":
+            raise TmdeployError("images are a meta tensor: it has a shape but no values")
+        if tensor.layout != torch.strided:
+            tensor = tensor.to_dense()
+        if tensor.is_quantized:
+            tensor = tensor.dequantize()
+        if tensor.is_floating_point() and tensor.dtype not in (torch.float16, torch.float32, torch.float64):
+            tensor = tensor.float()
+        return tensor.cpu().resolve_conj().resolve_neg().numpy()
+    except (TypeError, RuntimeError, NotImplementedError, ValueError) as err:
+        raise TmdeployError(f"images: cannot read this torch tensor ({type(err).__name__}: "
+                            f"{first_line(err, 160)})") from None
 
 
 def _prepared(images, meta: ModelMetadata, check_finite: bool) -> np.ndarray:

@@ -26,7 +26,9 @@ class ExportOptions:
     bake_preprocess: bool = False
     precision: str = "fp32"
     int8_target: str = "tensorrt"  # "tensorrt": symmetric signed QDQ; "onnxruntime": unsigned activations
-    calib_data: str = "digits"  # calibration (INT8 scales, FP16 value ranges) from this data's train split
+    # calibration (INT8 scales, FP16 value ranges) from this data's train split; None: the data the checkpoint
+    # was trained on, as its card records
+    calib_data: str | None = None
     keep_fp32: tuple[str, ...] = ()  # extra op types or node names to keep in FP32 under --precision fp16
 
     def validate(self) -> None:
@@ -46,3 +48,7 @@ class ExportOptions:
         check_choice(self.int8_target, INT8_TARGETS, "--int8-target")
         if self.keep_fp32 and self.precision != "fp16":
             raise UsageError(f"--keep-fp32 applies to --precision fp16 only, not {self.precision}")
+        if self.calib_data is not None:
+            from tmdeploy import data  # torch: only when there is a spec to check
+
+            data.check_spec(self.calib_data)

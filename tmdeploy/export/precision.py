@@ -238,7 +238,7 @@ def _batches(images: np.ndarray) -> list[np.ndarray]:
     return [np.ascontiguousarray(images[i:i + _BATCH]) for i in range(0, len(images), _BATCH)]
 
 
-def calibration_inputs(meta: ModelMetadata, data_spec: str = "digits", count: int = 256, seed: int = 0) -> np.ndarray:
+def calibration_inputs(meta: ModelMetadata, data_spec: str, count: int = 256, seed: int = 0) -> np.ndarray:
     """``count`` images from the TRAIN split of ``data_spec`` in the graph's input format."""
     if count < 1:
         raise UsageError(f"calibration needs at least one image, got count={count}")
@@ -247,7 +247,7 @@ def calibration_inputs(meta: ModelMetadata, data_spec: str = "digits", count: in
     return meta.graph_input(images.numpy(), raw=True)
 
 
-def lower_precision(model: onnx.ModelProto, precision: str, *, meta: ModelMetadata, calib_data: str = "digits",
+def lower_precision(model: onnx.ModelProto, precision: str, *, meta: ModelMetadata, calib_data: str | None = None,
                     int8_target: str = "tensorrt", keep_fp32: Sequence[str] = (),
                     show_progress: bool = True) -> onnx.ModelProto:
     """Dispatch on ``precision``; ``fp32`` returns ``model`` unchanged. Both lower precisions measure the
@@ -255,6 +255,8 @@ def lower_precision(model: onnx.ModelProto, precision: str, *, meta: ModelMetada
     ExportOptions(precision=precision, int8_target=int8_target, keep_fp32=tuple(keep_fp32)).validate()
     if precision == "fp32":
         return model
+    if calib_data is None:
+        raise UsageError(f"--precision {precision} needs calibration data (--calib-data)")
     calibration = calibration_inputs(meta, calib_data)
     if precision == "fp16":
         return to_fp16(model, keep_fp32, calibration)

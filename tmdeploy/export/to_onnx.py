@@ -18,7 +18,7 @@ import onnx
 import torch
 from torch import Tensor, nn
 
-from tmdeploy import __version__
+from tmdeploy import __version__, data
 from tmdeploy.checkpoint import Checkpoint, check_finite
 from tmdeploy.errors import TmdeployError, UsageError, first_line
 from tmdeploy.export import forms, graph
@@ -26,11 +26,11 @@ from tmdeploy.export import precision as lowering
 from tmdeploy.export.metadata import ModelMetadata
 from tmdeploy.export.metadata import write as write_metadata
 from tmdeploy.export.options import ExportOptions
-from tmdeploy.fileio import atomic_write
+from tmdeploy.fileio import atomic_write, check_output
 from tmdeploy.threads import torch_threads
+from tmdeploy.values import MAX_BATCH  # the dynamo exporter needs an upper bound for the symbolic batch size
 
 INPUT_NAME = "images"
-MAX_BATCH = 4096  # the dynamo exporter needs an upper bound for the symbolic batch size
 
 
 class DeployModule(nn.Module):
@@ -79,6 +79,7 @@ def to_model_proto(ckpt: Checkpoint, options: ExportOptions) -> onnx.ModelProto:
     """Export, fold, clean and check; returns the in-memory graph with its metadata written."""
     options.validate()
     check_finite(ckpt.state_dict)
+    calib_data = calibration_data(ckpt, options.calib_data) if options.precision != "fp32" else None
     module = deploy_module(ckpt, options)
     names = output_names(options.patch_logits)
     example = example_input(ckpt, options.bake_preprocess)
@@ -92,8 +93,20 @@ def to_model_proto(ckpt: Checkpoint, options: ExportOptions) -> onnx.ModelProto:
     meta = metadata_for(ckpt, options, names)
     proto.producer_name, proto.producer_version = "tmdeploy", __version__
     write_metadata(proto, meta)
-    return lowering.lower_precision(proto, options.precision, meta=meta, calib_data=options.calib_data,
-                                    int8_target=options.int8_target, keep_fp32=options.keep_fp32)
+    graph.check_finite_values(proto)  # before calibration runs it: the values the FP32 graph really holds
+    lowered = lowering.lower_precision(proto, options.precision, meta=meta, calib_data=calib_data,
+                                       int8_target=options.int8_target, keep_fp32=options.keep_fp32)
+    return graph.check_finite_values(lowered)
+
+
+def calibration_data(ckpt: Checkpoint, spec: str | None) -> str:
+    """The calibration data spec: ``spec``, or the data the checkpoint was trained on; checked to fit the model."""
+    spec = spec or ckpt.card.training_data
+    if spec is None:
+        raise UsageError("the checkpoint does not record its training data: name calibration data with --calib-data")
+    c, h, w = ckpt.card.input_size
+    data.check_calibration_fit(spec, c, max(h, w), ckpt.card.training_data)
+    return spec
 
 
 def _torchscript(module: nn.Module, example: Tensor, opset: int, names: list[str]):
@@ -149,16 +162,15 @@ def default_output(ckpt: Checkpoint, suffix: str) -> Path:
     return ckpt.path.with_suffix(suffix)
 
 
-def save_model(proto: onnx.ModelProto, path: Path) -> Path:
-    """Write atomically: a killed export leaves the previous file intact and no partial file."""
-    if path.is_dir():
-        raise UsageError(f"--out {path} is a directory; give a file name ending in .onnx")
-    atomic_write(path, lambda tmp: onnx.save(proto, str(tmp)))
+def save_model(proto: onnx.ModelProto, path: Path, source: Path | None = None) -> Path:
+    """Write atomically: a killed export leaves the previous file intact and no partial file; never over ``source``."""
+    atomic_write(path, lambda tmp: onnx.save(proto, str(tmp)), source)
     return path
 
 
 def export_onnx(ckpt: Checkpoint, out: Path | None = None, options: ExportOptions = ExportOptions()) -> Path:
     """Export ``ckpt`` to ONNX at ``out`` (default: beside the checkpoint) and return the path."""
     out = Path(out) if out is not None else default_output(ckpt, ".onnx")
-    return save_model(to_model_proto(ckpt, options), out)
+    check_output(out, ckpt.path, option="--out")  # before the export: a bad target fails at once
+    return save_model(to_model_proto(ckpt, options), out, ckpt.path)
 

@@ -6,10 +6,9 @@ so a report can be rewritten from an old run without re-running it.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from tmdeploy.fileio import atomic_write
+from tmdeploy.fileio import atomic_write, json_text
 from tmdeploy.report.markdown import to_markdown
 from tmdeploy.report.plots import accuracy_plot, latency_plot
 
@@ -25,7 +24,7 @@ def write_report(result, directory) -> dict[str, Path]:
     result = _as_dict(result)
     directory = Path(directory)
     paths = {"json": directory / "bench.json", "markdown": directory / "bench.md"}
-    atomic_write(paths["json"], lambda tmp: tmp.write_text(json.dumps(result, indent=2) + "\n"))
+    atomic_write(paths["json"], lambda tmp: tmp.write_text(json_text(result)))
     atomic_write(paths["markdown"], lambda tmp: tmp.write_text(to_markdown(result)))
     for kind, plot in (("latency", latency_plot), ("accuracy", accuracy_plot)):
         figure = plot(result)

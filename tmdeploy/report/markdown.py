@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from tmdeploy.bench import machine
+from tmdeploy.sanitize import clean
 
 
 def table(header: list[str], rows: list[list[str]], text_columns: int = 1) -> list[str]:
@@ -73,4 +74,4 @@ def to_markdown(result: dict) -> str:
         lines += ["## Not measured, or not everywhere", ""]
         lines += [f"- {b['label']} ({b['status']}): {b['note']}" for b in missing]
         lines.append("")
-    return "\n".join(lines)
+    return clean("\n".join(lines), newlines=True)  # names in it come from the checkpoint: terminal-safe

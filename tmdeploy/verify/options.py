@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 from tmdeploy.errors import UsageError
+from tmdeploy.fileio import check_output
+from tmdeploy.values import MAX_BATCH, MAX_ITERATIONS, MAX_SEED, check_option
 
 
 @dataclass
@@ -26,3 +29,18 @@ class CheckOptions:
             raise UsageError(f"--batch needs positive batch sizes, got {','.join(map(str, self.batches))}")
         if self.iterations < 1:
             raise UsageError(f"--iterations must be at least 1, got {self.iterations}")
+        for b in self.batches:
+            check_option("--batch", b, 1, MAX_BATCH)
+        check_option("--iterations", self.iterations, 1, MAX_ITERATIONS)
+        check_option("--seed", self.seed, 0, MAX_SEED)
+        for option, value, high in (("--atol", self.atol, math.inf), ("--rtol", self.rtol, math.inf),
+                                    ("--min-top1", self.min_top1, 1.0)):
+            if value is not None:
+                check_option(option, value, 0.0, high)
+        if self.data is not None:
+            from tmdeploy import data  # torch: only when there is a spec to check
+
+            data.check_spec(self.data)
+        for option, path in (("--save-inputs", self.save_inputs), ("--save-outputs", self.save_outputs)):
+            if path is not None:
+                check_output(path, option=option)

@@ -13,6 +13,8 @@ from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
 from polygraphy.common import TensorMetadata
 from polygraphy import constants
 
+from tmdeploy import onnxfile
+
 
 class TorchRunner(BaseRunner):
     """Runs a PyTorch module on the CPU (or the module's device) inside polygraphy's Comparator.
@@ -47,7 +49,8 @@ class TorchRunner(BaseRunner):
 
 def onnxrt_runner(onnx_path, mark_all: bool = False, name="onnxruntime") -> OnnxrtRunner:
     """polygraphy's onnxruntime runner; ``mark_all`` also returns every intermediate tensor."""
-    source = str(onnx_path)
-    if mark_all:
-        source = BytesFromOnnx(ModifyOutputs(OnnxFromPath(source), outputs=constants.MARK_ALL))
-    return OnnxrtRunner(SessionFromOnnx(source, providers=["CPUExecutionProvider"]), name=name)
+    if not mark_all:  # the session through tmdeploy's loader: a file it refuses is one clear error
+        return OnnxrtRunner(onnxfile.session(onnx_path), name=name)
+    onnxfile.load(onnx_path)
+    source = BytesFromOnnx(ModifyOutputs(OnnxFromPath(str(onnx_path)), outputs=constants.MARK_ALL))
+    return OnnxrtRunner(SessionFromOnnx(source, providers=list(onnxfile.CPU)), name=name)

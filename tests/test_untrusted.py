@@ -1,0 +1,524 @@
+"""Untrusted input, round two: one test or more per class of failure, each through the real code path.
+
+Classes: values checked as the graph holds them (after the float32 cast); every error ours (one ONNX
+loader); terminal-safe text; output paths; data faults; option values; torch tensors in ``predict``;
+``info`` without external data; ``serve`` on a busy port; SIGINT/SIGTERM; strict JSON reports;
+calibration data from the card; one list of engine suffixes; dependency floors.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import copy
+import json
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import tomllib
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import numpy_helper
+from test_errors import ENV, big_checkpoint, partly_written, snapshot, temp_files, tmdeploy  # noqa: F401 (a fixture)
+from test_runtime import write_model
+
+from tmdeploy import checkpoint, data, models, onnxfile, runtime
+from tmdeploy.engines import triton
+from tmdeploy.errors import TmdeployError, UsageError
+from tmdeploy.export import graph, metadata
+from tmdeploy.export.to_onnx import calibration_data
+from tmdeploy.sanitize import clean
+from tmdeploy.verify import CheckReport
+from tmdeploy.verify.stats import DEFAULT_TOLERANCES
+
+CLASSES = ["cat", "dog", "bird"]
+ESC = "\x1b"
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    """A small rn26 checkpoint trained on nothing, and its real ONNX export (made once)."""
+    root = tmp_path_factory.mktemp("untrusted")
+    torch.manual_seed(0)
+    model = models.create("rn26", num_classes=len(CLASSES), in_chans=1).eval()
+    card = checkpoint.card_for(model, CLASSES, [0.5], [0.25], input_size=(1, 16, 16),
+                               extra={"train": {"data": "digits"}})
+    good = checkpoint.save(root / "good.pt", model, card)
+    result = tmdeploy("export", good, "--out", root / "good.onnx")
+    assert result.returncode == 0, result.stderr
+    return root
+
+
+def save_with(path: Path, work: Path, state_changes=None, **card_changes) -> Path:
+    """good.pt with some weights or card fields replaced, saved as a plain weights_only-loadable file."""
+    loaded = checkpoint.load(work / "good.pt")
+    state = {k: v.clone() for k, v in loaded.state_dict.items()}
+    state.update(state_changes or {})
+    torch.save({**checkpoint._card_to_dict(replace(loaded.card, **card_changes)), "state_dict": state}, path)
+    return path
+
+
+def one_line_error(result, status: int, *expected: str) -> None:
+    context = f"argv {result.args[3:]}\nstdout:\n{result.stdout[-1500:]}\nstderr:\n{result.stderr[-2500:]}"
+    lines = result.stderr.splitlines()
+    assert result.returncode == status, context
+    assert len(lines) == 1 and lines[0].startswith("tmdeploy: error: "), context
+    assert "internal error" not in lines[0] and "Traceback" not in result.stderr, context
+    assert all(e in lines[0] for e in expected), context
+    assert ESC not in result.stderr, context
+
+
+def run_all(jobs: dict) -> dict:
+    """Run CLI invocations two at a time (each pays for importing torch); {name: CompletedProcess}."""
+    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+        futures = {name: pool.submit(tmdeploy, *argv, cwd=cwd) for name, (cwd, argv) in jobs.items()}
+        return {name: f.result() for name, f in futures.items()}
+
+
+# ---- values as the graph holds them -------------------------------------------------------------------
+
+
+def test_values_are_checked_after_the_float32_cast(work, tmp_path):
+    d = tmp_path
+    state = checkpoint.load(work / "good.pt").state_dict
+    huge = state["head.fc.weight"].double()
+    huge[0, 0] = 1e300  # finite as float64, Inf as float32
+    var_name = next(k for k in state if k.endswith("running_var"))
+    negative = state[var_name].clone()
+    negative[0] = -1.0
+    cases = {
+        "float64-overflow": (d, ["export", save_with(d / "huge.pt", work, {"head.fc.weight": huge}), "--out", "a.onnx"]),
+        "negative-variance": (d, ["export", save_with(d / "var.pt", work, {var_name: negative}), "--out", "b.onnx"]),
+        "std-zero-in-float32": (d, ["export", save_with(d / "std.pt", work, std=[1e-300]), "--bake-preprocess",
+                                    "--out", "c.onnx"]),
+        "mean-inf-in-float32": (d, ["export", save_with(d / "mean.pt", work, mean=[1e300]), "--out", "e.onnx"]),
+    }
+    before = snapshot(d)
+    results = run_all(cases)
+    one_line_error(results["float64-overflow"], 1, "weight 'head.fc.weight' contains NaN or Inf values once cast "
+                                                   "to float32")
+    one_line_error(results["negative-variance"], 1, f"BatchNorm running variance '{var_name}' has negative values")
+    one_line_error(results["std-zero-in-float32"], 1, "std must be positive and finite as float32")
+    one_line_error(results["mean-inf-in-float32"], 1, "mean must be finite as float32")
+    assert snapshot(d) == before  # nothing written
+
+
+def test_runtime_load_checks_metadata_after_the_cast(work, tmp_path):
+    model = onnx.load(str(work / "good.onnx"))
+    meta = metadata.ModelMetadata.from_props(metadata.props(model))
+    for field, value, message in (("std", [1e-300], "std must be positive and finite as float32"),
+                                  ("mean", [1e39], "mean must be finite as float32"),
+                                  ("input_size", [1, 100_000, 100_000], "input_size .* is out of range")):
+        changed = copy.deepcopy(model)
+        metadata.write(changed, replace(meta, **{field: value}))
+        path = tmp_path / f"{field}.onnx"
+        onnx.save(changed, str(path))
+        with pytest.raises(TmdeployError, match=message):
+            runtime.load(path)
+
+
+def test_the_exported_graph_is_checked_for_what_it_really_holds(work):
+    model = onnx.load(str(work / "good.onnx"))
+    graph.check_finite_values(model)  # a good export passes
+    init = model.graph.initializer[0]
+    values = numpy_helper.to_array(init).copy()
+    values.flat[0] = np.inf
+    init.CopyFrom(numpy_helper.from_array(values, init.name))
+    with pytest.raises(TmdeployError, match=f"would hold NaN or Inf in '{init.name}'"):
+        graph.check_finite_values(model)
+
+
+def test_check_on_a_graph_giving_inf_prints_no_numpy_warnings(work, tmp_path):
+    model = onnx.load(str(work / "good.onnx"))
+    bias = next(t for t in model.graph.initializer if t.name.endswith("head.fc.bias"))
+    values = numpy_helper.to_array(bias).copy()
+    values[0] = np.inf
+    bias.CopyFrom(numpy_helper.from_array(values, bias.name))
+    onnx.save(model, str(tmp_path / "inf.onnx"))
+    result = tmdeploy("check", work / "good.pt", tmp_path / "inf.onnx", "--report-dir", tmp_path)
+    assert result.returncode == 1 and result.stderr == "", result.stderr[-3000:]
+    assert "| logits | no |" in result.stdout
+    text = (tmp_path / "inf.check.json").read_text()
+    json.loads(text, parse_constant=lambda c: pytest.fail(f"not strict JSON: {c}"))
+
+
+# ---- every error is ours: one loader ---------------------------------------------------------------------
+
+
+def bad_onnx_files(work: Path, d: Path) -> dict[str, tuple[Path, str]]:
+    """{case: (file, distinctive message)}: files onnxruntime or onnx refuse with their own exceptions."""
+    model = onnx.load(str(work / "good.onnx"))
+    files = {}
+    traversal = copy.deepcopy(model)
+    init = max(traversal.graph.initializer, key=lambda t: len(t.raw_data))
+    init.ClearField("raw_data")
+    init.data_location = onnx.TensorProto.EXTERNAL
+    init.external_data.add(key="location", value="../../../../etc/hostname")
+    files["traversal"] = (traversal, "outside the model's directory; refusing to read it")
+    absolute = copy.deepcopy(traversal)
+    next(t for t in absolute.graph.initializer if t.name == init.name).external_data[0].value = "/etc/hostname"
+    files["absolute-external-path"] = (absolute, "outside the model's directory")
+    custom = copy.deepcopy(model)
+    custom.graph.node[2].domain = "com.example.unknown"
+    custom.opset_import.add(domain="com.example.unknown", version=1)
+    files["custom-domain"] = (custom, "onnxruntime cannot load")
+    no_outputs = copy.deepcopy(model)
+    del no_outputs.graph.output[:]
+    files["no-outputs"] = (no_outputs, "its graph has no outputs")
+    out = {}
+    for name, (proto, message) in files.items():
+        path = d / f"{name}.onnx"
+        onnx.save(proto, str(path))
+        out[name] = (path, message)
+    return out
+
+
+def test_onnx_load_failures_are_one_clean_line_everywhere(work, tmp_path):
+    files = bad_onnx_files(work, tmp_path)
+    results = run_all({name: (tmp_path, ["check", work / "good.pt", path]) for name, (path, _) in files.items()})
+    for name, (path, message) in files.items():
+        one_line_error(results[name], 1, path.name, message)
+        with pytest.raises(TmdeployError, match=message):  # the runtime (and so serve) says the same
+            runtime.load(path)
+    with pytest.raises(TmdeployError, match="no outputs"):
+        onnxfile.load(files["no-outputs"][0])  # info's loader
+
+
+# ---- terminal-safe text ---------------------------------------------------------------------------------
+
+
+def test_clean_escapes_control_and_reordering_characters():
+    assert clean("a\x1b[2Jb\x9b1m\u202ec\x07") == "a\\x1b[2Jb\\x9b1m\\u202ec\\x07"
+    assert clean("one\ntwo", newlines=True) == "one\ntwo" and clean("one\ntwo") == "one\\x0atwo"
+    assert clean("ümlaut 日本 [x]") == "ümlaut 日本 [x]"
+
+
+def test_text_from_files_never_reaches_the_terminal_raw(work, tmp_path):
+    model = onnx.load(str(work / "good.onnx"))
+    model.producer_name = f"evil{ESC}]8;;http://example.com{ESC}\\link"
+    for p in model.metadata_props:
+        if p.key == "arch":
+            p.value = f"rn26{ESC}[2J"
+    onnx.save(model, str(tmp_path / "escape.onnx"))
+    no_meta = copy.deepcopy(model)
+    del no_meta.metadata_props[:]
+    no_meta.metadata_props.add(key=f"k{ESC}[31m", value=f"v\x9b2J")
+    onnx.save(no_meta, str(tmp_path / "plain.onnx"))
+    bad_arch = save_with(tmp_path / "arch.pt", work, arch=f"rn{ESC}[2J99")
+    results = run_all({
+        "info": (tmp_path, ["info", "escape.onnx"]), "info-props": (tmp_path, ["info", "plain.onnx"]),
+        "error": (tmp_path, ["export", bad_arch, "--out", "x.onnx"]),
+        "report": (tmp_path, ["check", work / "good.pt", "escape.onnx", "--report-dir", tmp_path]),
+    })
+    for name in ("info", "info-props"):
+        assert results[name].returncode == 0, results[name].stderr
+        assert ESC not in results[name].stdout and "\x9b" not in results[name].stdout
+    assert "evil\\x1b]8;;http" in results["info"].stdout and "rn26\\x1b[2J" in results["info"].stdout
+    one_line_error(results["error"], 1, "unknown architecture 'rn\\x1b[2J99'")
+    assert ESC not in results["report"].stdout
+    assert ESC not in (tmp_path / "escape.check.md").read_text()
+
+
+# ---- output paths ---------------------------------------------------------------------------------------
+
+
+def test_out_that_is_not_a_regular_file_or_is_the_input_is_refused(work, tmp_path):
+    d = tmp_path
+    (d / "good.pt").write_bytes((work / "good.pt").read_bytes())
+    os.mkfifo(d / "fifo.onnx")
+    (d / "link.onnx").symlink_to("good.pt")
+    os.link(d / "good.pt", d / "hard.onnx")
+    before = snapshot_without_fifo(d)
+    results = run_all({
+        "dev-null": (d, ["export", "good.pt", "--out", "/dev/null"]),
+        "fifo": (d, ["export", "good.pt", "--out", "fifo.onnx"]),
+        "same": (d, ["export", "good.pt", "--out", "good.pt"]),
+        "symlink": (d, ["export", "good.pt", "--out", "link.onnx"]),
+        "hard-link": (d, ["export", "good.pt", "--out", "hard.onnx", "--format", "trt"]),
+        "train-dev": (d, ["train", "--out", "/dev/null", "--epochs", "1"]),
+    })
+    one_line_error(results["dev-null"], 2, "--out /dev/null is not a regular file")
+    one_line_error(results["fifo"], 2, "--out fifo.onnx is not a regular file")
+    for name in ("same", "symlink", "hard-link"):
+        one_line_error(results[name], 2, "is the input file good.pt; refusing to overwrite it")
+    one_line_error(results["train-dev"], 2, "--out /dev/null is not a regular file")
+    assert Path("/dev/null").is_char_device()
+    assert snapshot_without_fifo(d) == before
+
+
+def snapshot_without_fifo(d: Path) -> dict:
+    fifo = d / "fifo.onnx"
+    assert fifo.is_fifo()
+    return snapshot_dir(d, skip=fifo)
+
+
+def snapshot_dir(d: Path, skip: Path | None = None) -> dict:
+    return {str(p.relative_to(d)): p.read_bytes() for p in sorted(d.rglob("*")) if p != skip and p.is_file()}
+
+
+def test_a_long_legal_file_name_works(work, tmp_path):
+    name = "m" * 250 + ".onnx"  # 255 bytes: legal; a temporary name built by adding to it would not be
+    result = tmdeploy("export", work / "good.pt", "--out", name, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name]
+    onnx.checker.check_model(str(tmp_path / name))
+
+
+def test_triton_export_writes_only_into_the_repository(work, tmp_path):
+    (tmp_path / "good.pt").write_bytes((work / "good.pt").read_bytes())
+    (tmp_path / "good.onnx").write_bytes(b"the user's own file")
+    result = tmdeploy("export", "good.pt", "--format", "triton", "--out", "repo", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "good.onnx").read_bytes() == b"the user's own file"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["good.onnx", "good.pt", "repo"]
+    assert (tmp_path / "repo/good/1/model.onnx").is_file()
+    expected = "TensorRT engine" if triton_engine_expected() else "the ONNX file (onnxruntime)"
+    assert f"serving {expected}" in result.stdout  # --triton-model auto says which it chose
+
+
+def triton_engine_expected() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("tensorrt") is not None
+
+
+def test_a_failed_engine_export_changes_no_file(work, tmp_path):
+    if triton_engine_expected():
+        pytest.skip("TensorRT is installed here: the engine export would succeed")
+    (tmp_path / "good.pt").write_bytes((work / "good.pt").read_bytes())
+    (tmp_path / "good.onnx").write_bytes(b"the user's own file")
+    before = snapshot(tmp_path)
+    results = run_all({"trt": (tmp_path, ["export", "good.pt", "--format", "trt"]),
+                       "triton-trt": (tmp_path, ["export", "good.pt", "--format", "triton", "--triton-model", "trt"])})
+    for result in results.values():
+        one_line_error(result, 1, "TensorRT is not installed")
+    assert snapshot(tmp_path) == before
+
+
+# ---- data faults ----------------------------------------------------------------------------------------
+
+
+def image_folder(root: Path) -> Path:
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for cls in ("a", "b"):
+        (root / cls).mkdir(parents=True)
+        for i in range(4):
+            Image.fromarray(rng.integers(0, 256, (12, 12, 3), dtype=np.uint8)).save(root / cls / f"{i}.png")
+    return root
+
+
+def test_data_faults_are_named_and_nothing_hangs(tmp_path):
+    corrupt = image_folder(tmp_path / "corrupt")
+    (corrupt / "a" / "1.png").write_bytes((corrupt / "a" / "1.png").read_bytes()[:60])
+    garbage = image_folder(tmp_path / "garbage")
+    (garbage / "b" / "2.jpg").write_bytes(b"not an image at all")
+    fifo = image_folder(tmp_path / "fifo")
+    os.mkfifo(fifo / "b" / "x.png")
+    jobs = {name: (tmp_path, ["train", "--data", f"folder:{name}", "--epochs", "1", "--out", f"{name}.pt"])
+            for name in ("corrupt", "garbage", "fifo")}
+    jobs["image-size"] = (tmp_path, ["train", "--image-size", "100000", "--out", "big.pt"])
+    start = time.monotonic()
+    results = run_all(jobs)
+    assert time.monotonic() - start < 300
+    one_line_error(results["corrupt"], 1, "corrupt/a/1.png is not a readable image")
+    one_line_error(results["garbage"], 1, "garbage/b/2.jpg is not a readable image")
+    one_line_error(results["fifo"], 1, "fifo/b/x.png is not a regular file")
+    one_line_error(results["image-size"], 2, "--image-size must be in 8..4096, got 100000")
+    assert not list(tmp_path.glob("*.pt"))
+
+
+# ---- option values --------------------------------------------------------------------------------------
+
+
+def test_free_option_values_are_usage_errors(work, tmp_path):
+    ckpt, model = work / "good.pt", work / "good.onnx"
+    cases = {
+        "compile-backend": (["bench", ckpt, "--compile-backend", "no-such-backend"], "unknown --compile-backend"),
+        "check-seed": (["check", ckpt, model, "--seed", "-1"], "--seed must be in 0.."),
+        "check-min-top1": (["check", ckpt, model, "--min-top1", "2"], "--min-top1 must be in 0.0..1.0"),
+        "check-atol-nan": (["check", ckpt, model, "--atol", "nan"], "--atol must be in"),
+        "check-data": (["check", ckpt, model, "--data", "mnist"], "unknown data source 'mnist'"),
+        "calib-data": (["export", ckpt, "--precision", "int8", "--calib-data", "nope"], "unknown data source 'nope'"),
+        "train-lr": (["train", "--lr", "inf", "--out", "t.pt"], "--lr must be in"),
+        "models-classes": (["models", "--num-classes", "1000000000"], "--num-classes must be in 1..1000000"),
+        "export-batch": (["export", ckpt, "--format", "trt", "--batch", "1,2,100000"], "MAX is at most 4096"),
+    }
+    results = run_all({name: (tmp_path, argv) for name, (argv, _) in cases.items()})
+    for name, (_, message) in cases.items():
+        one_line_error(results[name], 2, message)
+
+
+def test_bare_state_dict_sizes_are_bounded_before_anything_is_built(work, tmp_path):
+    torch.save(checkpoint.load(work / "good.pt").state_dict, tmp_path / "bare.pt")
+    with pytest.raises(UsageError, match="--num-classes must be in"):
+        checkpoint.load(tmp_path / "bare.pt", arch="rn26", num_classes=10**12)
+
+
+# ---- predict on any torch tensor ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def predictor(tmp_path_factory):
+    return runtime.load(write_model(tmp_path_factory.mktemp("predict") / "tiny.onnx"))
+
+
+@pytest.mark.parametrize("convert", [
+    lambda x: x.to(torch.bfloat16), lambda x: x.double(), lambda x: x.half(), lambda x: x.to_sparse(),
+    lambda x: x.to(torch.float8_e4m3fn), lambda x: x.clone().requires_grad_(),
+], ids=["bfloat16", "float64", "float16", "sparse", "float8", "requires-grad"])
+def test_predict_converts_any_float_torch_tensor(predictor, convert):
+    x = torch.rand(2, 1, 8, 8)
+    converted = convert(x)
+    expected = predictor.predict(converted.to_dense().float() if converted.is_sparse else converted.float())
+    np.testing.assert_allclose(predictor.predict(converted), expected, rtol=1e-6, atol=1e-6)
+
+
+def test_predict_refuses_a_meta_tensor_clearly(predictor):
+    with pytest.raises(TmdeployError, match="meta tensor: it has a shape but no values"):
+        predictor.predict(torch.empty(2, 1, 8, 8, device="meta"))
+
+
+# ---- info without external data ---------------------------------------------------------------------------
+
+
+def test_info_does_not_load_external_data(work, tmp_path):
+    model = onnx.load(str(work / "good.onnx"))
+    big = max(model.graph.initializer, key=lambda t: len(t.raw_data))
+    big.ClearField("raw_data")
+    big.data_location = onnx.TensorProto.EXTERNAL
+    big.external_data.add(key="location", value="weights.bin")
+    big.external_data.add(key="length", value=str(1 << 30))
+    del big.dims[:]
+    big.dims.extend([1 << 28])  # 1 GiB of float32
+    onnx.save(model, str(tmp_path / "external.onnx"))
+    with open(tmp_path / "weights.bin", "wb") as f:
+        f.truncate(1 << 30)  # sparse: takes no disk space, but 1 GiB of memory if read
+    code = ("import resource, sys; from tmdeploy.cli import main; status = main(['info', sys.argv[1]]); "
+            "print('maxrss_kib', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss); sys.exit(status)")
+    result = subprocess.run([sys.executable, "-c", code, str(tmp_path / "external.onnx")], env=ENV,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    maxrss_mib = int(result.stdout.split("maxrss_kib")[-1]) / 1024
+    assert maxrss_mib < 700, f"info used {maxrss_mib:.0f} MiB for a model pointing at 1 GiB of external data"
+
+
+# ---- serve on a busy port ---------------------------------------------------------------------------------
+
+
+def test_serve_on_a_busy_port_fails_fast_with_one_line(tmp_path):
+    model = write_model(tmp_path / "tiny.onnx")
+    with socket.socket() as listener:  # a silent TCP listener: accepts nothing, answers nothing
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        start = time.monotonic()
+        result = tmdeploy("serve", model, "--port", port)
+        elapsed = time.monotonic() - start
+    one_line_error(result, 1, f"port {port} on 127.0.0.1 is already in use")
+    assert elapsed < 60
+
+
+# ---- SIGINT and SIGTERM ---------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum, status", [(signal.SIGTERM, 143), (signal.SIGINT, 130)], ids=["SIGTERM", "SIGINT"])
+def test_signal_mid_write_removes_the_temp_file_and_keeps_the_target(tmp_path, big_checkpoint, signum, status):
+    target = tmp_path / "model.onnx"
+    target.write_bytes(b"previous artifact")
+    proc = subprocess.Popen([sys.executable, "-m", "tmdeploy", "export", str(big_checkpoint), "--out", str(target)],
+                            env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    sent = False
+    try:
+        while proc.poll() is None:
+            if partly_written(tmp_path, target.name) is not None:
+                proc.send_signal(signum)
+                sent = True
+                break
+            time.sleep(0.002)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert sent, "the export finished before it could be interrupted"
+    assert proc.returncode == status, stderr
+    assert stderr.splitlines() == [f"tmdeploy: error: interrupted by {signal.Signals(signum).name}"], stderr
+    assert target.read_bytes() == b"previous artifact"
+    assert not temp_files(tmp_path, target.name) and sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
+
+
+def test_an_interrupt_just_after_start_is_one_line(work, tmp_path):
+    proc = subprocess.Popen([sys.executable, "-m", "tmdeploy", "export", str(work / "good.pt"), "--out", "x.onnx"],
+                            cwd=tmp_path, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(0.5)  # inside the imports
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and stderr.splitlines() == ["tmdeploy: error: interrupted by SIGINT"], stderr
+    assert not list(tmp_path.iterdir())
+
+
+# ---- strict JSON, calibration data, engine suffixes, dependency floors ------------------------------------
+
+
+def test_int8_and_nan_reports_are_strict_json():
+    tolerance = DEFAULT_TOLERANCES["int8"]
+    assert math.isinf(tolerance.atol)
+    report = CheckReport(onnx="m.onnx", checkpoint="c.pt", precision="int8", tolerance=asdict(tolerance),
+                         passed=False, outputs={"logits": {"max_abs_error": float("nan")}}, inputs="x", batches=[1])
+
+    def refuse(constant):
+        raise ValueError(f"not JSON: {constant}")
+
+    parsed = json.loads(report.to_json(), parse_constant=refuse)
+    assert parsed["tolerance"]["atol"] is None and parsed["outputs"]["logits"]["max_abs_error"] is None
+
+
+def test_calibration_defaults_to_the_cards_data_and_must_fit(work):
+    ckpt = checkpoint.load(work / "good.pt")
+    assert calibration_data(ckpt, None) == "digits"  # what the card records, not a fixed default
+    ckpt.card.extra = {}
+    with pytest.raises(UsageError, match="does not record its training data: name calibration data with --calib-data"):
+        calibration_data(ckpt, None)
+    with pytest.raises(UsageError, match="'cifar10:/x' has 3-channel images, the model takes 1"):
+        calibration_data(ckpt, "cifar10:/x")
+    with pytest.raises(UsageError, match="holds 8x8 images, the model takes 32x32"):
+        data.check_calibration_fit("digits", 1, 32, trained_on="folder:/x")
+    data.check_calibration_fit("digits", 1, 32, trained_on="digits")  # its own training data always fits
+
+
+def test_serve_and_triton_take_every_engine_suffix_runtime_load_takes(tmp_path):
+    for suffix in (".plan", ".engine"):
+        with pytest.raises(TmdeployError, match="engine file not found"):
+            triton.model_signature(tmp_path / f"missing{suffix}")
+    with pytest.raises(UsageError, match=r"expected an \.onnx file or a TensorRT engine \(\.plan, \.engine\)"):
+        triton.model_signature(tmp_path / "model.trt")
+
+
+def test_dependency_floors_are_the_tested_versions():
+    """pyproject's floors for the packages whose APIs moved are the releases CI tests (constraints.txt):
+    polygraphy's SimpleCompareFunc and onnxscript's rules.common fusions are missing from older ones."""
+    root = Path(__file__).parents[1]
+    floors = {}
+    for requirement in tomllib.loads((root / "pyproject.toml").read_text())["project"]["dependencies"]:
+        name, _, version = requirement.partition(">=")
+        floors[name.strip().lower().replace("_", "-")] = tuple(int(v) for v in version.split(".")[:2])
+    pins = {}
+    for line in (root / "constraints.txt").read_text().splitlines():
+        name, sep, version = line.partition("==")
+        if sep and not line.startswith("#"):
+            pins[name.strip().lower().replace("_", "-")] = tuple(int(v) for v in version.split(".")[:2])
+    for package in ("polygraphy", "onnxscript", "onnx-ir"):  # onnx-ir: imported by tmdeploy.export, so declared
+        assert floors[package] == pins[package], (package, floors.get(package), pins[package])
+    from onnxscript.rewriter.rules.common import fuse_batchnorm_into_conv_rule  # noqa: F401
+    from polygraphy.comparator.compare import SimpleCompareFunc  # noqa: F401

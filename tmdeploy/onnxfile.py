@@ -1,0 +1,106 @@
+"""The one way tmdeploy opens an ONNX file: parsed, checked, and as an onnxruntime session.
+
+``info``, ``check``, ``runtime.load``, ``serve`` and Triton repositories all go through :func:`load` and
+:func:`session`, so a file that any of them refuses is refused by all of them with the same one-line
+message, and no onnxruntime or protobuf exception reaches the user as an internal error. Tensor data kept
+outside the file is never read by :func:`load` (``info`` stays small on a model pointing at huge data),
+and data paths that leave the model's directory are refused before anything follows them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnx
+from onnx.external_data_helper import ExternalDataInfo, uses_external_data
+
+from tmdeploy.errors import TmdeployError, first_line
+
+CPU = ("CPUExecutionProvider",)
+
+
+def load(path) -> onnx.ModelProto:
+    """Parse an ONNX file without its external tensor data; TmdeployError for anything malformed or unsafe."""
+    path = Path(path)
+    if not path.is_file():  # also refuses FIFOs and devices, which reading would block on or never finish
+        raise TmdeployError(f"ONNX file not found: {path}" if not path.exists() else f"not a regular file: {path}")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as err:  # protobuf raises DecodeError and others for non-ONNX bytes
+        raise TmdeployError(f"{path} is not a valid ONNX file (truncated or another format): {type(err).__name__}") from err
+    if not model.graph.node and not model.graph.input:
+        raise TmdeployError(f"{path} is not a valid ONNX file: it holds no graph")
+    field = _non_utf8_string(model)
+    if field is not None:
+        raise TmdeployError(f"{path} is not a valid ONNX file: its {field} is not UTF-8 text (corrupt file?)")
+    if not model.graph.output:
+        raise TmdeployError(f"{path} is not a usable ONNX model: its graph has no outputs")
+    _check_external_data(model, path)
+    return model
+
+
+def session(path, providers=CPU, provider_options=None):
+    """An onnxruntime InferenceSession for ``path`` (checked by :func:`load` first); its failures are ours."""
+    import onnxruntime as ort
+
+    load(path)
+    try:
+        return ort.InferenceSession(str(path), providers=list(providers), provider_options=provider_options)
+    except Exception as err:  # onnxruntime raises its own Fail/InvalidGraph/NotImplemented/... types
+        raise TmdeployError(f"onnxruntime cannot load {path}: {first_line(err) or type(err).__name__}") from err
+
+
+def _check_external_data(model: onnx.ModelProto, path: Path) -> None:
+    """Every external data location must name a regular file inside the model's directory."""
+    base = path.parent.resolve()
+    for tensor in _tensors(model):
+        if not uses_external_data(tensor):
+            continue
+        location = ExternalDataInfo(tensor).location
+        target = (base / location).resolve() if location else base
+        if not location or Path(location).is_absolute() or not target.is_relative_to(base):
+            raise TmdeployError(f"{path}: tensor '{tensor.name[:100]}' keeps its data at '{location[:200]}', outside "
+                                f"the model's directory; refusing to read it")
+        if not target.is_file():
+            raise TmdeployError(f"{path}: tensor '{tensor.name[:100]}' keeps its data in '{location[:200]}', "
+                                f"which is missing or not a regular file")
+
+
+def _tensors(model: onnx.ModelProto):
+    """Initializers and tensor attributes of every graph and subgraph (what external data can belong to)."""
+    graphs = [model.graph, *(f for f in model.functions)]
+    while graphs:
+        graph = graphs.pop()
+        yield from getattr(graph, "initializer", ())
+        for sparse in getattr(graph, "sparse_initializer", ()):
+            yield from (sparse.values, sparse.indices)
+        for node in graph.node:
+            for attr in node.attribute:
+                if attr.HasField("t"):
+                    yield attr.t
+                if attr.HasField("sparse_tensor"):
+                    yield from (attr.sparse_tensor.values, attr.sparse_tensor.indices)
+                yield from attr.tensors
+                if attr.HasField("g"):
+                    graphs.append(attr.g)
+                graphs.extend(attr.graphs)
+
+
+def _non_utf8_string(message) -> str | None:
+    """The name of the first string field that is not valid UTF-8, or None.
+
+    ONNX's .proto is proto2, so protobuf parses such fields without complaint and hands them back as
+    ``bytes``, which every reader of names, op types and metadata would trip over.
+    """
+    from google.protobuf.message import Message
+
+    stack = [message]
+    while stack:
+        current = stack.pop()
+        for descriptor, value in current.ListFields():
+            if descriptor.type == descriptor.TYPE_STRING:
+                if any(not isinstance(v, str) for v in ([value] if isinstance(value, (str, bytes)) else value)):
+                    return f"{current.DESCRIPTOR.name}.{descriptor.name}"
+            elif descriptor.type == descriptor.TYPE_MESSAGE:
+                stack.extend([value] if isinstance(value, Message) else value)
+    return None

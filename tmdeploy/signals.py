@@ -1,0 +1,49 @@
+"""SIGINT and SIGTERM as one exception, so an interrupted command unwinds like a failed one.
+
+The exception runs every ``finally`` and ``except BaseException`` on its way out: the temporary file of
+:func:`tmdeploy.fileio.atomic_write` is removed, a half-built Triton repository is dropped, a server is
+stopped. The command line then prints one line and exits 128 + the signal number (130, 143).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM arrived; a KeyboardInterrupt so code that stops on Ctrl-C stops on both."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
+@contextlib.contextmanager
+def handled():
+    """Within the block, SIGINT and SIGTERM raise :class:`Interrupted`; the previous handlers come back after.
+
+    Signal handlers belong to the main thread: elsewhere (a test calling the CLI from a thread) nothing changes.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {signum: signal.signal(signum, _raise) for signum in SIGNALS}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _raise(signum, frame):
+    for other in SIGNALS:  # a second signal must not interrupt the clean-up the first one started
+        signal.signal(other, signal.SIG_IGN)
+    raise Interrupted(signum)

@@ -1,0 +1,58 @@
+"""Numbers read from files, checked as the graph will hold them, and the sizes tmdeploy accepts.
+
+A checkpoint stores float64 as readily as float32, but the exported graph computes in float32 (or
+float16): 1e300 is finite in the file and Inf in the graph, a std of 1e-300 is positive in the file and
+0 in the graph. So values are checked after the cast, here, by the checkpoint, the ONNX metadata and the
+runtime alike. The size bounds are checked before anything is allocated from them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tmdeploy.errors import UsageError
+
+MAX_IMAGE_SIZE = 4096  # pixels per side: 4096² float32 images of 3 channels are 200 MB each already
+MAX_CHANNELS = 64
+MAX_BATCH = 4096  # the largest batch an exported graph's dynamic axis admits (export's Dim max)
+MAX_CLASSES = 1_000_000
+
+
+def normalization_problem(mean, std, dtype=np.float32) -> str | None:
+    """Why ``mean``/``std`` cannot normalize in ``dtype`` (the graph's float type), or None when they can."""
+    with np.errstate(all="ignore"):
+        try:
+            m = np.asarray(mean, dtype=np.float64).astype(dtype)
+            s = np.asarray(std, dtype=np.float64).astype(dtype)
+        except (TypeError, ValueError, OverflowError):
+            return "mean and std must be numbers"
+        inverse = np.float32(1) / s.astype(np.float32)
+    if not np.isfinite(m).all():
+        return f"mean must be finite as {np.dtype(dtype).name}, got {list(map(float, mean))}"
+    if not (np.isfinite(s).all() and (s > 0).all() and np.isfinite(inverse).all()):
+        return (f"std must be positive and finite as {np.dtype(dtype).name} (1/std too), "
+                f"got {list(map(float, std))}")
+    return None
+
+
+def input_size_problem(size) -> str | None:
+    """Why ``size`` (C, H, W) is not an input size tmdeploy accepts, or None."""
+    try:
+        c, h, w = (int(v) for v in size)
+    except (TypeError, ValueError, OverflowError):
+        return f"input_size must be three integers (C, H, W), got {size!r:.100}"
+    if not 1 <= c <= MAX_CHANNELS or not (1 <= h <= MAX_IMAGE_SIZE and 1 <= w <= MAX_IMAGE_SIZE):
+        return (f"input_size {[c, h, w]} is out of range: channels 1..{MAX_CHANNELS}, "
+                f"height and width 1..{MAX_IMAGE_SIZE}")
+    return None
+MAX_SEED = 2**32 - 1  # numpy's and torch's seeds alike
+MAX_THREADS = 1024
+MAX_ITERATIONS = 1_000_000
+MAX_SECONDS = 24 * 3600.0
+
+
+def check_option(option: str, value, low, high) -> None:
+    """UsageError unless ``low <= value <= high`` (NaN and booleans never pass): every free number an
+    option accepts gets bounds, checked before anything is sized by it."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+        raise UsageError(f"{option} must be in {low}..{high}, got {value!r:.60}")
