@@ -303,6 +303,22 @@ def test_a_failed_engine_export_changes_no_file(work, tmp_path):
     assert snapshot(tmp_path) == before
 
 
+def test_a_trt_export_writes_its_onnx_file_beside_the_engine_only(work, tmp_path):
+    """``--out`` names the engine; the ONNX file it is built from goes beside it, never beside the checkpoint,
+    and an ``--out`` that would be that ONNX file itself is refused before anything is written."""
+    (tmp_path / "good.pt").write_bytes((work / "good.pt").read_bytes())
+    (tmp_path / "good.onnx").write_bytes(b"the user's own file")
+    (tmp_path / "engines").mkdir()
+    before = snapshot(tmp_path)
+    results = run_all({"onnx-out": (tmp_path, ["export", "good.pt", "--format", "trt", "--out", "engines/m.onnx"])})
+    one_line_error(results["onnx-out"], 2, "names the engine")
+    assert snapshot(tmp_path) == before
+    if not triton_engine_expected():  # without TensorRT nothing is written at all
+        result = run_all({"plan": (tmp_path, ["export", "good.pt", "--format", "trt", "--out", "engines/m.plan"])})
+        one_line_error(result["plan"], 1, "TensorRT is not installed")
+        assert snapshot(tmp_path) == before
+
+
 # ---- data faults ----------------------------------------------------------------------------------------
 
 
@@ -403,8 +419,11 @@ def test_info_does_not_load_external_data(work, tmp_path):
     onnx.save(model, str(tmp_path / "external.onnx"))
     with open(tmp_path / "weights.bin", "wb") as f:
         f.truncate(1 << 30)  # sparse: takes no disk space, but 1 GiB of memory if read
-    code = ("import resource, sys; from tmdeploy.cli import main; status = main(['info', sys.argv[1]]); "
-            "print('maxrss_kib', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss); sys.exit(status)")
+    # VmHWM is this process image's own peak: ru_maxrss would also count the forked copy of the (large)
+    # pytest process from before exec, so it depends on what ran earlier in the session.
+    code = ("import re, sys; from tmdeploy.cli import main; status = main(['info', sys.argv[1]]); "
+            "hwm = re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1); "
+            "print('maxrss_kib', hwm); sys.exit(status)")
     result = subprocess.run([sys.executable, "-c", code, str(tmp_path / "external.onnx")], env=ENV,
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr

@@ -55,6 +55,7 @@ def options(args):
 def run(args) -> int:
     import tempfile
 
+    from tmdeploy.errors import UsageError
     from tmdeploy.export import export_onnx
     from tmdeploy.fileio import check_output
 
@@ -64,6 +65,12 @@ def run(args) -> int:
     batch = target.profile()
     if args.out is not None and target.format != "triton":  # a Triton --out is the repository directory
         check_output(args.out, args.checkpoint, option="--out")
+    onnx_out = args.out
+    if target.format == "trt" and args.out is not None:  # the ONNX file goes beside the engine, not the checkpoint
+        onnx_out = args.out.with_suffix(".onnx")
+        if onnx_out == args.out:
+            raise UsageError(f"--out {args.out}: with --format trt it names the engine; use a .plan or .engine suffix")
+        check_output(onnx_out, args.checkpoint, option="--out")
     engine = target.builds_engine()
     if engine:  # before anything is written: without TensorRT a failed export changes no file
         from tmdeploy.engines.tensorrt import import_tensorrt
@@ -73,8 +80,8 @@ def run(args) -> int:
     with tempfile.TemporaryDirectory(prefix="tmdeploy-") as scratch:
         # Triton gets copies in its repository: the ONNX file and engine are built in scratch space, so
         # nothing is written beside the checkpoint, outside --out.
-        onnx_out = (args.out if target.format == "onnx" else Path(scratch, "model.onnx") if target.format == "triton"
-                    else None)
+        if target.format == "triton":
+            onnx_out = Path(scratch, "model.onnx")
         path = export_onnx(ckpt, onnx_out, export)
         if target.format != "triton":
             print(f"wrote {path}")
