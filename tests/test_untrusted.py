@@ -312,6 +312,8 @@ def test_a_trt_export_writes_its_onnx_file_beside_the_engine_only(work, tmp_path
     before = snapshot(tmp_path)
     results = run_all({"onnx-out": (tmp_path, ["export", "good.pt", "--format", "trt", "--out", "engines/m.onnx"])})
     one_line_error(results["onnx-out"], 2, "names the engine")
+    refused = run_all({"cache": (tmp_path, ["export", "good.pt", "--format", "trt", "--timing-cache", "good.pt"])})
+    one_line_error(refused["cache"], 2, "--timing-cache")
     assert snapshot(tmp_path) == before
     if not triton_engine_expected():  # without TensorRT nothing is written at all
         result = run_all({"plan": (tmp_path, ["export", "good.pt", "--format", "trt", "--out", "engines/m.plan"])})

@@ -71,6 +71,8 @@ def run(args) -> int:
         if onnx_out == args.out:
             raise UsageError(f"--out {args.out}: with --format trt it names the engine; use a .plan or .engine suffix")
         check_output(onnx_out, args.checkpoint, option="--out")
+    if target.timing_cache is not None:  # TensorRT writes it: the same rules as every other output
+        check_output(target.timing_cache, args.checkpoint, option="--timing-cache")
     engine = target.builds_engine()
     if engine:  # before anything is written: without TensorRT a failed export changes no file
         from tmdeploy.engines.tensorrt import import_tensorrt
