@@ -53,11 +53,7 @@ def conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int, stride: 
     return nn.Sequential(*conv_bn(in_channels, out_channels, kernel_size, stride), nn.ReLU())
 
 
-def linear_head(widths: Sequence[int], num_classes: int) -> nn.Module:
-    return ClassifierHead(widths[-1], num_classes)
-
-
-def normalized_head(pixel_norm: bool, widths: Sequence[int], num_classes: int) -> nn.Module:
+def linear_head(widths: Sequence[int], num_classes: int, pixel_norm: bool = False) -> nn.Module:
     return ClassifierHead(widths[-1], num_classes, pixel_norm=pixel_norm)
 
 
@@ -215,7 +211,7 @@ def _rn26_tm(num_classes: int, in_chans: int, template_ratio: float = 1.0, legac
         stage_kwargs = [{"width": w, "num_templates": max(1, round(w * template_ratio))} for w in RN_BOTTLENECK_WIDTHS]
     stem = nn.Conv2d(in_chans, RN_STEM, 3, padding=1, bias=True)
     stages = make_stages(TMBlock, RN_STEM, RN_WIDTHS, RN_DEPTHS[26], stage_kwargs=stage_kwargs)
-    return StagedNet(stem, stages, RN_WIDTHS, num_classes, in_chans, head=partial(normalized_head, not legacy),
+    return StagedNet(stem, stages, RN_WIDTHS, num_classes, in_chans, head=partial(linear_head, pixel_norm=not legacy),
                      patch=patch, patch_norm=not legacy)
 
 
