@@ -78,10 +78,15 @@ def test_default_recipe_on_digits_reaches_97_percent(trained):
 
 @pytest.mark.slow
 def test_statistics_free_network_trains_as_well_as_its_batchnorm_twin(trained):
-    """The seed's claim, on real data: rn26-tm (no batch statistics anywhere) within 1 point of rn26."""
+    """The seed's claim, on real data: rn26-tm (no batch statistics anywhere) about as good as rn26.
+
+    Measured here: 99.17 % both. The bound is 2 points, not the 1 the benchmark reports, because rn26-tm's
+    accuracy for one seed moves by up to 1.1 points with the CPU's kernels (1 vs 2 threads): a 1-point
+    bound would pass or fail by machine.
+    """
     tm, bn = trained("rn26-tm")[1], trained("rn26")[1]
     assert tm.accuracy >= 0.97, tm.history
-    assert tm.accuracy >= bn.accuracy - 0.01, (tm.history, bn.history)
+    assert tm.accuracy >= bn.accuracy - 0.02, (tm.history, bn.history)
 
 
 @pytest.mark.slow
