@@ -71,7 +71,8 @@ def test_eager_is_the_unit_of_the_ratios(tiny_result):
 
 
 def test_accuracy_and_agreement_are_fractions(tiny_result):
-    assert tiny_result.data == {"spec": "digits", "split": "test", "samples": 6}
+    assert tiny_result.data == {"spec": "digits", "split": "test", "samples": 6,
+                                "agreement_with": "PyTorch eager on the CPU"}
     eager = tiny_result.backend("pytorch")
     assert eager.agreement == 1.0
     for b in tiny_result.backends:
@@ -180,3 +181,15 @@ def test_cli_bench_writes_the_report(tiny_ckpt, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "## Latency, batch 2" in proc.stdout
     assert {p.name for p in out.iterdir()} == {"bench.json", "bench.md", "latency.png", "accuracy.png"}
+
+
+def test_node_placement_reads_where_onnxruntime_ran_each_node(tiny_ckpt):
+    """Read from onnxruntime's own profile; on the CPU its QDQ fusion turns the INT8 convolutions integer."""
+    from tmdeploy.bench.backends import Context
+    from tmdeploy.bench.cuda import node_placement, placement_note
+
+    ctx = Context(tiny_ckpt, "cpu", (1,), calib_data="digits")
+    fp32 = node_placement(ctx.onnx("fp32"), ["CPUExecutionProvider"])
+    assert {p for p, _ in fp32} == {"CPUExecutionProvider"} and fp32[("CPUExecutionProvider", "Conv")] > 10
+    int8 = placement_note(node_placement(ctx.onnx("int8", "onnxruntime"), ["CPUExecutionProvider"]))
+    assert int8.startswith("0/") and "QLinearConv" in int8 and int8.endswith("convolutions in INT8")

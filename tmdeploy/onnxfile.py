@@ -17,6 +17,33 @@ from onnx.external_data_helper import ExternalDataInfo, uses_external_data
 from tmdeploy.errors import TmdeployError, first_line
 
 CPU = ("CPUExecutionProvider",)
+CUDA = "CUDAExecutionProvider"
+
+
+def providers(device: str, cuda_options: dict | None = None) -> list:
+    """onnxruntime's providers for ``device``: on CUDA, with the CPU as fallback for nodes CUDA lacks.
+
+    TmdeployError when this onnxruntime has no CUDA provider (the CPU-only wheel), naming the install step.
+    """
+    if device == "cpu":
+        return list(CPU)
+    import onnxruntime as ort
+
+    if CUDA not in ort.get_available_providers():
+        from tmdeploy.optional import install_hint
+
+        raise TmdeployError(f"this onnxruntime has no {CUDA}: {install_hint('onnxruntime-gpu')}")
+    if hasattr(ort, "preload_dlls"):  # onnxruntime >= 1.21: CUDA/cuDNN from the nvidia-* wheels torch uses
+        ort.preload_dlls()
+    return [(CUDA, cuda_options or {}), *CPU]
+
+
+def require_provider(sess, device: str):
+    """``sess``, once sure it runs on ``device``: onnxruntime falls back to the CPU with only a log line."""
+    if device == "cuda" and sess.get_providers()[0] != CUDA:
+        raise TmdeployError(f"onnxruntime could not enable {CUDA} (a CUDA or cuDNN library is missing: "
+                            f"python -c 'import onnxruntime; onnxruntime.preload_dlls()' names it)")
+    return sess
 
 
 def load(path) -> onnx.ModelProto:

@@ -115,12 +115,15 @@ def _eager(ctx: Context) -> Session:
     return TorchSession(_module(ctx), ctx.device)
 
 
-def _compiled(ctx: Context) -> Session:
+def _compiled(mode: str | None, ctx: Context) -> Session:
     import torch
 
+    if mode is not None and ctx.compile_backend != "inductor":
+        raise Skip(f"mode '{mode}' is inductor's; --compile-backend is {ctx.compile_backend}")
     # One static graph per batch size, as a server with fixed batch sizes would compile; a backend that
     # fails usually fails at the first call, which the timing loop records.
-    return TorchSession(torch.compile(_module(ctx), backend=ctx.compile_backend, dynamic=False), ctx.device)
+    module = torch.compile(_module(ctx), backend=ctx.compile_backend, mode=mode, dynamic=False)
+    return TorchSession(module, ctx.device)
 
 
 def _cuda_graph(ctx: Context) -> Session:
@@ -132,10 +135,16 @@ def _cuda_graph(ctx: Context) -> Session:
 def _ort(precision: str, int8_target: str | None, ctx: Context) -> Session:
     proto = ctx.onnx(precision, int8_target)
     if ctx.device == "cuda":
-        from tmdeploy.bench.cuda import OrtIoBindingSession, cuda_providers
+        from tmdeploy.bench.cuda import OrtIoBindingSession
 
-        return OrtIoBindingSession(proto, cuda_providers())
+        return OrtIoBindingSession(proto)
     return OrtSession(proto, ["CPUExecutionProvider"], ctx.threads)
+
+
+def _ort_cuda_graph(precision: str, ctx: Context) -> Session:
+    from tmdeploy.bench.cuda import OrtCudaGraphSession
+
+    return OrtCudaGraphSession(ctx.onnx(precision))
 
 
 def _trt(precision: str, ctx: Context) -> Session:
@@ -161,10 +170,18 @@ class Backend:
 
 BACKENDS = (
     Backend(BASELINE, "PyTorch eager", "fp32", _eager),
-    Backend("torch-compile", "torch.compile", "fp32", _compiled),
+    Backend("torch-compile", "torch.compile", "fp32", partial(_compiled, None)),
+    Backend("torch-compile-max-autotune", "torch.compile max-autotune-no-cudagraphs", "fp32",
+            partial(_compiled, "max-autotune-no-cudagraphs"), cuda_only=True),
+    Backend("torch-compile-reduce-overhead", "torch.compile reduce-overhead", "fp32",
+            partial(_compiled, "reduce-overhead"), cuda_only=True),
     Backend("pytorch-cuda-graph", "PyTorch CUDA graph", "fp32", _cuda_graph, cuda_only=True),
     Backend("ort-fp32", "ONNX Runtime FP32", "fp32", partial(_ort, "fp32", None)),
     Backend("ort-fp16", "ONNX Runtime FP16", "fp16", partial(_ort, "fp16", None)),
+    Backend("ort-fp32-cuda-graph", "ONNX Runtime FP32, CUDA graph", "fp32", partial(_ort_cuda_graph, "fp32"),
+            cuda_only=True),
+    Backend("ort-fp16-cuda-graph", "ONNX Runtime FP16, CUDA graph", "fp16", partial(_ort_cuda_graph, "fp16"),
+            cuda_only=True),
     Backend("ort-int8", "ONNX Runtime INT8 (onnxruntime recipe)", "int8", partial(_ort, "int8", "onnxruntime")),
     Backend("ort-int8-trt", "ONNX Runtime INT8 (TensorRT recipe)", "int8", partial(_ort, "int8", "tensorrt")),
     Backend("trt-fp32", "TensorRT FP32", "fp32", partial(_trt, "fp32")),

@@ -1,19 +1,23 @@
-"""The CUDA-only parts of the benchmark: event timing, PyTorch CUDA graphs, onnxruntime IO binding.
+"""The CUDA-only parts of the benchmark: event timing, PyTorch CUDA graphs, onnxruntime on its CUDA provider.
 
 Kept apart because no CI machine here has a GPU: this file runs only on ``--device cuda``
-(benchmarks/GPU.md gives the procedure on a lent H100/H200).
+(benchmarks/GPU.md gives the procedure on a lent H100/H200; tests/test_cuda.py tests it there).
 """
 
 from __future__ import annotations
 
+import json
+import tempfile
+from collections import Counter
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
 
+from tmdeploy import onnxfile
 from tmdeploy.bench.sessions import OrtSession, Skip, TorchSession
 from tmdeploy.errors import TmdeployError
-from tmdeploy.optional import install_hint
 
 
 def event_timer(call: Callable[[], object]) -> float:
@@ -66,23 +70,57 @@ class CudaGraphSession(TorchSession):
         return call
 
 
-def cuda_providers() -> list[str]:
+def cuda_providers(cuda_options: dict | None = None) -> list:
+    """onnxruntime's CUDA provider (CPU fallback after it), or Skip where this onnxruntime has none."""
+    try:
+        return onnxfile.providers("cuda", cuda_options)
+    except TmdeployError as err:
+        raise Skip(str(err)) from None
+
+
+def node_placement(proto, providers: list) -> Counter:
+    """How many nodes of each (provider, op type) onnxruntime really ran, after its fusions, read from its
+    own profile (the session's API says only which providers it has, not which node went where)."""
     import onnxruntime as ort
 
-    if "CUDAExecutionProvider" not in ort.get_available_providers():
-        raise Skip(f"this onnxruntime has no CUDAExecutionProvider: {install_hint('onnxruntime-gpu')}")
-    if hasattr(ort, "preload_dlls"):  # onnxruntime >= 1.21: CUDA/cuDNN from the nvidia-* wheels torch uses
-        ort.preload_dlls()
-    return ["CUDAExecutionProvider"]
+    with tempfile.TemporaryDirectory(prefix="tmdeploy-placement-") as tmp:
+        options = ort.SessionOptions()
+        options.enable_profiling, options.profile_file_prefix = True, str(Path(tmp) / "profile")
+        session = ort.InferenceSession(proto.SerializeToString(), options, providers=providers)
+        graph_input = session.get_inputs()[0]
+        dtype = np.float16 if graph_input.type == "tensor(float16)" else np.float32
+        shape = [d if isinstance(d, int) else 1 for d in graph_input.shape]
+        session.run(None, {graph_input.name: np.zeros(shape, dtype)})
+        events = json.loads(Path(session.end_profiling()).read_text())
+    nodes = {(e["name"], e["args"]["provider"], e["args"]["op_name"]) for e in events
+             if e.get("cat") == "Node" and "provider" in e.get("args", {})}
+    return Counter((provider, op) for _, provider, op in nodes)
+
+
+def placement_note(placement: Counter) -> str:
+    """One line saying where the nodes ran and, for QDQ graphs, in what arithmetic the convolutions ran."""
+    total = sum(placement.values())
+    on_cuda = sum(n for (provider, _), n in placement.items() if provider == onnxfile.CUDA)
+    note = f"{on_cuda}/{total} nodes on CUDA"
+    on_cpu = sorted({op for (provider, op) in placement if provider != onnxfile.CUDA})
+    if on_cpu:
+        note += f" (on the CPU: {', '.join(on_cpu)})"
+    ops = {op for (_, op) in placement}
+    if ops & {"QLinearConv", "ConvInteger"}:
+        note += "; convolutions in INT8"
+    elif "DequantizeLinear" in ops:
+        note += ("; convolutions in float between DequantizeLinear/QuantizeLinear (no QDQ pair was fused "
+                 "into an INT8 kernel): INT8 rounding, float speed")
+    return note
 
 
 class OrtIoBindingSession(OrtSession):
     """onnxruntime on CUDA with IO binding: the input lives on the GPU and the output stays there."""
 
-    def __init__(self, proto, providers: list[str]) -> None:
-        super().__init__(proto, providers)
-        if "CUDAExecutionProvider" not in self.session.get_providers():  # it falls back to the CPU silently
-            raise TmdeployError("onnxruntime could not enable CUDAExecutionProvider (see its log above)")
+    def __init__(self, proto, cuda_options: dict | None = None) -> None:
+        super().__init__(proto, cuda_providers(cuda_options))
+        onnxfile.require_provider(self.session, "cuda")
+        self.note = placement_note(node_placement(proto, cuda_providers(cuda_options)))
 
     def bind(self, x: np.ndarray) -> Callable[[], object]:
         import onnxruntime as ort
@@ -101,3 +139,49 @@ class OrtIoBindingSession(OrtSession):
 
     def fetch(self, output) -> np.ndarray:
         return np.asarray(output.copy_outputs_to_cpu()[0], dtype=np.float32)
+
+
+class OrtCudaGraphSession:
+    """onnxruntime's own CUDA graph (``enable_cuda_graph``): replayed with no per-node launch.
+
+    A captured graph reads and writes fixed device addresses, so each batch size gets its own session
+    with its input and output bound once; a new batch is copied into that input in place.
+    """
+
+    def __init__(self, proto, cuda_options: dict | None = None) -> None:
+        self.proto, self.cuda_options = proto, {**(cuda_options or {}), "enable_cuda_graph": "1"}
+        self._per_shape: dict[tuple, tuple] = {}
+        self.note = placement_note(node_placement(proto, cuda_providers(cuda_options)))
+
+    def _bound(self, shape: tuple):
+        import onnxruntime as ort
+
+        ort_session = OrtSession(self.proto, cuda_providers(self.cuda_options))
+        session = onnxfile.require_provider(ort_session.session, "cuda")
+        value = ort.OrtValue.ortvalue_from_shape_and_type(shape, ort_session.input_dtype, "cuda", 0)
+        logits = session.get_outputs()[0]
+        out_shape = [shape[0] if not isinstance(d, int) else d for d in logits.shape]
+        out_dtype = np.float16 if logits.type == "tensor(float16)" else np.float32
+        output = ort.OrtValue.ortvalue_from_shape_and_type(out_shape, out_dtype, "cuda", 0)
+        binding = session.io_binding()
+        binding.bind_ortvalue_input(ort_session.input_name, value)
+        binding.bind_ortvalue_output(ort_session.output_name, output)
+        return ort_session, value, output, binding
+
+    def bind(self, x: np.ndarray) -> Callable[[], object]:
+        if x.shape not in self._per_shape:
+            self._per_shape[x.shape] = self._bound(x.shape)
+        ort_session, value, _, binding = self._per_shape[x.shape]
+        value.update_inplace(np.ascontiguousarray(x, dtype=ort_session.input_dtype))
+
+        def call():
+            ort_session.session.run_with_iobinding(binding)
+            return binding
+
+        return call
+
+    def fetch(self, output) -> np.ndarray:
+        return np.asarray(output.copy_outputs_to_cpu()[0], dtype=np.float32)
+
+    def close(self) -> None:
+        self._per_shape.clear()

@@ -41,6 +41,10 @@ def describe(device: str = "cpu", ort_threads: int | None = None) -> dict:
     }
     if device == "cuda":
         info["gpu"] = torch.cuda.get_device_name()
+        # what PyTorch's "fp32" really computes in on this GPU: cuDNN convolutions use TF32 unless told not to
+        info["cudnn_tf32"] = torch.backends.cudnn.allow_tf32
+        info["cudnn_benchmark"] = torch.backends.cudnn.benchmark
+        info["cuda"] = torch.version.cuda
     return info
 
 

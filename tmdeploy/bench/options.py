@@ -8,8 +8,7 @@ from tmdeploy.bench.backends import NAMES
 from tmdeploy.bench.timing import Budget
 from tmdeploy.errors import TmdeployError, UsageError, check_choice
 from tmdeploy.values import MAX_BATCH, MAX_ITERATIONS, MAX_SECONDS, MAX_SEED, MAX_THREADS, check_option
-
-DEVICES = ("cpu", "cuda")
+from tmdeploy.verify.options import DEVICES
 
 
 @dataclass

@@ -17,6 +17,7 @@ import numpy as np
 from tmdeploy import data
 from tmdeploy.bench import machine
 from tmdeploy.bench.backends import BASELINE, Context, Skip, by_name, default_names, predict_all
+from tmdeploy.bench.sessions import TorchSession
 from tmdeploy.bench.timing import error_line, latency_stats, measure, paired_ratio, wall_timer
 from tmdeploy.bench.options import BenchOptions
 from tmdeploy.checkpoint import Checkpoint
@@ -75,7 +76,7 @@ def run(ckpt: Checkpoint, options: BenchOptions = BenchOptions()) -> BenchResult
             _build(ctx, results, sessions, reporter)
             for batch in options.batches:
                 _time_batch(ctx, batch, sessions, results, options, reporter)
-            accuracy = _accuracy(test_set, sessions, results, max(options.batches), reporter) if test_set else None
+            accuracy = _accuracy(ctx, test_set, sessions, results, max(options.batches), reporter) if test_set else None
         finally:
             for session in sessions.values():
                 session.close()
@@ -104,6 +105,7 @@ def _build(ctx: Context, results: list[BackendResult], sessions: dict, reporter)
             if backend.cuda_only and ctx.device != "cuda":
                 raise Skip("needs --device cuda")
             sessions[result.name] = backend.build(ctx)
+            result.note = getattr(sessions[result.name], "note", "")  # where it runs, when that is news
         except Skip as note:
             result.status, result.note = "skipped", str(note)
         except Exception as err:  # noqa: BLE001 - one backend that cannot be built must not end the run
@@ -152,8 +154,11 @@ def _test_set(ckpt: Checkpoint, spec: str, options: BenchOptions) -> tuple[np.nd
     return x, labels.numpy(), {"spec": spec, "split": "test", "samples": int(len(labels))}
 
 
-def _accuracy(test_set, sessions: dict, results: list[BackendResult], chunk: int, reporter) -> dict:
-    """Top-1 of every backend still standing, and how often its top-1 is PyTorch eager's."""
+def _accuracy(ctx: Context, test_set, sessions: dict, results: list[BackendResult], chunk: int, reporter) -> dict:
+    """Top-1 of every backend still standing, and how often its top-1 is PyTorch eager's on the CPU.
+
+    On a GPU the reference stays on the CPU, so GPU eager (TF32 convolutions by default) is judged too.
+    """
     x, labels, description = test_set
     live = [r for r in results if r.status == "ok"]
     predictions = {}
@@ -167,6 +172,10 @@ def _accuracy(test_set, sessions: dict, results: list[BackendResult], chunk: int
         result.top1 = float((predictions[result.name] == labels).mean())
     reporter.accuracy("", len(live), len(live))
     reference = predictions.get(BASELINE)
+    if ctx.device != "cpu":
+        cpu_eager = TorchSession(ctx.ckpt.build_model().float(), "cpu")
+        reference = predict_all(cpu_eager, x, chunk).argmax(axis=1)
+    description["agreement_with"] = "PyTorch eager on the CPU"
     for result in live:
         if reference is not None and result.name in predictions:
             result.agreement = float((predictions[result.name] == reference).mean())

@@ -64,11 +64,14 @@ def to_markdown(result: dict) -> str:
     if result.get("data") and measured:
         d = result["data"]
         lines += [f"## Accuracy on {d['spec']} ({d['split']} split, {d['samples']} images)", ""]
-        lines += table(["backend", "precision", "top-1", "agreement with PyTorch"],
+        lines += table(["backend", "precision", "top-1", f"agreement with {d.get('agreement_with', 'PyTorch eager')}"],
                        [[b["label"], b["precision"], f"{b['top1']:.2%}",
                          "–" if b["agreement"] is None else f"{b['agreement']:.2%}"] for b in measured],
                        text_columns=2)
         lines.append("")
+    noted = [b for b in backends if b["status"] == "ok" and b["note"]]
+    if noted:
+        lines += ["## Where each runs", ""] + [f"- {b['label']}: {b['note']}" for b in noted] + [""]
     missing = [b for b in backends if b["status"] != "ok"]
     if missing:
         lines += ["## Not measured, or not everywhere", ""]

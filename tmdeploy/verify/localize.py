@@ -51,7 +51,7 @@ def _enclosing_block(root: nn.Module, name: str) -> str:
     return name
 
 
-def first_divergence(reference: nn.Module, onnx_path, feed: dict, tol: Tolerance) -> dict | None:
+def first_divergence(reference: nn.Module, onnx_path, feed: dict, tol: Tolerance, device: str = "cpu") -> dict | None:
     tensors = _onnx_module_outputs(onnx_path)
     if not tensors:
         raise TmdeployError(f"{onnx_path} has no module scopes (export it with tmdeploy to use --localize)")
@@ -74,7 +74,7 @@ def first_divergence(reference: nn.Module, onnx_path, feed: dict, tol: Tolerance
     for name, _, _ in recorded:
         calls[name] = calls.get(name, 0) + 1
     recorded = [r for r in recorded if calls[r[0]] == 1]  # a module called twice maps to no single tensor
-    runner_results = Comparator.run([onnxrt_runner(onnx_path, mark_all=True)], data_loader=[feed])
+    runner_results = Comparator.run([onnxrt_runner(onnx_path, mark_all=True, device=device)], data_loader=[feed])
     onnx_values = runner_results[0][1][0]
     atol = tol.atol if np.isfinite(tol.atol) else 1e-2
     rtol = tol.rtol if np.isfinite(tol.rtol) else 1e-2

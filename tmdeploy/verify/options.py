@@ -6,9 +6,11 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from tmdeploy.errors import UsageError
+from tmdeploy.errors import UsageError, check_choice
 from tmdeploy.fileio import check_output
 from tmdeploy.values import MAX_BATCH, MAX_ITERATIONS, MAX_SEED, check_option
+
+DEVICES = ("cpu", "cuda")  # where onnxruntime runs the graph: its CPU or its CUDA provider
 
 
 @dataclass
@@ -23,8 +25,14 @@ class CheckOptions:
     save_inputs: Path | None = None
     save_outputs: Path | None = None
     localize: bool = False
+    device: str = "cpu"  # the PyTorch reference always runs on the CPU
 
     def validate(self) -> None:
+        check_choice(self.device, DEVICES, "--device")
+        if self.device == "cuda":  # before anything loads: an onnxruntime without the CUDA provider is one line
+            from tmdeploy import onnxfile
+
+            onnxfile.providers("cuda")
         if not self.batches or any(b < 1 for b in self.batches):
             raise UsageError(f"--batch needs positive batch sizes, got {','.join(map(str, self.batches))}")
         if self.iterations < 1:

@@ -44,6 +44,7 @@ class CheckReport:
     batches: list[int]
     warnings: list[str] = field(default_factory=list)
     divergence: dict | None = None
+    device: str = "cpu"  # onnxruntime's provider; the PyTorch reference ran on the CPU
 
     def to_json(self) -> str:
         return json_text(asdict(self))  # int8's infinite tolerances and a NaN graph's errors become null
@@ -51,7 +52,7 @@ class CheckReport:
     def to_markdown(self) -> str:
         verdict = "PASS" if self.passed else "FAIL"
         lines = [f"# Parity check: {verdict}", "",
-                 f"- ONNX: `{self.onnx}` ({self.precision})", f"- Checkpoint: `{self.checkpoint}`",
+                 f"- ONNX: `{self.onnx}` ({self.precision}), onnxruntime on {self.device.upper()}", f"- Checkpoint: `{self.checkpoint}`",
                  f"- Inputs: {self.inputs}, batch sizes {', '.join(map(str, self.batches))}",
                  f"- Tolerance: {Tolerance(**self.tolerance).describe()}", ""]
         lines += ["| output | pass | max abs | mean abs | p99 abs | max rel | p99 rel | cosine | top-1 agreement |",
@@ -129,7 +130,8 @@ def _check(ckpt: Checkpoint, onnx_path, options: CheckOptions) -> CheckReport:
     reference = _reference_module(ckpt, meta)
     torch_runner = TorchRunner(reference, TensorMetadata().add(INPUT_NAME, dtype, shape), meta.outputs)
     with torch_threads(1):  # small batches: more threads only wait on each other, badly so on a shared machine
-        results = Comparator.run([torch_runner, onnxrt_runner(onnx_path)], data_loader=feeds)
+        results = Comparator.run([torch_runner, onnxrt_runner(onnx_path, device=options.device)],
+                                     data_loader=feeds)
     (ref_name, ref_iters), (_, onnx_iters) = list(results.items())
     outputs = {}
     for name in meta.outputs:
@@ -146,11 +148,11 @@ def _check(ckpt: Checkpoint, onnx_path, options: CheckOptions) -> CheckReport:
     if options.localize and not passed:
         from tmdeploy.verify.localize import first_divergence
 
-        divergence = first_divergence(reference, onnx_path, feeds[0], tol)
+        divergence = first_divergence(reference, onnx_path, feeds[0], tol, options.device)
     return CheckReport(
         onnx=str(onnx_path), checkpoint=str(ckpt.path or ""), precision=meta.precision, tolerance=asdict(tol),
         passed=passed, outputs=outputs, inputs=source, batches=list(options.batches), warnings=warnings,
-        divergence=divergence,
+        divergence=divergence, device=options.device,
     )
 
 

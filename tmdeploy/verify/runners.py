@@ -47,10 +47,12 @@ class TorchRunner(BaseRunner):
         pass
 
 
-def onnxrt_runner(onnx_path, mark_all: bool = False, name="onnxruntime") -> OnnxrtRunner:
-    """polygraphy's onnxruntime runner; ``mark_all`` also returns every intermediate tensor."""
+def onnxrt_runner(onnx_path, mark_all: bool = False, name="onnxruntime", device: str = "cpu") -> OnnxrtRunner:
+    """polygraphy's onnxruntime runner on ``device``; ``mark_all`` also returns every intermediate tensor."""
+    # onnxruntime's CUDA convolutions default to TF32 (10-bit mantissa): FP32 parity means FP32 arithmetic
+    providers = onnxfile.providers(device, {"use_tf32": "0"} if device == "cuda" else None)
     if not mark_all:  # the session through tmdeploy's loader: a file it refuses is one clear error
-        return OnnxrtRunner(onnxfile.session(onnx_path), name=name)
+        return OnnxrtRunner(onnxfile.require_provider(onnxfile.session(onnx_path, providers), device), name=name)
     onnxfile.load(onnx_path)
     source = BytesFromOnnx(ModifyOutputs(OnnxFromPath(str(onnx_path)), outputs=constants.MARK_ALL))
-    return OnnxrtRunner(SessionFromOnnx(source, providers=list(onnxfile.CPU)), name=name)
+    return OnnxrtRunner(SessionFromOnnx(source, providers=providers), name=name)
