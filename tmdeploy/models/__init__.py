@@ -7,14 +7,11 @@ attributes ``has_patch_logits``, ``patch_logits_in_inference``, ``arch_name``, `
 """
 
 from . import densenet, resnet, wrn  # noqa: F401  (importing registers the architectures)
-from .convmix import ClassifierHead, ConvMixHead
 from .densenet import DenseLayer
+from .layers import (BasicBlock, Bottleneck, ClassifierHead, ClassSemanticBlock, ConvMixHead, ResponseCalibration,
+                     SpatialGroupEnhance, StagedNet, TemplateMatching, TMBlock)
 from .losses import auxiliary_loss
 from .registry import count_parameters, create, list_models, register_model
-from .rescnet import ResponseCalibration
-from .resnet import BasicBlock, Bottleneck, StagedNet
-from .sge import SpatialGroupEnhance
-from .template_matching import ClassSemanticBlock, TemplateMatching, TMBlock
 
 __all__ = [
     "BasicBlock",
