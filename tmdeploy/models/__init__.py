@@ -11,7 +11,7 @@ from .densenet import DenseLayer
 from .layers import (BasicBlock, Bottleneck, ClassifierHead, ClassSemanticBlock, ConvMixHead, ResponseCalibration,
                      SpatialGroupEnhance, StagedNet, TemplateMatching, TMBlock)
 from .losses import auxiliary_loss
-from .registry import count_parameters, create, list_models, register_model
+from .registry import DefaultConfig, count_parameters, create, default_config, list_models, register_model
 
 __all__ = [
     "BasicBlock",
@@ -19,6 +19,7 @@ __all__ = [
     "ClassSemanticBlock",
     "ClassifierHead",
     "ConvMixHead",
+    "DefaultConfig",
     "DenseLayer",
     "ResponseCalibration",
     "SpatialGroupEnhance",
@@ -28,6 +29,7 @@ __all__ = [
     "auxiliary_loss",
     "count_parameters",
     "create",
+    "default_config",
     "list_models",
     "register_model",
 ]

@@ -45,10 +45,9 @@ class StagedNet(nn.Module):
             raise ValueError(f"patch must be one of {PATCH_MODES}, got {patch!r}")
         self.num_classes = num_classes
         self.in_chans = in_chans
-        self.default_input_size = (in_chans, 32, 32)
         self.has_patch_logits = patch is not None
         self.patch_logits_in_inference = patch == "cls"
-        self.arch_name = type(self).__name__.lower()  # create() overwrites both with the registered name
+        self.arch_name = type(self).__name__.lower()  # create() overwrites both with the registered name and options
         self.arch_kwargs = {"num_classes": num_classes, "in_chans": in_chans}
         self.tap = tap
         self.stem = stem
