@@ -47,6 +47,8 @@ def test_bare_state_dict_needs_arch(tmp_path):
         checkpoint.load(tmp_path / "bare.pt")
     loaded = checkpoint.load(tmp_path / "bare.pt", arch="rn26")
     assert loaded.card.num_classes == 7 and loaded.card.input_size[0] == 3
+    # without a card, input size and normalisation come from the architecture's registered default config
+    assert loaded.card.input_size == model.default_input_size == (3, 32, 32) and loaded.card.mean == [0.5] * 3
     loaded.build_model()
 
 

@@ -48,7 +48,7 @@ def test_tm_forms_lower_to_plain_ops_and_agree(tmp_path, form, exporter):
     path = export_onnx(ckpt, tmp_path / f"{form}.onnx", ExportOptions(tm_form=form, exporter=exporter))
     ops = graph.op_histogram(onnx.load(str(path)))
     assert not TM_FORBIDDEN & set(ops), ops
-    blocks = sum(isinstance(m, models.TMBlock) for m in ckpt.build_model().modules())
+    blocks = sum(isinstance(m, models.layers.TMBlock) for m in ckpt.build_model().modules())
     if form.startswith("folded"):
         assert ops["Softmax"] == blocks  # one Conv → Softmax → Conv → Add per block
     x = np.random.default_rng(0).standard_normal((5, 1, 16, 16)).astype(np.float32)

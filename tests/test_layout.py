@@ -71,3 +71,39 @@ def test_help_shows_the_api_defaults(capsys):
         except SystemExit:
             pass
         assert expected in " ".join(capsys.readouterr().out.split()), command
+
+
+def _model_sources():
+    from pathlib import Path
+
+    from tmdeploy import models
+
+    root = Path(models.__file__).parent
+    return root, sorted(root.rglob("*.py"))
+
+
+def test_every_architecture_is_a_literal_entry_point():
+    """Each registered name is spelled out in its own ``@register_model("name")``, so grep finds its code."""
+    import re
+
+    from tmdeploy.models import list_models
+
+    _, paths = _model_sources()
+    spelled = re.findall(r'^@register_model\("([^"]+)"', "".join(p.read_text() for p in paths), re.MULTILINE)
+    assert sorted(spelled) == list_models()
+
+
+def test_model_families_share_layers_not_each_other():
+    """A family file imports only ``layers`` and the registry from ``models/``; ``layers/`` imports only itself."""
+    import ast
+
+    root, paths = _model_sources()
+    families = {p.stem for p in root.glob("*.py")} - {"__init__", "registry", "losses"}
+    for path in paths:
+        relative = [n for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, ast.ImportFrom) and n.level]
+        for node in relative:
+            target = (node.module or "").split(".")[0]
+            if path.parent.name == "layers":
+                assert node.level == 1, (path.name, node.module)
+            elif path.name != "__init__.py":
+                assert target not in families, (path.name, node.module)

@@ -10,17 +10,14 @@ import torch
 from torch import nn
 
 from tmdeploy.errors import UsageError
-from tmdeploy.models import (
+from tmdeploy.models import auxiliary_loss, count_parameters, create, list_models
+from tmdeploy.models.layers import (
     ClassSemanticBlock,
     ConvMixHead,
     ResponseCalibration,
     SpatialGroupEnhance,
     TemplateMatching,
     TMBlock,
-    auxiliary_loss,
-    count_parameters,
-    create,
-    list_models,
 )
 
 REQUIRED = ["rn26", "rn26-aux", "rn26-cls", "rn26-tm", "rn26-tm-cls", "rn26-sge", "rn26-rescnet", "rn26-convmix",

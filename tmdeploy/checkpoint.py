@@ -317,13 +317,14 @@ def _bare_card(state: dict, arch: str, num_classes: int | None, in_chans: int | 
     if in_chans is None:
         first_conv = next((t for t in state.values() if t.ndim == 4 and t.numel()), None)
         in_chans = int(first_conv.shape[1]) if first_conv is not None else 3
+    config = models.default_config(arch)
     return {
         "arch": arch,
         "arch_kwargs": {"num_classes": int(num_classes), "in_chans": int(in_chans)},
         "class_names": [str(i) for i in range(num_classes)],
-        "input_size": [in_chans, 32, 32],
-        "mean": [0.5] * in_chans,
-        "std": [0.5] * in_chans,
+        "input_size": list(config.input_size(in_chans)),
+        "mean": [config.mean] * in_chans,
+        "std": [config.std] * in_chans,
         "extra": {"note": "bare state_dict: class names and normalization are placeholders"},
     }
 

@@ -26,7 +26,7 @@ import copy
 import torch
 from torch import Tensor, nn
 
-from tmdeploy.models.template_matching import TemplateMatching
+from tmdeploy.models.layers import TemplateMatching
 
 _PAD_MULTIPLE = 8
 _PAD_LOGIT = -1.0e4  # exp(-1e4 - m) underflows to exactly 0 in float32 for any realistic m

@@ -18,7 +18,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .resnet import StagedNet, register_patch_variants
+from .layers import StagedNet
+from .registry import register_model
 
 DN_STEM = 24
 DN_GROWTH = 13
@@ -71,4 +72,16 @@ def _dn100(num_classes: int, in_chans: int, patch: str | None = None) -> StagedN
     return StagedNet(stem, stages, widths, num_classes, in_chans, patch=patch)
 
 
-register_patch_variants("dn100", _dn100)
+@register_model("dn100")
+def dn100(num_classes: int = 10, in_chans: int = 3) -> StagedNet:
+    return _dn100(num_classes, in_chans)
+
+
+@register_model("dn100-aux")
+def dn100_aux(num_classes: int = 10, in_chans: int = 3) -> StagedNet:
+    return _dn100(num_classes, in_chans, patch="aux")
+
+
+@register_model("dn100-cls")
+def dn100_cls(num_classes: int = 10, in_chans: int = 3) -> StagedNet:
+    return _dn100(num_classes, in_chans, patch="cls")

@@ -1,37 +1,54 @@
-"""Architecture registry (timm-style): a dict from name to factory function.
+"""Architecture registry (timm-style): each name maps to a factory function and its default config.
 
 Factories take ``num_classes`` and ``in_chans`` plus their own keyword arguments and return an
 ``nn.Module``. :func:`create` records ``arch_name`` and ``arch_kwargs`` on the model so a checkpoint can
-rebuild it with ``create(model.arch_name, **model.arch_kwargs)``.
+rebuild it with ``create(model.arch_name, **model.arch_kwargs)``, and ``default_input_size`` from the config.
 """
 
 from __future__ import annotations
 
 import inspect
+from dataclasses import dataclass
 from typing import Callable
 
 from torch import nn
 
 from tmdeploy.errors import UsageError
 
-_MODELS: dict[str, Callable[..., nn.Module]] = {}
 
+@dataclass(frozen=True)
+class DefaultConfig:
+    """What an architecture assumes of its input when no checkpoint card says (timm's ``pretrained_cfg``).
 
-def register_model(name: str | Callable[..., nn.Module] | None = None):
-    """Register a factory under ``name`` (default: the function name with ``_`` read as ``-``).
-
-    Usable as ``@register_model("rn26-aux")`` or bare ``@register_model``.
+    ``mean`` and ``std`` apply to every channel; they are placeholders for weights that come without a card.
     """
 
+    image_size: int = 32  # H = W: the CIFAR-style stems and strides are laid out for 32×32
+    mean: float = 0.5
+    std: float = 0.5
+
+    def input_size(self, in_chans: int) -> tuple[int, int, int]:
+        return (in_chans, self.image_size, self.image_size)
+
+
+@dataclass(frozen=True)
+class _Entry:
+    factory: Callable[..., nn.Module]
+    config: DefaultConfig
+
+
+_MODELS: dict[str, _Entry] = {}
+
+
+def register_model(name: str, config: DefaultConfig = DefaultConfig()):
+    """Register the decorated factory under ``name``, spelled out so every architecture can be found by grep."""
+
     def decorator(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        key = name if isinstance(name, str) else fn.__name__.replace("_", "-")
-        if key in _MODELS:
-            raise ValueError(f"architecture {key!r} is registered twice")
-        _MODELS[key] = fn
+        if name in _MODELS:
+            raise ValueError(f"architecture {name!r} is registered twice")
+        _MODELS[name] = _Entry(fn, config)
         return fn
 
-    if callable(name):  # bare @register_model
-        return decorator(name)
     return decorator
 
 
@@ -42,20 +59,30 @@ def list_models() -> list[str]:
 
 def create(name: str, num_classes: int = 10, in_chans: int = 3, **kwargs) -> nn.Module:
     """Build the architecture ``name``; unknown names and bad sizes raise :class:`UsageError`."""
-    if name not in _MODELS:
-        raise UsageError(f"unknown architecture '{name}'; choose one of: {', '.join(list_models())}")
+    entry = _entry(name)
     for label, value in (("num_classes", num_classes), ("in_chans", in_chans)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise UsageError(f"{label} must be a positive integer, got {value!r}")
-    factory = _MODELS[name]
     try:  # check the options against the signature only, so bugs inside the factory are not masked
-        inspect.signature(factory).bind(num_classes=num_classes, in_chans=in_chans, **kwargs)
+        inspect.signature(entry.factory).bind(num_classes=num_classes, in_chans=in_chans, **kwargs)
     except TypeError as exc:
         raise UsageError(f"bad options for architecture '{name}': {exc}") from exc
-    model = factory(num_classes=num_classes, in_chans=in_chans, **kwargs)
+    model = entry.factory(num_classes=num_classes, in_chans=in_chans, **kwargs)
     model.arch_name = name
     model.arch_kwargs = {"num_classes": num_classes, "in_chans": in_chans, **kwargs}
+    model.default_input_size = entry.config.input_size(in_chans)
     return model
+
+
+def default_config(name: str) -> DefaultConfig:
+    """The config ``name`` was registered with; unknown names raise :class:`UsageError`."""
+    return _entry(name).config
+
+
+def _entry(name: str) -> _Entry:
+    if name not in _MODELS:
+        raise UsageError(f"unknown architecture '{name}'; choose one of: {', '.join(list_models())}")
+    return _MODELS[name]
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:

@@ -1,4 +1,4 @@
-"""CIFAR-style ResNets (RN26, RN38) and the shared staged backbone used by every architecture here.
+"""CIFAR-style ResNets (RN26, RN38) and RN26's variants: template matching, SGE, ResCNet, ConvMix.
 
 Chosen config (the seed papers give only parameter counts: RN26 0.96M + 257C, RN38 1.42M + 257C):
 
@@ -20,162 +20,18 @@ Chosen config (the seed papers give only parameter counts: RN26 0.96M + 257C, RN
 * ``rn26-sge`` / ``rn26-rescnet``: SGE (G = 8, divides 64/128/256) or ResCNet calibration (r = 4) after
   the last BN of every residual branch, before the add. ``rn26-convmix``: ConvMix head over all stages.
 
-All variants are one :class:`StagedNet` with a pluggable block, branch enhancer and head.
+All variants are one :class:`StagedNet` (``layers/``) with a pluggable block, branch enhancer and head.
 """
 
 from __future__ import annotations
 
 from functools import partial
-from typing import Callable, Sequence
 
-from torch import Tensor, nn
+from torch import nn
 
-from .convmix import ClassifierHead, ConvMixHead
+from .layers import (Bottleneck, ConvMixHead, Enhancer, HeadFactory, ResponseCalibration, SpatialGroupEnhance,
+                     StagedNet, TMBlock, conv_bn_relu, linear_head, make_stages)
 from .registry import register_model
-from .rescnet import ResponseCalibration
-from .sge import SpatialGroupEnhance
-from .template_matching import ClassSemanticBlock, TMBlock
-
-Enhancer = Callable[[int], nn.Module]  # channels -> module applied to a residual branch before the add
-HeadFactory = Callable[[Sequence[int], int], nn.Module]  # (stage widths, num_classes) -> head
-
-PATCH_MODES = (None, "aux", "cls")
-
-
-def conv_bn(in_channels: int, out_channels: int, kernel_size: int, stride: int = 1) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding=kernel_size // 2, bias=False),
-        nn.BatchNorm2d(out_channels),
-    )
-
-
-def conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int, stride: int = 1) -> nn.Sequential:
-    return nn.Sequential(*conv_bn(in_channels, out_channels, kernel_size, stride), nn.ReLU())
-
-
-def linear_head(widths: Sequence[int], num_classes: int, pixel_norm: bool = False) -> nn.Module:
-    return ClassifierHead(widths[-1], num_classes, pixel_norm=pixel_norm)
-
-
-class _Residual(nn.Module):
-    """``relu(enhance(branch(x)) + shortcut(x))``; subclasses build the branch (ending in a BN)."""
-
-    def __init__(self, branch: nn.Module, in_channels: int, out_channels: int, stride: int,
-                 enhancer: Enhancer | None) -> None:
-        super().__init__()
-        self.branch = branch
-        self.enhance = enhancer(out_channels) if enhancer else nn.Identity()
-        if in_channels == out_channels and stride == 1:
-            self.shortcut: nn.Module = nn.Identity()
-        else:
-            self.shortcut = conv_bn(in_channels, out_channels, 1, stride)
-        self.relu = nn.ReLU()
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.relu(self.enhance(self.branch(x)) + self.shortcut(x))
-
-
-class BasicBlock(_Residual):
-    """Two 3×3 Conv→BN (ReLU between), as in the (wide) ResNet basic block."""
-
-    def __init__(self, in_channels: int, out_channels: int, stride: int = 1,
-                 enhancer: Enhancer | None = None) -> None:
-        branch = nn.Sequential(conv_bn_relu(in_channels, out_channels, 3, stride),
-                               conv_bn(out_channels, out_channels, 3))
-        super().__init__(branch, in_channels, out_channels, stride, enhancer)
-
-
-class Bottleneck(_Residual):
-    """1×1 reduce to ``width`` → 3×3 (carries the stride) → 1×1 expand, each Conv→BN."""
-
-    def __init__(self, in_channels: int, out_channels: int, stride: int = 1, width: int | None = None,
-                 enhancer: Enhancer | None = None) -> None:
-        width = width or out_channels // 2
-        branch = nn.Sequential(conv_bn_relu(in_channels, width, 1),
-                               conv_bn_relu(width, width, 3, stride),
-                               conv_bn(width, out_channels, 1))
-        super().__init__(branch, in_channels, out_channels, stride, enhancer)
-
-
-def make_stages(block: Callable[..., nn.Module], in_channels: int, widths: Sequence[int],
-                depths: Sequence[int], strides: Sequence[int] = (1, 2, 2),
-                stage_kwargs: Sequence[dict] | None = None, **kwargs) -> list[nn.Sequential]:
-    """One ``nn.Sequential`` of ``block(in, out, stride, **kwargs)`` per stage; the first block strides."""
-    stages = []
-    for i, (width, depth, stride) in enumerate(zip(widths, depths, strides)):
-        extra = {**kwargs, **(stage_kwargs[i] if stage_kwargs else {})}
-        blocks = [block(in_channels if j == 0 else width, width, stride if j == 0 else 1, **extra)
-                  for j in range(depth)]
-        stages.append(nn.Sequential(*blocks))
-        in_channels = width
-    return stages
-
-
-class StagedNet(nn.Module):
-    """``stem → stages → head``, with an optional per-patch class head after stage ``tap``.
-
-    ``patch``: ``None``; ``"aux"`` — a training-only 1×1 conv classifier h2 on the tap map, used only by
-    :meth:`forward_with_patch_logits`; ``"cls"`` — a :class:`ClassSemanticBlock` in the inference path
-    whose template scores are the patch logits (``patch_norm``: matched on the RMS-normalised map, for
-    networks without BatchNorm). The head gets the list of all stage outputs.
-    """
-
-    def __init__(self, stem: nn.Module, stages: Sequence[nn.Module], widths: Sequence[int], num_classes: int,
-                 in_chans: int, head: HeadFactory = linear_head, patch: str | None = None, tap: int = 1,
-                 patch_norm: bool = False) -> None:
-        super().__init__()
-        if patch not in PATCH_MODES:
-            raise ValueError(f"patch must be one of {PATCH_MODES}, got {patch!r}")
-        self.num_classes = num_classes
-        self.in_chans = in_chans
-        self.default_input_size = (in_chans, 32, 32)
-        self.has_patch_logits = patch is not None
-        self.patch_logits_in_inference = patch == "cls"
-        self.arch_name = type(self).__name__.lower()  # create() overwrites both with the registered name
-        self.arch_kwargs = {"num_classes": num_classes, "in_chans": in_chans}
-        self.tap = tap
-        self.stem = stem
-        self.stages = nn.ModuleList(stages)
-        self.patch_head = nn.Conv2d(widths[tap], num_classes, 1) if patch == "aux" else None
-        self.class_block = ClassSemanticBlock(widths[tap], num_classes, input_norm=patch_norm) if patch == "cls" else None
-        self.head = head(widths, num_classes)
-
-    def _run(self, x: Tensor, want_patch_logits: bool) -> tuple[Tensor, Tensor | None]:
-        x = self.stem(x)
-        features, patch_logits = [], None
-        for i, stage in enumerate(self.stages):
-            x = stage(x)
-            if i == self.tap and self.class_block is not None:
-                if want_patch_logits:
-                    x, patch_logits = self.class_block.forward_with_patch_logits(x)
-                else:
-                    x = self.class_block(x)
-            elif i == self.tap and self.patch_head is not None and want_patch_logits:
-                patch_logits = self.patch_head(x)
-            features.append(x)
-        return self.head(features), patch_logits
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self._run(x, want_patch_logits=False)[0]
-
-    def forward_with_patch_logits(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
-        """``(logits, patch_logits)``; patch logits are N×num_classes×h×w, or ``None`` without a patch head."""
-        return self._run(x, want_patch_logits=self.has_patch_logits)
-
-
-def register_patch_variants(name: str, build: Callable[..., StagedNet]) -> None:
-    """Register ``name``, ``name-aux`` and ``name-cls``, built by ``build(num_classes, in_chans, patch=...)``."""
-
-    def variant(patch: str | None) -> Callable[..., StagedNet]:
-        def factory(num_classes: int = 10, in_chans: int = 3) -> StagedNet:
-            return build(num_classes, in_chans, patch=patch)
-
-        factory.__doc__ = f"{name} with patch head {patch!r}"
-        return factory
-
-    for patch in PATCH_MODES:
-        register_model(name + (f"-{patch}" if patch else ""))(variant(patch))
-
 
 RN_STEM = 32
 RN_WIDTHS = (64, 128, 256)
@@ -191,8 +47,34 @@ def _resnet(depth: int, num_classes: int, in_chans: int, patch: str | None = Non
                      head=head, patch=patch)
 
 
-register_patch_variants("rn26", partial(_resnet, 26))
-register_patch_variants("rn38", partial(_resnet, 38))
+@register_model("rn26")
+def rn26(num_classes: int = 10, in_chans: int = 3) -> StagedNet:
+    return _resnet(26, num_classes, in_chans)
+
+
+@register_model("rn26-aux")
+def rn26_aux(num_classes: int = 10, in_chans: int = 3) -> StagedNet:
+    return _resnet(26, num_classes, in_chans, patch="aux")
+
+
+@register_model("rn26-cls")
+def rn26_cls(num_classes: int = 10, in_chans: int = 3) -> StagedNet:
+    return _resnet(26, num_classes, in_chans, patch="cls")
+
+
+@register_model("rn38")
+def rn38(num_classes: int = 10, in_chans: int = 3) -> StagedNet:
+    return _resnet(38, num_classes, in_chans)
+
+
+@register_model("rn38-aux")
+def rn38_aux(num_classes: int = 10, in_chans: int = 3) -> StagedNet:
+    return _resnet(38, num_classes, in_chans, patch="aux")
+
+
+@register_model("rn38-cls")
+def rn38_cls(num_classes: int = 10, in_chans: int = 3) -> StagedNet:
+    return _resnet(38, num_classes, in_chans, patch="cls")
 
 
 def _rn26_tm(num_classes: int, in_chans: int, template_ratio: float = 1.0, legacy: bool = False,

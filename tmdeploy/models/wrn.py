@@ -13,7 +13,8 @@ as in RN26.
 
 from __future__ import annotations
 
-from .resnet import BasicBlock, StagedNet, conv_bn_relu, make_stages, register_patch_variants
+from .layers import BasicBlock, StagedNet, conv_bn_relu, make_stages
+from .registry import register_model
 
 WRN_STEM = 16
 WRN_WIDTHS = (64, 128, 128)
@@ -25,4 +26,16 @@ def _wrn16(num_classes: int, in_chans: int, patch: str | None = None) -> StagedN
     return StagedNet(conv_bn_relu(in_chans, WRN_STEM, 3), stages, WRN_WIDTHS, num_classes, in_chans, patch=patch)
 
 
-register_patch_variants("wrn16", _wrn16)
+@register_model("wrn16")
+def wrn16(num_classes: int = 10, in_chans: int = 3) -> StagedNet:
+    return _wrn16(num_classes, in_chans)
+
+
+@register_model("wrn16-aux")
+def wrn16_aux(num_classes: int = 10, in_chans: int = 3) -> StagedNet:
+    return _wrn16(num_classes, in_chans, patch="aux")
+
+
+@register_model("wrn16-cls")
+def wrn16_cls(num_classes: int = 10, in_chans: int = 3) -> StagedNet:
+    return _wrn16(num_classes, in_chans, patch="cls")

@@ -18,7 +18,7 @@ from torch import nn
 
 from tmdeploy.errors import TmdeployError
 from tmdeploy.export.graph import MODULE_KEY
-from tmdeploy.models.template_matching import TemplateMatching
+from tmdeploy.models.layers import TemplateMatching
 from tmdeploy.verify.runners import onnxrt_runner
 from tmdeploy.verify.stats import Tolerance
 

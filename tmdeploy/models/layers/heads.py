@@ -6,6 +6,8 @@ to know whether it uses the last stage only (:class:`ClassifierHead`) or all of 
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -33,6 +35,11 @@ class ClassifierHead(nn.Module):
 
     def forward(self, features: list[Tensor]) -> Tensor:
         return self.fc(_pool(self.norm(features[-1])))
+
+
+def linear_head(widths: Sequence[int], num_classes: int, pixel_norm: bool = False) -> nn.Module:
+    """:class:`ClassifierHead` over the last stage, in the ``(stage widths, num_classes)`` form backbones call."""
+    return ClassifierHead(widths[-1], num_classes, pixel_norm=pixel_norm)
 
 
 class ConvMixHead(nn.Module):
