@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
-from tmdeploy import checkpoint
+from tmdeploy import checkpoint, models
 from tmdeploy.train import TrainConfig, train
 
 
@@ -21,3 +22,20 @@ def trained(tmp_path_factory):
         return cache[arch]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def seeded_checkpoint(tmp_path_factory):
+    """seeded_checkpoint(arch, size) -> an untrained, seeded checkpoint for 1×size×size digits-like inputs.
+
+    Its card names digits as its training data, so bench's and check's default data is read from it.
+    """
+
+    def make(arch: str, size: int):
+        torch.manual_seed(0)
+        model = models.create(arch, num_classes=10, in_chans=1)
+        card = checkpoint.card_for(model, [str(i) for i in range(10)], [0.3], [0.4], input_size=(1, size, size),
+                                   extra={"train": {"data": "digits"}})
+        return checkpoint.load(checkpoint.save(tmp_path_factory.mktemp(arch) / f"{arch}.pt", model, card))
+
+    return make

@@ -12,7 +12,6 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from tmdeploy import checkpoint, models
 from tmdeploy.bench import BenchOptions, run
 from tmdeploy.bench.cuda import CudaGraphSession, OrtCudaGraphSession, OrtIoBindingSession, event_timer
 from tmdeploy.bench.sessions import OrtSession, TorchSession
@@ -25,13 +24,9 @@ needs_ort_cuda = pytest.mark.skipif("CUDAExecutionProvider" not in ort.get_avail
 
 
 @pytest.fixture(scope="module")
-def small_ckpt(tmp_path_factory):
+def small_ckpt(seeded_checkpoint):
     """Seeded, untrained rn26-tm at 1×16×16 (the digits size): parity does not need a trained model."""
-    torch.manual_seed(0)
-    model = models.create("rn26-tm", num_classes=10, in_chans=1)
-    card = checkpoint.card_for(model, [str(i) for i in range(10)], [0.3], [0.4], input_size=(1, 16, 16),
-                               extra={"train": {"data": "digits"}})
-    return checkpoint.load(checkpoint.save(tmp_path_factory.mktemp("cuda") / "tm.pt", model, card))
+    return seeded_checkpoint("rn26-tm", 16)
 
 
 def _inputs(batch: int, seed: int = 0) -> np.ndarray:
