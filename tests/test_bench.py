@@ -121,6 +121,7 @@ def test_compile_failure_is_reported_not_raised(tiny_ckpt):
                                          data=None, **{**QUICK, "batches": (1,)}))
     compiled = result.backend("torch-compile")
     assert compiled.status == "failed" and "tmdeploy_test_crashing" in compiled.note and not compiled.latency
+    assert compiled.outcome == "failed" and compiled.built  # built, then failed: not "could not build"
     assert result.backend("pytorch").status == "ok" and result.backend("pytorch").latency
 
 
@@ -149,6 +150,9 @@ def test_paired_ratio_and_stats():
     (dict(seed=-1), "--seed"),
     (dict(batches=(10**9,)), "--batch"),
     (dict(data="mnist"), "unknown data source 'mnist'"),
+    (dict(min_top1=1.5), "--min-top1"),
+    (dict(min_agreement=-0.1), "--min-agreement"),
+    (dict(min_agreement=0.9, data=None), "--min-agreement needs accuracy data"),
 ])
 def test_invalid_options_are_usage_errors(options, match):
     with pytest.raises(UsageError, match=match):
@@ -180,3 +184,40 @@ def test_cli_bench_writes_the_report(tiny_ckpt, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "## Latency, batch 2" in proc.stdout
     assert {p.name for p in out.iterdir()} == {"bench.json", "bench.md", "latency.png", "accuracy.png"}
+
+
+def test_outcome_size_and_build_time_columns(tiny_result, report):
+    """Ultralytics' columns: a status telling skipped / not built / failed / passed, size in MB, build time."""
+    for b in tiny_result.backends:
+        assert b.outcome == ("passed" if b.status == "ok" else "skipped") and b.below_floor == []
+        if b.status == "ok":
+            assert b.built and b.size_mb > 0 and b.setup_s > 0
+    fp32, int8 = tiny_result.backend("ort-fp32"), tiny_result.backend("ort-int8")
+    assert int8.size_mb < fp32.size_mb  # int8 weights: the file really is the one that was run
+    md = report["markdown"].read_text()
+    assert "## Summary" in md and "| ONNX Runtime FP32 | fp32 | ✅ passed |" in md
+    assert "| TensorRT FP32 | fp32 | – skipped |" in md and "No accuracy floors were set." in md
+
+
+def test_not_built_is_told_from_built_then_failed():
+    from tmdeploy.bench.suite import BackendResult, judge
+
+    never, broke, low = (BackendResult(n, n, "fp32", status="failed") for n in ("a", "b", "c"))
+    broke.built = low.built = True
+    low.status, low.top1, low.agreement = "ok", 0.5, 1.0
+    judge([never, broke, low], BenchOptions(min_top1=0.9))
+    assert [never.outcome, broke.outcome, low.outcome] == ["not built", "failed", "failed"]
+    assert low.below_floor == ["top-1 50.00% < 90.00%"]
+
+
+def test_cli_floor_that_a_backend_misses_exits_1_naming_it(tiny_ckpt, tmp_path, capsys):
+    out = tmp_path / "report"
+    code = main(["bench", str(tiny_ckpt.path), "--backends", "pytorch,ort-fp32", "--batch", "2", "--min-time", "0",
+                 "--min-iterations", "2", "--warmup", "0", "--threads", "1", "--accuracy-limit", "8", "--quiet",
+                 "--min-top1", "1.0", "--min-agreement", "0.5", "--report-dir", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and len(err.splitlines()) == 1, err
+    assert err.startswith("tmdeploy: error: below the floor: pytorch (top-1 ") and "ort-fp32 (top-1 " in err
+    md = (out / "bench.md").read_text()
+    assert "❎ failed" in md and "## Below the accuracy floors" in md and "Floors: top-1 ≥ 100.00%" in md
+    assert json.loads((out / "bench.json").read_text())["backends"][0]["outcome"] == "failed"
