@@ -6,7 +6,8 @@ import sys
 
 def test_numpy_only_modules_import_without_torch():
     code = ("import sys, tmdeploy.verify.stats, tmdeploy.bench.timing, tmdeploy.bench.machine, tmdeploy.report, "
-            "tmdeploy.export.options, tmdeploy.export.metadata, tmdeploy.runtime, tmdeploy.cli; "
+            "tmdeploy.export.options, tmdeploy.export.metadata, tmdeploy.runtime, tmdeploy.cli, "
+            "tmdeploy.optimize.options; "
             "tmdeploy.cli.build_parser(); "
             "heavy = [m for m in ('torch', 'polygraphy', 'onnxscript') if m in sys.modules]; "
             "assert not heavy, heavy")
@@ -21,8 +22,8 @@ def test_fronts_re_export_functions_not_modules():
     assert callable(run) and callable(check) and BenchOptions().device == "cpu" and CheckOptions().batches
 
 
-MINIMAL_ARGV = {"train": [], "export": ["x.pt"], "check": ["x.pt", "y.onnx"], "bench": ["x.pt"], "serve": ["m.onnx"],
-                "demo": []}
+MINIMAL_ARGV = {"train": [], "export": ["x.pt"], "check": ["x.pt", "y.onnx"], "bench": ["x.pt"], "optimize": ["x.pt"],
+                "serve": ["m.onnx"], "demo": []}
 
 
 def _subparsers():
@@ -65,7 +66,8 @@ def test_help_shows_the_api_defaults(capsys):
     from tmdeploy.cli import main
 
     for command, expected in (("export", "(default: torchscript)"), ("check", "(default: 1,7)"),
-                              ("bench", "(default: 1,32,256)"), ("serve", "(default: 64)"), ("train", "(default: digits)")):
+                              ("bench", "(default: 1,32,256)"), ("optimize", "(default: min-latency)"),
+                              ("serve", "(default: 64)"), ("train", "(default: digits)")):
         try:
             main([command, "--help"])
         except SystemExit:

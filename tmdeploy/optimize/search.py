@@ -227,7 +227,9 @@ def _accuracy(cand: Candidate, protos: dict, test_set, reference: np.ndarray, op
 def _profile(ckpt, todo: list[Candidate], protos: dict, options: OptimizeOptions, table) -> list[dict]:
     """Time the correct candidates (and the default export, the unit of the speed-ups) side by side, per
     batch size, in windows until two in a row agree within ``stable_within`` or the budget ends."""
-    timed = [c for c in todo if c.correct() or (c.is_default and c.step("build").status == OK)]
+    timed = [c for c in todo if c.correct()]
+    if timed:  # the default export is the unit of the speed-ups even when it is not correct itself
+        timed = [c for c in todo if c in timed or (c.is_default and c.step("build").status == OK)]
     for cand in todo:
         if cand not in timed:
             cand.mark("profile", SKIPPED, "not correct: not timed")
