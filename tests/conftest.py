@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from tmdeploy import checkpoint
+import torch
+
+from tmdeploy import checkpoint, models
 from tmdeploy.train import TrainConfig, train
 
 
@@ -18,6 +20,24 @@ def trained(tmp_path_factory):
             path = tmp_path_factory.mktemp("ckpt") / f"{arch}.pt"
             result = train(TrainConfig(arch=arch), out=path, show_progress=False)
             cache[arch] = (checkpoint.load(path), result)
+        return cache[arch]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory):
+    """tiny(arch) -> an untrained, seeded Checkpoint on 1×8×8 inputs (the smallest the architectures take)
+    whose card records digits as its training data, so accuracy and calibration data come from it."""
+    cache = {}
+
+    def get(arch: str):
+        if arch not in cache:
+            torch.manual_seed(0)
+            model = models.create(arch, num_classes=10, in_chans=1)
+            card = checkpoint.card_for(model, [str(i) for i in range(10)], [0.3], [0.4], input_size=(1, 8, 8),
+                                       extra={"train": {"data": "digits"}})
+            cache[arch] = checkpoint.load(checkpoint.save(tmp_path_factory.mktemp("tiny") / f"{arch}.pt", model, card))
         return cache[arch]
 
     return get

@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from tmdeploy import checkpoint, models
 from tmdeploy.bench import BenchOptions, run
 from tmdeploy.bench.backends import default_names
 from tmdeploy.bench.timing import Budget, Samples, latency_stats, measure, paired_ratio
@@ -28,14 +27,9 @@ QUICK = dict(batches=(1, 2), min_time=0.0, min_iterations=3, warmup=1, threads=1
 
 
 @pytest.fixture(scope="module")
-def tiny_ckpt(tmp_path_factory):
+def tiny_ckpt(tiny):
     """Untrained rn26 on 1×8×8 inputs: the smallest input the architecture takes, so runs are cheap."""
-    torch.manual_seed(0)
-    model = models.create("rn26", num_classes=10, in_chans=1)
-    # the card records digits as its training data: bench's default data (accuracy, calibration) is read from it
-    card = checkpoint.card_for(model, [str(i) for i in range(10)], [0.3], [0.4], input_size=(1, 8, 8),
-                               extra={"train": {"data": "digits"}})
-    return checkpoint.load(checkpoint.save(tmp_path_factory.mktemp("bench") / "tiny.pt", model, card))
+    return tiny("rn26")
 
 
 @pytest.fixture(scope="module")

@@ -10,9 +10,7 @@ from pathlib import Path
 
 import onnx
 import pytest
-import torch
 
-from tmdeploy import checkpoint, models
 from tmdeploy.cli import main
 from tmdeploy.errors import TmdeployError
 from tmdeploy.optimize import OptimizeOptions, optimize
@@ -25,13 +23,9 @@ FAST = ["--quick", "--threads", "1", "--batch", "1,4", "--window-s", "0.05", "--
 
 
 @pytest.fixture(scope="module")
-def tiny_tm(tmp_path_factory):
-    """Untrained rn26-tm on 1×8×8 inputs whose card names digits: TM blocks, so the forms differ, and cheap."""
-    torch.manual_seed(0)
-    model = models.create("rn26-tm", num_classes=10, in_chans=1)
-    card = checkpoint.card_for(model, [str(i) for i in range(10)], [0.3], [0.4], input_size=(1, 8, 8),
-                               extra={"train": {"data": "digits"}})
-    return checkpoint.load(checkpoint.save(tmp_path_factory.mktemp("opt") / "tiny.pt", model, card))
+def tiny_tm(tiny):
+    """Untrained rn26-tm on 1×8×8 inputs: TM blocks, so the forms differ, and cheap."""
+    return tiny("rn26-tm")
 
 
 def _strict(text: str) -> dict:
