@@ -12,7 +12,7 @@ import onnx
 import pytest
 
 from tmdeploy.cli import main
-from tmdeploy.errors import TmdeployError
+from tmdeploy.errors import TmdeployError, UsageError
 from tmdeploy.optimize import OptimizeOptions, optimize
 from tmdeploy.optimize.candidates import Candidate
 from tmdeploy.optimize.search import CHOICE_KEY, _decide
@@ -171,3 +171,20 @@ def test_strategies_choose_by_their_own_measure():
     under = _decide(todo, OptimizeOptions(strategy="max-throughput-under-latency", latency_ms=2.0))
     assert (under["chosen"], under["batch"]) == ("a", 1)
     assert _decide(todo, OptimizeOptions(strategy="max-throughput-under-latency", latency_ms=0.1)) is None
+
+
+def test_tm_form_auto_exports_the_fastest_form_with_its_timings(tiny_tm, tmp_path):
+    from tmdeploy.bench.timing import Budget
+    from tmdeploy.export import ExportOptions, FORMS, to_model_proto
+    from tmdeploy.optimize import export_auto
+    from tmdeploy.optimize import forms as auto
+
+    with pytest.raises(UsageError, match="tmdeploy.optimize.export_auto"):
+        to_model_proto(tiny_tm, ExportOptions(tm_form="auto"))
+    quick = Budget(min_time=0.0, min_iterations=3, min_rounds=3, warmup=1)
+    path = export_auto(tiny_tm, tmp_path / "auto.onnx", ExportOptions(tm_form="auto"), threads=1, budget=quick)
+    meta = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+    timings = json.loads(meta[auto.TIMINGS_KEY])
+    assert set(timings["score"]) == set(FORMS) and timings["score"]["normalized"] == 1.0
+    assert meta["tm_form"] == timings["chosen"] == max(timings["score"], key=timings["score"].get)
+    assert set(timings["batches"]) == {"1", "32"}
