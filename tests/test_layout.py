@@ -73,3 +73,28 @@ def test_help_shows_the_api_defaults(capsys):
         except SystemExit:
             pass
         assert expected in " ".join(capsys.readouterr().out.split()), command
+
+
+STAGES = ("models", "checkpoint", "export", "engines", "verify", "bench", "optimize", "report")  # README, Design
+
+
+def test_no_stage_imports_a_later_one():
+    """Every import, at module level or inside a function, of every stage module: none reaches a later stage."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent / "tmdeploy"
+    found = []
+    for i, stage in enumerate(STAGES):
+        files = sorted((root / stage).rglob("*.py")) if (root / stage).is_dir() else [root / f"{stage}.py"]
+        for path in files:
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.Import):
+                    names = [alias.name for alias in node.names]
+                elif isinstance(node, ast.ImportFrom):
+                    names = [node.module or ""]
+                else:
+                    continue
+                found += [(path.name, n) for n in names if n.split(".")[:2][-1] in STAGES[i + 1:]
+                          and n.startswith("tmdeploy.")]
+    assert not found, found
