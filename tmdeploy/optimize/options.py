@@ -39,9 +39,11 @@ class OptimizeOptions:
     accuracy_limit: int | None = None  # at most this many held-out images; None: all (--quick: 256)
     atol: float | None = None  # parity tolerances; None: the precision's defaults (tmdeploy.verify.stats)
     rtol: float | None = None
-    window_s: float = 1.0  # seconds of timed iterations per candidate in one timing window (--quick: 0.2)
-    profile_s: float = 60.0  # time budget for timing windows, all batch sizes together (--quick: 10)
-    stable_within: float = 0.03  # two windows agree when every candidate's median moved less than this
+    window_s: float = 0.5  # seconds of timed iterations per candidate in one timing window (--quick: 0.2)
+    profile_s: float = 90.0  # time budget for timing windows, all batch sizes together (--quick: 10)
+    stable_within: float = 0.03  # two windows agree when no candidate's speed-up over the default moved more
+    # after the first window, candidates this many times slower than the fastest are not timed again
+    screen_slower: float = 1.25
     threads: int | None = None  # onnxruntime intra-op threads; None: its default
     seed: int = 0
     quick: bool = False
@@ -88,6 +90,7 @@ class OptimizeOptions:
         check_option("--window-s", self.window_s, 0.0, MAX_SECONDS)
         check_option("--profile-s", self.profile_s, 0.0, MAX_SECONDS)
         check_option("--stable-within", self.stable_within, 0.0, 1.0)
+        check_option("--screen-slower", self.screen_slower, 1.0, 1e6)
         if self.threads is not None:
             check_option("--threads", self.threads, 1, MAX_THREADS)
         check_option("--seed", self.seed, 0, MAX_SEED)

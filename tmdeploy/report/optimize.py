@@ -75,6 +75,8 @@ def to_markdown(status: dict) -> str:
               "two windows.", ""]
     lines += [f"- batch {p['batch']}: {p['windows']} windows, {p['ended_by']}"
               + (f" (last change {p['last_change']:.1%} in {p['compared']})" if p["last_change"] is not None else "")
+              + (f"; timed in the first window only, more than {p['screen_slower']:g}× slower than the fastest: "
+                 f"{', '.join(p['screened_out'])}" if p.get("screened_out") else "")
               for p in status["profile"]]
     lines += ["", "## Reproduce a parity check without tmdeploy", "",
               "In this folder (inputs and PyTorch's outputs saved in polygraphy's JSON formats):", ""]
