@@ -188,3 +188,12 @@ def test_tm_form_auto_exports_the_fastest_form_with_its_timings(tiny_tm, tmp_pat
     assert set(timings["score"]) == set(FORMS) and timings["score"]["normalized"] == 1.0
     assert meta["tm_form"] == timings["chosen"] == max(timings["score"], key=timings["score"].get)
     assert set(timings["batches"]) == {"1", "32"}
+
+
+def test_screening_keeps_the_contenders_and_the_default():
+    from tmdeploy.bench.timing import Samples
+    from tmdeploy.optimize.search import _screen
+
+    window = {"default": Samples(times=[3.0]), "fast": Samples(times=[1.0]), "close": Samples(times=[1.2]),
+              "slow": Samples(times=[2.0])}
+    assert _screen(window, dict.fromkeys(window), "default", 1.25) == ["slow"]
