@@ -291,6 +291,7 @@ def _stable_windows(calls: dict, batch: int, budget_s: float, options: OptimizeO
         stats = {"batch": batch, **latency_stats(s.times, batch)}
         unit = windows[0][default] if cand.name in screened and default else pooled.get(default)
         stats["speedup_vs_default"] = paired_ratio(unit, s) if default else None  # rounds of the same windows
+        stats["first_window_only"] = cand.name in screened
         cand.latency.append(stats)
         table.update(cand)
     return {"batch": batch, "windows": len(windows), "stable": stable, "last_change": change,

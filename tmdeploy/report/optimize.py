@@ -63,8 +63,12 @@ def to_markdown(status: dict) -> str:
                      percent(acc.get("top1")), percent(acc.get("agreement")), number(acc.get("top1_drop_points")),
                      *(number((_stat(c, b) or {}).get("p50_ms")) for b in batches),
                      f"{big['throughput']:,.0f}" if big else "–",
-                     f"{big['speedup_vs_default']:.2f}×" if big and big.get("speedup_vs_default") else "–"])
+                     f"{big['speedup_vs_default']:.2f}×" + ("†" if big.get("first_window_only") else "")
+                     if big and big.get("speedup_vs_default") else "–"])
     lines += ["## Candidates", ""] + table(header, rows, text_columns=3) + [""]
+    if any(s.get("first_window_only") for c in status["candidates"] for s in c["latency"]):
+        lines += ["†: screened out after the first timing window; its numbers and speed-up come from that window "
+                  "(paired with the default export's rounds there), the others' from the last two.", ""]
     failed = [c for c in status["candidates"] if c["status"] != "OK"]
     if failed:
         lines += ["## Not chosen because", ""] + [f"- `{c['name']}` ({c['status']}): {c['reason']}" for c in failed]
