@@ -33,6 +33,7 @@ from tmdeploy.checkpoint import Checkpoint
 from tmdeploy.errors import UsageError
 from tmdeploy.export import ExportOptions, to_model_proto
 from tmdeploy.export.metadata import ModelMetadata, props, write
+from tmdeploy.export.options import FORMS
 from tmdeploy.export.precision import INT8_RECIPES, lower_precision
 from tmdeploy.export.to_onnx import calibration_data
 from tmdeploy.fileio import atomic_write, check_output, json_text
@@ -78,7 +79,7 @@ def optimize(ckpt: Checkpoint, options: OptimizeOptions = OptimizeOptions()) -> 
     spec = calibration_data(ckpt, None if options.data == "auto" else options.data)
     recipe, why = machine.int8_recipe()
     recipes = options.int8_recipes or tuple(dict.fromkeys((recipe, "tensorrt")))
-    options = replace(options, forms=options.forms or _all_forms())
+    options = replace(options, forms=options.forms or FORMS)
     todo = candidates(options, recipes)
     with tempfile.TemporaryDirectory(prefix="tmdeploy-optimize-") as scratch, \
             torch_threads(options.threads), LiveTable(todo, options.show_progress) as table:
@@ -96,12 +97,6 @@ def optimize(ckpt: Checkpoint, options: OptimizeOptions = OptimizeOptions()) -> 
         files = _stage_files(scratch, status, protos, decision)
         _commit(scratch, out, files, ckpt.path)
     return OptimizeResult(out, status, decision is not None)
-
-
-def _all_forms() -> tuple[str, ...]:
-    from tmdeploy.export.options import FORMS
-
-    return FORMS
 
 
 class _Quiet:
