@@ -105,7 +105,7 @@ def main() -> None:
                 ["recipe", *(f"speed-up over FP32, batch {b}" for b in BATCHES),
                  f"agreement with FP32 ({agree['images']} digits test images, trained {c}×{h}×{w})"],
                 rows,
-                [f"FP32 p50: {', '.join(f'batch {b} {number(ratios[b]['fp32 p50 ms'])} ms' for b in BATCHES)}",
+                ["FP32 p50: " + ", ".join(f"batch {b} {number(ratios[b]['fp32 p50 ms'])} ms" for b in BATCHES),
                  f"CPU flags: {', '.join(flags) or 'none known'}; tmdeploy's pick for this CPU: {pick} ({why})",
                  caption(ort_threads=args.threads),
                  "All graphs of the model timed interleaved in one run; on a shared machine the absolute times "
