@@ -10,7 +10,7 @@ the median over rounds of the paired per-round latency ratio FP32 / recipe (abov
 are timed on seeded untrained weights at ``--size`` (speed does not depend on the values), calibrated on
 digits upsampled to that size. Agreement: the same recipes on trained checkpoints (``--checkpoints``, else
 trained here with the default recipe), top-1 agreement with their FP32 graph on the whole digits test split.
-The CPU's flags and ``tmdeploy.bench.machine.int8_recipe``'s pick for it are printed with the tables.
+The CPU's flags and the recipes ``tmdeploy.bench.machine.int8_recipes`` picks for it are printed with the tables.
 
     PYTHONPATH=. python benchmarks/int8_recipes.py [--checkpoints rn26-tm.pt rn26.pt] [--size 32] [--threads N]
 """
@@ -82,7 +82,7 @@ def main() -> None:
     args = parser.parse_args()
     budget = Budget(min_time=args.min_time, min_iterations=10, min_rounds=8, warmup=3)
     flags = machine.cpu_flags()
-    pick, why = machine.int8_recipe(flags)
+    pick, why = machine.int8_recipes(flags)
     with tempfile.TemporaryDirectory() as tmp:
         if args.checkpoints:
             ckpts = [checkpoint.load(p) for p in args.checkpoints]
@@ -106,7 +106,7 @@ def main() -> None:
                  f"agreement with FP32 ({agree['images']} digits test images, trained {c}×{h}×{w})"],
                 rows,
                 ["FP32 p50: " + ", ".join(f"batch {b} {number(ratios[b]['fp32 p50 ms'])} ms" for b in BATCHES),
-                 f"CPU flags: {', '.join(flags) or 'none known'}; tmdeploy's pick for this CPU: {pick} ({why})",
+                 f"CPU flags: {', '.join(flags) or 'none known'}; tmdeploy optimize tries {', '.join(pick)} here ({why})",
                  caption(ort_threads=args.threads),
                  "All graphs of the model timed interleaved in one run; on a shared machine the absolute times "
                  "move with the load, the paired ratios much less."],

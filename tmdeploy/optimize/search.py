@@ -77,8 +77,8 @@ def optimize(ckpt: Checkpoint, options: OptimizeOptions = OptimizeOptions()) -> 
     for name in ("model.onnx", "status.json"):
         check_output(out / name, ckpt.path, option="--out")
     spec = calibration_data(ckpt, None if options.data == "auto" else options.data)
-    recipe, why = machine.int8_recipe()
-    recipes = options.int8_recipes or tuple(dict.fromkeys((recipe, "tensorrt")))
+    picked, why = machine.int8_recipes()
+    recipes = options.int8_recipes or (*picked, "tensorrt")
     options = replace(options, forms=options.forms or FORMS)
     todo = candidates(options, recipes)
     with tempfile.TemporaryDirectory(prefix="tmdeploy-optimize-") as scratch, \
@@ -93,7 +93,7 @@ def optimize(ckpt: Checkpoint, options: OptimizeOptions = OptimizeOptions()) -> 
             _accuracy(cand, protos, test_set, reference, options, table)
         profile = _profile(ckpt, todo, protos, options, table)
         decision = _decide(todo, options)
-        status = _status(ckpt, options, todo, profile, decision, reference, test_set[2], recipes, (recipe, why))
+        status = _status(ckpt, options, todo, profile, decision, reference, test_set[2], recipes, (picked, why))
         files = _stage_files(scratch, status, protos, decision)
         _commit(scratch, out, files, ckpt.path)
     return OptimizeResult(out, status, decision is not None)
@@ -269,9 +269,11 @@ def _stable_windows(calls: dict, batch: int, budget_s: float, options: OptimizeO
                 screened[name] = windows[0][name]
                 calls.pop(name)
         if len(windows) >= 2:
+            # agreement on what the choice rests on: the same leader, its speed within stable_within
             speeds = [_speeds(w, calls, default) for w in windows[-2:]]
-            change = max((abs(speeds[1][n] / speeds[0][n] - 1) for n in calls), default=0.0)
-            if change <= options.stable_within:
+            leaders = [max(sp, key=sp.get) for sp in speeds]
+            change = abs(speeds[1][leaders[1]] / speeds[0][leaders[1]] - 1) if leaders[0] == leaders[1] else None
+            if change is not None and change <= options.stable_within:
                 break
         if time.perf_counter() - start >= budget_s:
             break
@@ -291,7 +293,8 @@ def _stable_windows(calls: dict, batch: int, budget_s: float, options: OptimizeO
         table.update(cand)
     return {"batch": batch, "windows": len(windows), "stable": stable, "last_change": change,
             "screened_out": sorted(screened), "screen_slower": options.screen_slower,
-            "compared": "speed-up over the default export" if default else "median latency",
+            "compared": ("the fastest candidate's speed-up over the default export" if default
+                         else "the fastest candidate's median latency"),
             "stable_within": options.stable_within, "seconds": time.perf_counter() - start,
             "ended_by": "two windows agreed" if stable else "time budget"}
 
@@ -306,10 +309,10 @@ def _screen(window: dict[str, Samples], calls: dict, default: str | None, slower
 
 def _speeds(window: dict[str, Samples], calls: dict, default: str | None) -> dict[str, float]:
     """What two windows must agree on: each candidate's paired speed-up over the default export (a slow
-    minute on a shared machine moves both sides alike), or its median latency when that was not timed."""
+    minute on a shared machine moves both sides alike), or 1 / its median latency when that was not timed."""
     if default in calls:
         return {n: paired_ratio(window[default], window[n]) for n in calls}
-    return {n: statistics.median(window[n].times) for n in calls}
+    return {n: 1.0 / statistics.median(window[n].times) for n in calls}
 
 
 def _pool(samples: list[Samples]) -> Samples:
@@ -343,7 +346,7 @@ def _environment(options: OptimizeOptions, recipe: tuple[str, str]) -> dict:
 
     info = machine.describe("cpu", options.threads)
     info.update({"onnx": onnx.__version__, "polygraphy": polygraphy.__version__, "numpy": np.__version__,
-                 "tmdeploy": __version__, "int8_recipe_for_this_cpu": {"recipe": recipe[0], "why": recipe[1]}})
+                 "tmdeploy": __version__, "int8_recipes_for_this_cpu": {"recipes": list(recipe[0]), "why": recipe[1]}})
     return info
 
 

@@ -36,9 +36,9 @@ def to_markdown(status: dict) -> str:
     lines = [f"# Optimize: {model['arch']} ({size} input, {model['classes']} classes)", "",
              f"- Machine: {machine.summary(status['environment'])}; CPU flags: "
              f"{', '.join(status['environment']['cpu_flags']) or 'none known'}",
-             f"- INT8 recipes tried: {', '.join(options['int8_recipes'])} (this CPU's pick: "
-             f"{status['environment']['int8_recipe_for_this_cpu']['recipe']} — "
-             f"{status['environment']['int8_recipe_for_this_cpu']['why']})",
+             f"- INT8 recipes tried: {', '.join(options['int8_recipes'])} (this CPU's picks: "
+             f"{', '.join(status['environment']['int8_recipes_for_this_cpu']['recipes'])} — "
+             f"{status['environment']['int8_recipes_for_this_cpu']['why']})",
              f"- Accuracy on {data['spec']} ({data['split']} split, {data['samples']} images): at most "
              f"{options['max_top1_drop']:g} points of top-1 below PyTorch FP32, agreement ≥ {options['min_agreement']:.2%}"
              + (f", top-1 ≥ {options['min_top1']:.2%}" if options.get("min_top1") is not None else ""),
@@ -74,11 +74,12 @@ def to_markdown(status: dict) -> str:
         lines += ["## Not chosen because", ""] + [f"- `{c['name']}` ({c['status']}): {c['reason']}" for c in failed]
         lines.append("")
     lines += ["## Timing", "", "Candidates timed side by side in interleaved rounds (as `tmdeploy bench`), in windows "
-              f"of at least {options['window_s']:g} s each, until two windows in a row agreed within "
-              f"{options['stable_within']:.0%} or {options['profile_s']:g} s were spent; the numbers pool the last "
-              "two windows.", ""]
+              f"of at least {options['window_s']:g} s each, until two windows in a row agreed (the same fastest "
+              f"candidate, its speed-up within {options['stable_within']:.0%}) or {options['profile_s']:g} s were "
+              "spent; the numbers pool the last two windows.", ""]
     lines += [f"- batch {p['batch']}: {p['windows']} windows, {p['ended_by']}"
-              + (f" (last change {p['last_change']:.1%} in {p['compared']})" if p["last_change"] is not None else "")
+              + (f" (last change {p['last_change']:.1%} in {p['compared']})" if p["last_change"] is not None
+                 else " (the last two windows had different leaders)" if p["windows"] > 1 else "")
               + (f"; timed in the first window only, more than {p['screen_slower']:g}× slower than the fastest: "
                  f"{', '.join(p['screened_out'])}" if p.get("screened_out") else "")
               for p in status["profile"]]
