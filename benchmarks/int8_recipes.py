@@ -54,7 +54,8 @@ def graphs(ckpt: checkpoint.Checkpoint) -> dict:
 
 
 def speed(arch: str, size: int, threads: int | None, budget: Budget) -> dict[int, dict[str, float]]:
-    sessions = {name: OrtSession(g, ["CPUExecutionProvider"], threads) for name, g in graphs(untrained(arch, 1, size)).items()}
+    models = graphs(untrained(arch, 1, size))
+    sessions = {name: OrtSession(g, ["CPUExecutionProvider"], threads) for name, g in models.items()}
     ratios = {}
     for batch in BATCHES:
         x = np.random.default_rng(0).standard_normal((batch, 1, size, size)).astype(np.float32)
@@ -106,7 +107,8 @@ def main() -> None:
                  f"agreement with FP32 ({agree['images']} digits test images, trained {c}×{h}×{w})"],
                 rows,
                 ["FP32 p50: " + ", ".join(f"batch {b} {number(ratios[b]['fp32 p50 ms'])} ms" for b in BATCHES),
-                 f"CPU flags: {', '.join(flags) or 'none known'}; tmdeploy optimize tries {', '.join(pick)} here ({why})",
+                 f"CPU flags: {', '.join(flags) or 'none known'}; "
+                 f"tmdeploy optimize tries {', '.join(pick)} here ({why})",
                  caption(ort_threads=args.threads),
                  "All graphs of the model timed interleaved in one run; on a shared machine the absolute times "
                  "move with the load, the paired ratios much less."],

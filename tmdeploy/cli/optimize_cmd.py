@@ -32,7 +32,8 @@ def register(sub) -> None:
     api_option(p, "--rtol", OPT, type=float, shown="by precision", help="parity: relative tolerance")
     api_option(p, "--window-s", OPT, type=float, help="seconds per candidate in one timing window (--quick: 0.2)")
     api_option(p, "--profile-s", OPT, type=float, help="time budget of all timing windows (--quick: 10)")
-    api_option(p, "--stable-within", OPT, type=float, help="two timing windows agree: the same fastest candidate, its speed-up moved less than this")
+    api_option(p, "--stable-within", OPT, type=float,
+               help="two timing windows agree: the same fastest candidate, its speed-up moved less than this")
     api_option(p, "--screen-slower", OPT, type=float,
                help="after the first timing window, drop candidates this many times slower than the fastest")
     api_option(p, "--threads", OPT, type=int, shown="onnxruntime's own", help="CPU threads for every candidate")

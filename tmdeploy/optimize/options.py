@@ -41,7 +41,7 @@ class OptimizeOptions:
     rtol: float | None = None
     window_s: float = 0.5  # seconds of timed iterations per candidate in one timing window (--quick: 0.2)
     profile_s: float = 90.0  # time budget for timing windows, all batch sizes together (--quick: 10)
-    stable_within: float = 0.03  # two windows agree: the same fastest candidate, its speed-up moved less than this
+    stable_within: float = 0.03  # two windows agree: the same fastest (ties within this), its speed-up moved less
     # after the first window, candidates this many times slower than the fastest are not timed again
     screen_slower: float = 1.25
     threads: int | None = None  # onnxruntime intra-op threads; None: its default

@@ -211,7 +211,8 @@ def _accuracy(cand: Candidate, protos: dict, test_set, reference: np.ndarray, op
     cand.accuracy = {"top1": top1, "agreement": agreement, "top1_drop_points": drop, "reference_top1": ref_top1}
     misses = []
     if drop > options.max_top1_drop:
-        misses.append(f"top-1 drop {drop:.2f} points > {options.max_top1_drop:g} (by {drop - options.max_top1_drop:.2f})")
+        misses.append(f"top-1 drop {drop:.2f} points > {options.max_top1_drop:g} "
+                      f"(by {drop - options.max_top1_drop:.2f})")
     if agreement < options.min_agreement:
         misses.append(f"agreement {agreement:.2%} < {options.min_agreement:.2%} "
                       f"(by {(options.min_agreement - agreement) * 100:.2f} points)")
@@ -269,10 +270,12 @@ def _stable_windows(calls: dict, batch: int, budget_s: float, options: OptimizeO
                 screened[name] = windows[0][name]
                 calls.pop(name)
         if len(windows) >= 2:
-            # agreement on what the choice rests on: the same leader, its speed within stable_within
-            speeds = [_speeds(w, calls, default) for w in windows[-2:]]
-            leaders = [max(sp, key=sp.get) for sp in speeds]
-            change = abs(speeds[1][leaders[1]] / speeds[0][leaders[1]] - 1) if leaders[0] == leaders[1] else None
+            # agreement on what the choice rests on: the latest leader led the window before too (or tied with
+            # its leader within stable_within), and its speed moved less than stable_within
+            before, last = (_speeds(w, calls, default) for w in windows[-2:])
+            leader = max(last, key=last.get)
+            tied = before[leader] >= (1 - options.stable_within) * max(before.values())
+            change = abs(last[leader] / before[leader] - 1) if tied else None
             if change is not None and change <= options.stable_within:
                 break
         if time.perf_counter() - start >= budget_s:

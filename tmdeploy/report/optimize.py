@@ -40,15 +40,18 @@ def to_markdown(status: dict) -> str:
              f"{', '.join(status['environment']['int8_recipes_for_this_cpu']['recipes'])} — "
              f"{status['environment']['int8_recipes_for_this_cpu']['why']})",
              f"- Accuracy on {data['spec']} ({data['split']} split, {data['samples']} images): at most "
-             f"{options['max_top1_drop']:g} points of top-1 below PyTorch FP32, agreement ≥ {options['min_agreement']:.2%}"
+             f"{options['max_top1_drop']:g} points of top-1 below PyTorch FP32, "
+             f"agreement ≥ {options['min_agreement']:.2%}"
              + (f", top-1 ≥ {options['min_top1']:.2%}" if options.get("min_top1") is not None else ""),
-             f"- Strategy: {options['strategy']}" + (f" {options['latency_ms']:g} ms" if options.get("latency_ms") else ""),
+             f"- Strategy: {options['strategy']}"
+             + (f" {options['latency_ms']:g} ms" if options.get("latency_ms") else ""),
              ""]
     if decision:
         speedup = decision.get("speedup_vs_default")
-        lines += [f"**Choice: `{decision['chosen']}`** at batch {decision['batch']}: p50 {number(decision['p50_ms'])} ms, "
-                  f"{decision['throughput']:,.0f} images/s"
-                  + (f", {speedup:.2f}× the default FP32 export" if speedup else "") + ". Written as `model.onnx`.", ""]
+        lines += [f"**Choice: `{decision['chosen']}`** at batch {decision['batch']}: "
+                  f"p50 {number(decision['p50_ms'])} ms, {decision['throughput']:,.0f} images/s"
+                  + (f", {speedup:.2f}× the default FP32 export" if speedup else "")
+                  + ". Written as `model.onnx`.", ""]
     else:
         lines += ["**No candidate passed**: no model.onnx was written (exit status 1).", ""]
     header = ["candidate", "precision", "status", "size MB", "build s", "max / p99 abs error", "tolerance", "top-1",
@@ -75,7 +78,8 @@ def to_markdown(status: dict) -> str:
         lines.append("")
     lines += ["## Timing", "", "Candidates timed side by side in interleaved rounds (as `tmdeploy bench`), in windows "
               f"of at least {options['window_s']:g} s each, until two windows in a row agreed (the same fastest "
-              f"candidate, its speed-up within {options['stable_within']:.0%}) or {options['profile_s']:g} s were "
+              f"candidate or one within {options['stable_within']:.0%} of it, its speed-up within "
+              f"{options['stable_within']:.0%}) or {options['profile_s']:g} s were "
               "spent; the numbers pool the last two windows.", ""]
     lines += [f"- batch {p['batch']}: {p['windows']} windows, {p['ended_by']}"
               + (f" (last change {p['last_change']:.1%} in {p['compared']})" if p["last_change"] is not None
