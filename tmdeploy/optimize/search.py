@@ -1,9 +1,10 @@
 """``tmdeploy optimize``: the fastest deployment that keeps accuracy, chosen by measurement.
 
 ``optimize(ckpt, OptimizeOptions(...))`` builds every candidate (:mod:`.candidates`) with the export stage,
-checks its parity against PyTorch with the verify stage (polygraphy, at the precision's tolerances), measures
-top-1 and agreement on the held-out split, times the correct ones side by side with the bench stage's
-interleaved timing until two windows agree, and picks the best by the strategy. It writes the choice as
+checks its parity against PyTorch with the verify stage (polygraphy, at the precision's tolerances, on
+held-out images), measures top-1 and agreement on the whole held-out split, times the correct ones side by
+side with the bench stage's interleaved timing in windows until two agree (slow ones screened out after the
+first), and picks the best by the strategy. It writes the choice as
 ``model.onnx`` and every record as ``status.json`` into the output folder; the report stage renders that
 file (``report.md``, the plot). All files are made in scratch space first and copied into the folder, each
 atomically, only when the run has finished, so a run that fails or is interrupted changes no file there.
