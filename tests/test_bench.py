@@ -126,6 +126,12 @@ def test_timing_records_a_failing_call_and_goes_on():
     assert samples["fine"].error is None and len(samples["fine"].round_medians) == 3
 
 
+def test_a_deadline_ends_the_rounds_after_the_first():
+    samples = measure({"a": lambda: None, "b": lambda: None}, Budget(min_time=10.0, min_rounds=50, warmup=0),
+                      deadline=0.0)
+    assert [len(s.round_medians) for s in samples.values()] == [1, 1]
+
+
 def test_paired_ratio_and_stats():
     base, fast = Samples(round_medians=[2.0, 4.0, 6.0]), Samples(round_medians=[1.0, 1.0, 3.0])
     assert paired_ratio(base, fast) == 2.0 and paired_ratio(base, base) == 1.0

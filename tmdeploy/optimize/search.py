@@ -261,7 +261,7 @@ def _stable_windows(calls: dict, batch: int, budget_s: float, options: OptimizeO
     screened: dict[str, Samples] = {}  # left out of later windows: their first window is their record
     while calls:
         table.status(f"timing batch {batch}: window {len(windows) + 1}, {len(calls)} candidates")
-        windows.append(measure(calls, budget, wall_timer))
+        windows.append(measure(calls, budget, wall_timer, deadline=start + budget_s))
         for name, s in windows[-1].items():
             if s.error:
                 next(c for c in live if c.name == name).mark("profile", FAILED, f"batch {batch}: {s.error}")
