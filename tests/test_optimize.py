@@ -197,3 +197,25 @@ def test_screening_keeps_the_contenders_and_the_default():
     window = {"default": Samples(times=[3.0]), "fast": Samples(times=[1.0]), "close": Samples(times=[1.2]),
               "slow": Samples(times=[2.0])}
     assert _screen(window, dict.fromkeys(window), "default", 1.25) == ["slow"]
+
+
+def test_an_interrupted_run_changes_no_file(tiny_tm, tmp_path):
+    """SIGINT while candidates are built and checked: exit 130, one line, the folder exactly as it was."""
+    import signal
+    import time
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "status.json").write_text('{"from": "last week"}\n')
+    before = sorted(p.name for p in out.iterdir())
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.Popen([sys.executable, "-m", "tmdeploy", "optimize", str(tiny_tm.path), "--threads", "1",
+                             "--profile-s", "60", "--quiet", "--out", str(out)], cwd=root, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(root)})
+    time.sleep(8)  # imports, export, the first candidates' checks; the copy into out comes after a minute of timing
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert err.strip() == "tmdeploy: error: interrupted by SIGINT"
+    assert sorted(p.name for p in out.iterdir()) == before
+    assert (out / "status.json").read_text() == '{"from": "last week"}\n'
