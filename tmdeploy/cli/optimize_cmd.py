@@ -22,7 +22,7 @@ def register(sub) -> None:
     api_option(p, "--min-top1", OPT, type=float, shown="none", help="absolute top-1 floor (fraction)")
     api_option(p, "--forms", OPT, shown="all (--quick: the default form)", help="comma-separated TM export forms")
     api_option(p, "--precisions", OPT, help="comma-separated precisions")
-    api_option(p, "--int8-recipes", OPT, shown="this CPU's onnxruntime recipe and tensorrt",
+    api_option(p, "--int8-recipes", OPT, shown="the onnxruntime recipes this CPU's features call for, and tensorrt",
                help="comma-separated INT8 recipes")
     api_option(p, "--exporters", OPT, help="comma-separated torch.onnx exporters")
     api_option(p, "--data", OPT, help="held-out (test split) and calibration (train split) data; auto: the data the "

@@ -31,7 +31,7 @@ class OptimizeOptions:
     min_top1: float | None = None  # an absolute top-1 floor (fraction) as well; None: none
     forms: tuple[str, ...] | None = None  # TM export forms; None: all (--quick: the default form)
     precisions: tuple[str, ...] = PRECISIONS
-    # INT8 recipes; None: the one this CPU's features call for (tmdeploy.bench.machine.int8_recipe) and tensorrt's
+    # INT8 recipes; None: the ones this CPU's features call for (tmdeploy.bench.machine.int8_recipes) and tensorrt
     int8_recipes: tuple[str, ...] | None = None
     exporters: tuple[str, ...] = ("torchscript",)  # dynamo gives the same graph in ~10 s per export
     # accuracy on its test split, calibration on its train split; "auto": the data the checkpoint was trained on
