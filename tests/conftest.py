@@ -25,17 +25,20 @@ def trained(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def seeded_checkpoint(tmp_path_factory):
-    """seeded_checkpoint(arch, size) -> an untrained, seeded checkpoint for 1×size×size digits-like inputs.
+def tiny(tmp_path_factory):
+    """tiny(arch, size=8) -> an untrained, seeded Checkpoint on 1×size×size inputs (8: the smallest the
+    architectures take) whose card records digits as its training data, so accuracy and calibration data
+    come from it."""
+    cache = {}
 
-    Its card names digits as its training data, so bench's and check's default data is read from it.
-    """
+    def get(arch: str, size: int = 8):
+        if (arch, size) not in cache:
+            torch.manual_seed(0)
+            model = models.create(arch, num_classes=10, in_chans=1)
+            card = checkpoint.card_for(model, [str(i) for i in range(10)], [0.3], [0.4], input_size=(1, size, size),
+                                       extra={"train": {"data": "digits"}})
+            path = tmp_path_factory.mktemp("tiny") / f"{arch}-{size}.pt"
+            cache[(arch, size)] = checkpoint.load(checkpoint.save(path, model, card))
+        return cache[(arch, size)]
 
-    def make(arch: str, size: int):
-        torch.manual_seed(0)
-        model = models.create(arch, num_classes=10, in_chans=1)
-        card = checkpoint.card_for(model, [str(i) for i in range(10)], [0.3], [0.4], input_size=(1, size, size),
-                                   extra={"train": {"data": "digits"}})
-        return checkpoint.load(checkpoint.save(tmp_path_factory.mktemp(arch) / f"{arch}.pt", model, card))
-
-    return make
+    return get

@@ -27,9 +27,9 @@ QUICK = dict(batches=(1, 2), min_time=0.0, min_iterations=3, warmup=1, threads=1
 
 
 @pytest.fixture(scope="module")
-def tiny_ckpt(seeded_checkpoint):
+def tiny_ckpt(tiny):
     """Untrained rn26 on 1×8×8 inputs: the smallest input the architecture takes, so runs are cheap."""
-    return seeded_checkpoint("rn26", 8)
+    return tiny("rn26")
 
 
 @pytest.fixture(scope="module")
@@ -116,6 +116,7 @@ def test_compile_failure_is_reported_not_raised(tiny_ckpt):
                                          data=None, **{**QUICK, "batches": (1,)}))
     compiled = result.backend("torch-compile")
     assert compiled.status == "failed" and "tmdeploy_test_crashing" in compiled.note and not compiled.latency
+    assert compiled.outcome == "failed" and compiled.built  # built, then failed: not "could not build"
     assert result.backend("pytorch").status == "ok" and result.backend("pytorch").latency
 
 
@@ -124,6 +125,12 @@ def test_timing_records_a_failing_call_and_goes_on():
     samples = measure(calls, Budget(min_time=0.0, min_iterations=2, min_rounds=3, warmup=1))
     assert samples["broken"].error.startswith("ZeroDivisionError") and not samples["broken"].times
     assert samples["fine"].error is None and len(samples["fine"].round_medians) == 3
+
+
+def test_a_deadline_ends_the_rounds_after_the_first():
+    samples = measure({"a": lambda: None, "b": lambda: None}, Budget(min_time=10.0, min_rounds=50, warmup=0),
+                      deadline=0.0)
+    assert [len(s.round_medians) for s in samples.values()] == [1, 1]
 
 
 def test_paired_ratio_and_stats():
@@ -144,6 +151,9 @@ def test_paired_ratio_and_stats():
     (dict(seed=-1), "--seed"),
     (dict(batches=(10**9,)), "--batch"),
     (dict(data="mnist"), "unknown data source 'mnist'"),
+    (dict(min_top1=1.5), "--min-top1"),
+    (dict(min_agreement=-0.1), "--min-agreement"),
+    (dict(min_agreement=0.9, data=None), "--min-agreement needs accuracy data"),
 ])
 def test_invalid_options_are_usage_errors(options, match):
     with pytest.raises(UsageError, match=match):
@@ -177,13 +187,38 @@ def test_cli_bench_writes_the_report(tiny_ckpt, tmp_path):
     assert {p.name for p in out.iterdir()} == {"bench.json", "bench.md", "latency.png", "accuracy.png"}
 
 
-def test_node_placement_reads_where_onnxruntime_ran_each_node(tiny_ckpt):
-    """Read from onnxruntime's own profile; on the CPU its QDQ fusion turns the INT8 convolutions integer."""
-    from tmdeploy.bench.backends import Context
-    from tmdeploy.bench.cuda import node_placement, placement_note
+def test_outcome_size_and_build_time_columns(tiny_result, report):
+    """Ultralytics' columns: a status telling skipped / not built / failed / passed, size in MB, build time."""
+    for b in tiny_result.backends:
+        assert b.outcome == ("passed" if b.status == "ok" else "skipped") and b.below_floor == []
+        if b.status == "ok":
+            assert b.built and b.size_mb > 0 and b.setup_s > 0
+    fp32, int8 = tiny_result.backend("ort-fp32"), tiny_result.backend("ort-int8")
+    assert int8.size_mb < fp32.size_mb  # int8 weights: the file really is the one that was run
+    md = report["markdown"].read_text()
+    assert "## Summary" in md and "| ONNX Runtime FP32 | fp32 | ✅ passed |" in md
+    assert "| TensorRT FP32 | fp32 | – skipped |" in md and "No accuracy floors were set." in md
 
-    ctx = Context(tiny_ckpt, "cpu", (1,), calib_data="digits")
-    fp32 = node_placement(ctx.onnx("fp32"), ["CPUExecutionProvider"])
-    assert {p for p, _ in fp32} == {"CPUExecutionProvider"} and fp32[("CPUExecutionProvider", "Conv")] > 10
-    int8 = placement_note(node_placement(ctx.onnx("int8", "onnxruntime"), ["CPUExecutionProvider"]))
-    assert int8.startswith("0/") and "QLinearConv" in int8 and int8.endswith("convolutions in INT8")
+
+def test_not_built_is_told_from_built_then_failed():
+    from tmdeploy.bench.suite import BackendResult, judge
+
+    never, broke, low = (BackendResult(n, n, "fp32", status="failed") for n in ("a", "b", "c"))
+    broke.built = low.built = True
+    low.status, low.top1, low.agreement = "ok", 0.5, 1.0
+    judge([never, broke, low], BenchOptions(min_top1=0.9))
+    assert [never.outcome, broke.outcome, low.outcome] == ["not built", "failed", "failed"]
+    assert low.below_floor == ["top-1 50.00% < 90.00%"]
+
+
+def test_cli_floor_that_a_backend_misses_exits_1_naming_it(tiny_ckpt, tmp_path, capsys):
+    out = tmp_path / "report"
+    code = main(["bench", str(tiny_ckpt.path), "--backends", "pytorch,ort-fp32", "--batch", "2", "--min-time", "0",
+                 "--min-iterations", "2", "--warmup", "0", "--threads", "1", "--accuracy-limit", "8", "--quiet",
+                 "--min-top1", "1.0", "--min-agreement", "0.5", "--report-dir", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and len(err.splitlines()) == 1, err
+    assert err.startswith("tmdeploy: error: below the floor: pytorch (top-1 ") and "ort-fp32 (top-1 " in err
+    md = (out / "bench.md").read_text()
+    assert "❎ failed" in md and "## Below the accuracy floors" in md and "Floors: top-1 ≥ 100.00%" in md
+    assert json.loads((out / "bench.json").read_text())["backends"][0]["outcome"] == "failed"

@@ -24,9 +24,9 @@ needs_ort_cuda = pytest.mark.skipif("CUDAExecutionProvider" not in ort.get_avail
 
 
 @pytest.fixture(scope="module")
-def small_ckpt(seeded_checkpoint):
+def small_ckpt(tiny):
     """Seeded, untrained rn26-tm at 1×16×16 (the digits size): parity does not need a trained model."""
-    return seeded_checkpoint("rn26-tm", 16)
+    return tiny("rn26-tm", 16)
 
 
 def _inputs(batch: int, seed: int = 0) -> np.ndarray:

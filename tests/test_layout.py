@@ -6,7 +6,8 @@ import sys
 
 def test_numpy_only_modules_import_without_torch():
     code = ("import sys, tmdeploy.verify.stats, tmdeploy.bench.timing, tmdeploy.bench.machine, tmdeploy.report, "
-            "tmdeploy.export.options, tmdeploy.export.metadata, tmdeploy.runtime, tmdeploy.cli; "
+            "tmdeploy.export.options, tmdeploy.export.metadata, tmdeploy.runtime, tmdeploy.cli, "
+            "tmdeploy.optimize.options; "
             "tmdeploy.cli.build_parser(); "
             "heavy = [m for m in ('torch', 'polygraphy', 'onnxscript') if m in sys.modules]; "
             "assert not heavy, heavy")
@@ -21,8 +22,8 @@ def test_fronts_re_export_functions_not_modules():
     assert callable(run) and callable(check) and BenchOptions().device == "cpu" and CheckOptions().batches
 
 
-MINIMAL_ARGV = {"train": [], "export": ["x.pt"], "check": ["x.pt", "y.onnx"], "bench": ["x.pt"], "serve": ["m.onnx"],
-                "demo": []}
+MINIMAL_ARGV = {"train": [], "export": ["x.pt"], "check": ["x.pt", "y.onnx"], "bench": ["x.pt"], "optimize": ["x.pt"],
+                "serve": ["m.onnx"], "demo": []}
 
 
 def _subparsers():
@@ -65,7 +66,8 @@ def test_help_shows_the_api_defaults(capsys):
     from tmdeploy.cli import main
 
     for command, expected in (("export", "(default: torchscript)"), ("check", "(default: 1,7)"),
-                              ("bench", "(default: 1,32,256)"), ("serve", "(default: 64)"), ("train", "(default: digits)")):
+                              ("bench", "(default: 1,32,256)"), ("optimize", "(default: min-latency)"),
+                              ("serve", "(default: 64)"), ("train", "(default: digits)")):
         try:
             main([command, "--help"])
         except SystemExit:
@@ -107,3 +109,28 @@ def test_model_families_share_layers_not_each_other():
                 assert node.level == 1, (path.name, node.module)
             elif path.name != "__init__.py":
                 assert target not in families, (path.name, node.module)
+
+
+STAGES = ("models", "checkpoint", "export", "engines", "verify", "bench", "optimize", "report")  # README, Design
+
+
+def test_no_stage_imports_a_later_one():
+    """Every import, at module level or inside a function, of every stage module: none reaches a later stage."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent / "tmdeploy"
+    found = []
+    for i, stage in enumerate(STAGES):
+        files = sorted((root / stage).rglob("*.py")) if (root / stage).is_dir() else [root / f"{stage}.py"]
+        for path in files:
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.Import):
+                    names = [alias.name for alias in node.names]
+                elif isinstance(node, ast.ImportFrom):
+                    names = [node.module or ""]
+                else:
+                    continue
+                found += [(path.name, n) for n in names if n.split(".")[:2][-1] in STAGES[i + 1:]
+                          and n.startswith("tmdeploy.")]
+    assert not found, found

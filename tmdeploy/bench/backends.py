@@ -87,7 +87,9 @@ class TrtSession:
         onnx_path = ctx.workdir / f"{name}.onnx"
         onnx.save(proto, str(onnx_path))
         profile = BatchProfile(min(ctx.batches), max(ctx.batches), max(ctx.batches))
-        self.runner, _ = open_engine(build_engine(onnx_path, batch=profile))
+        engine = build_engine(onnx_path, batch=profile)
+        self.artifact_bytes = Path(engine).stat().st_size
+        self.runner, _ = open_engine(engine)
         self.input_name = INPUT_NAME
 
     def bind(self, x: np.ndarray) -> Callable[[], object]:

@@ -20,13 +20,30 @@ def cpu_model() -> str:
 
 def cpu_flags() -> list[str]:
     """The vector extensions that decide which kernels ONNX Runtime and PyTorch pick."""
-    wanted = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_int8", "amx_bf16")
+    wanted = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "avx512_fp16", "amx_int8", "amx_bf16")
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
         return []
     flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
     return [f for f in wanted if f in flags]
+
+
+def int8_recipes(flags: list[str] | None = None) -> tuple[tuple[str, ...], str]:
+    """The onnxruntime INT8 recipes worth trying on this CPU (names in ``tmdeploy.export.precision.INT8_RECIPES``)
+    and why.
+
+    u8s8 products run on VNNI (AVX-512 or AVX) or AMX as exact int32 dot products; on plain AVX2 onnxruntime's
+    kernels sum pairs of u8×s8 products in int16 (vpmaddubsw), which saturates unless the weights are 7-bit:
+    its documentation advises ``reduce_range`` there. With VNNI, quantizing the residual Adds as well was the
+    one variation that ran faster for rn26-tm in benchmarks/int8_recipes.py (1.75× FP32 at batch 32 against
+    1.54–1.61× on a Zen 4 EPYC, two runs); reduce_range bought nothing there.
+    """
+    flags = cpu_flags() if flags is None else flags
+    fast = [f for f in ("avx512_vnni", "avx_vnni", "amx_int8") if f in flags]
+    if fast:
+        return ("onnxruntime", "ort-shortcuts"), f"{', '.join(fast)}: u8s8 dot products without saturation"
+    return ("ort-reduce-range",), "no VNNI/AMX: 7-bit weights keep AVX2's int16 sums from saturating"
 
 
 def describe(device: str = "cpu", ort_threads: int | None = None) -> dict:

@@ -26,6 +26,9 @@ class BenchOptions:
     compile_backend: str = "inductor"
     threads: int | None = None  # CPU threads for PyTorch and onnxruntime alike; None: each library's default
     seed: int = 0
+    # accuracy floors (fractions): a backend below one fails, and `tmdeploy bench` exits 1; None: no floor
+    min_top1: float | None = None
+    min_agreement: float | None = None  # share of test images where its top-1 is PyTorch eager's
     show_progress: bool = True
 
     def validate(self) -> None:
@@ -52,6 +55,11 @@ class BenchOptions:
             from tmdeploy import data
 
             data.check_spec(self.data)
+        for option, floor in (("--min-top1", self.min_top1), ("--min-agreement", self.min_agreement)):
+            if floor is not None:
+                check_option(option, floor, 0.0, 1.0)
+                if self.data is None:
+                    raise UsageError(f"{option} needs accuracy data: drop --data none")
         if self.accuracy_limit is not None and self.accuracy_limit < 1:
             raise UsageError(f"--accuracy-limit must be at least 1, got {self.accuracy_limit}")
         if self.device == "cuda":

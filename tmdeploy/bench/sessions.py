@@ -29,6 +29,8 @@ class Session(Protocol):
 class TorchSession:
     def __init__(self, module, device: str) -> None:
         self.module, self.device = module, device
+        tensors = [*module.parameters(), *module.buffers()]
+        self.artifact_bytes = sum(t.numel() * t.element_size() for t in tensors)  # what a state_dict would hold
 
     def bind(self, x: np.ndarray) -> Callable[[], object]:
         import torch
@@ -57,7 +59,9 @@ class OrtSession:
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(proto.SerializeToString(), options, providers=providers)
+        blob = proto.SerializeToString()
+        self.artifact_bytes = len(blob)  # the .onnx file a deployment would ship
+        self.session = ort.InferenceSession(blob, options, providers=providers)
         graph_input = self.session.get_inputs()[0]
         self.input_name = graph_input.name
         self.input_dtype = np.float16 if graph_input.type == "tensor(float16)" else np.float32

@@ -33,9 +33,13 @@ class BackendResult:
     status: str = "ok"  # ok | failed | skipped
     note: str = ""
     setup_s: float = 0.0  # building it: export, quantization, session or engine creation
+    built: bool = False  # tells "could not build" from "built, then failed" when status is failed
+    size_mb: float | None = None  # the artifact it runs: ONNX file, engine, or the module's weights
     latency: list[dict] = field(default_factory=list)  # per batch size: percentiles, throughput, speedup
     top1: float | None = None
     agreement: float | None = None  # share of images where its top-1 class is PyTorch eager's
+    below_floor: list[str] = field(default_factory=list)  # the --min-top1/--min-agreement floors it missed
+    outcome: str = ""  # passed | failed (built, then failed or below a floor) | not built | skipped
 
     def fail(self, note: str) -> None:
         self.status, self.note = "failed", note
@@ -81,6 +85,7 @@ def run(ckpt: Checkpoint, options: BenchOptions = BenchOptions()) -> BenchResult
             for session in sessions.values():
                 session.close()
             ctx.close()
+    judge(results, options)
     c, h, w = ckpt.card.input_size
     model = {"arch": ckpt.card.arch, "checkpoint": str(ckpt.path or ""), "sha256": ckpt.sha256 or "",
              "input_size": [c, h, w], "classes": ckpt.card.num_classes}
@@ -106,6 +111,9 @@ def _build(ctx: Context, results: list[BackendResult], sessions: dict, reporter)
                 raise Skip("needs --device cuda")
             sessions[result.name] = backend.build(ctx)
             result.note = getattr(sessions[result.name], "note", "")  # where it runs, when that is news
+            result.built = True
+            size = getattr(sessions[result.name], "artifact_bytes", None)
+            result.size_mb = None if size is None else size / 1e6
         except Skip as note:
             result.status, result.note = "skipped", str(note)
         except Exception as err:  # noqa: BLE001 - one backend that cannot be built must not end the run
@@ -180,3 +188,23 @@ def _accuracy(ctx: Context, test_set, sessions: dict, results: list[BackendResul
         if reference is not None and result.name in predictions:
             result.agreement = float((predictions[result.name] == reference).mean())
     return description
+
+
+def judge(results: list[BackendResult], options: BenchOptions) -> None:
+    """Each backend's outcome, as Ultralytics' table shows it; a floor judges only backends that ran."""
+    floors = [("top-1", "top1", options.min_top1), ("agreement", "agreement", options.min_agreement)]
+    for r in results:
+        if r.status == "ok":
+            r.below_floor = [f"{what} {getattr(r, key):.2%} < {floor:.2%}" for what, key, floor in floors
+                             if floor is not None and getattr(r, key) is not None and getattr(r, key) < floor]
+        r.outcome = ("skipped" if r.status == "skipped" else "not built" if not r.built
+                     else "failed" if r.status == "failed" or r.below_floor else "passed")
+
+
+def floor_failures(result: BenchResult) -> list[str]:
+    """One phrase per backend that does not pass when floors are set (a CI gate's reasons), else none."""
+    options = result.options
+    if options.get("min_top1") is None and options.get("min_agreement") is None:
+        return []
+    return [f"{b.name} ({'; '.join(b.below_floor) or b.outcome})" for b in result.backends
+            if b.outcome in ("failed", "not built")]

@@ -71,10 +71,12 @@ def error_line(err: BaseException) -> str:
 
 
 def measure(calls: dict[str, Call], budget: Budget = Budget(), timer: Timer = wall_timer,
-            progress: Callable[[str, float], None] | None = None) -> dict[str, Samples]:
+            progress: Callable[[str, float], None] | None = None, deadline: float | None = None) -> dict[str, Samples]:
     """Time every call side by side until each has its budget; a call that raises is recorded, not raised.
 
-    ``progress(label, fraction_done)`` is told which call runs and how far the slowest one is.
+    ``progress(label, fraction_done)`` is told which call runs and how far the slowest one is. ``deadline``
+    (a ``time.perf_counter()`` value) ends the rounds early, once every call has had one: on a loaded
+    machine a budget counted in timed seconds per call can take many times longer in wall time.
     """
     samples = {label: Samples() for label in calls}
     chunks: dict[str, int] = {}
@@ -90,7 +92,8 @@ def measure(calls: dict[str, Call], budget: Budget = Budget(), timer: Timer = wa
     gc_was_enabled = gc.isenabled()
     gc.disable()  # a collection inside one backend's chunk would be charged to that backend
     try:
-        while live and not all(budget.done(samples[label], rounds) for label in live):
+        while live and not all(budget.done(samples[label], rounds) for label in live) and not (
+                rounds and deadline is not None and time.perf_counter() >= deadline):
             order = live[rounds % len(live):] + live[:rounds % len(live)]
             for label in order:
                 if progress:

@@ -19,7 +19,7 @@ from tmdeploy.sanitize import clean
 
 # Command modules, in the order `tmdeploy --help` lists them. Each has register(subparsers) that
 # adds its parser and sets ``func`` to a function taking the parsed args and returning an exit status.
-COMMANDS = ("models", "train", "export", "info", "check", "bench", "serve", "demo")
+COMMANDS = ("models", "train", "export", "info", "check", "bench", "optimize", "serve", "demo")
 
 
 class ArgumentParser(argparse.ArgumentParser):

@@ -26,6 +26,10 @@ def register(sub) -> None:
     api_option(p, "--threads", BENCH, type=int, shown="each library's own",
                help="CPU threads for PyTorch and onnxruntime alike")
     api_option(p, "--seed", BENCH, type=int, help="seed of the timing inputs and the data split")
+    api_option(p, "--min-top1", BENCH, type=float, shown="none",
+               help="top-1 floor (fraction): a backend below it, or one that fails, makes the exit status 1")
+    api_option(p, "--min-agreement", BENCH, type=float, shown="none",
+               help="floor (fraction) on agreement with PyTorch eager's top-1, as --min-top1")
     p.add_argument("--report-dir", type=Path, default=None,
                    help="where to write bench.json, bench.md and the plots (default: <checkpoint>-bench/)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -43,6 +47,8 @@ def options(args):
 
 def run(args) -> int:
     from tmdeploy.bench import run as bench
+    from tmdeploy.bench.suite import floor_failures
+    from tmdeploy.errors import TmdeployError
     from tmdeploy.report import to_markdown, write_report
 
     bench_options = options(args)
@@ -52,4 +58,7 @@ def run(args) -> int:
     paths = write_report(result, directory)
     print(to_markdown(result.to_dict()), end="")
     print("report: " + ", ".join(str(p) for p in paths.values()))
+    failures = floor_failures(result)
+    if failures:
+        raise TmdeployError(f"below the floor: {', '.join(failures)}")
     return 0

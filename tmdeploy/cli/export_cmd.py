@@ -10,14 +10,16 @@ TARGET = "tmdeploy.engines.options:TargetOptions"
 
 def register(sub) -> None:
     from tmdeploy.engines.options import FORMATS, TRITON_MODELS
-    from tmdeploy.export.options import EXPORTERS, FORMS, INT8_TARGETS, PRECISIONS
+    from tmdeploy.export.options import AUTO_FORM, EXPORTERS, FORMS, INT8_TARGETS, PRECISIONS
 
     p = sub.add_parser("export", help="export a checkpoint to ONNX, TensorRT or a Triton model repository")
     add_checkpoint_args(p)
     api_option(p, "--format", TARGET, choices=FORMATS, help="what to write")
     p.add_argument("--out", type=Path, default=None, help="output path (default: beside the checkpoint)")
     api_option(p, "--opset", EXPORT, type=int, help="ONNX opset, at least 13")
-    api_option(p, "--tm-form", EXPORT, choices=FORMS, help="template-matching export form (docs/models.md)")
+    api_option(p, "--tm-form", EXPORT, choices=(*FORMS, AUTO_FORM),
+               help="template-matching export form (docs/models.md); auto: time them on ONNX Runtime CPU for this "
+                    "model and export the fastest, its timings in the metadata")
     api_option(p, "--exporter", EXPORT, choices=EXPORTERS,
                help="torch.onnx exporter: torchscript (fast) or dynamo (torch.export); the graphs agree after clean-up")
     api_option(p, "--patch-logits", EXPORT, action="store_true", help="add the per-patch class map as a second output")
@@ -57,6 +59,7 @@ def run(args) -> int:
 
     from tmdeploy.errors import UsageError
     from tmdeploy.export import export_onnx
+    from tmdeploy.export.options import AUTO_FORM
     from tmdeploy.fileio import check_output
 
     export, target = options(args)
@@ -84,7 +87,12 @@ def run(args) -> int:
         # nothing is written beside the checkpoint, outside --out.
         if target.format == "triton":
             onnx_out = Path(scratch, "model.onnx")
-        path = export_onnx(ckpt, onnx_out, export)
+        if export.tm_form == AUTO_FORM:
+            from tmdeploy.optimize import export_auto
+
+            path = export_auto(ckpt, onnx_out, export)
+        else:
+            path = export_onnx(ckpt, onnx_out, export)
         if target.format != "triton":
             print(f"wrote {path}")
         if engine:

@@ -32,6 +32,7 @@ from __future__ import annotations
 import tempfile
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +55,31 @@ _GLUE_OPS = ("Add", "Sub", "Mul")
 # (QLinearAdd on ONNX Runtime) moved rn26-tm's and rn26-cls's agreement by at most one test image in 360.
 INT8_OP_TYPES = ("Conv",)
 _BATCH = 32  # calibration and range-measurement batch
+
+
+@dataclass(frozen=True)
+class Int8Recipe:
+    """One setting of onnxruntime.quantization's knobs; the named ones are what ``benchmarks/int8_recipes.py``
+    compares and ``tmdeploy optimize`` tries, since the fastest one depends on the CPU's INT8 kernels."""
+
+    signed_activations: bool  # symmetric QInt8 (TensorRT's requirement) or asymmetric QUInt8 (ORT's x86 kernels)
+    per_channel: bool = True  # weight scales per output channel, or one per tensor
+    qoperator: bool = False  # QLinearConv nodes in the file, or QDQ pairs that onnxruntime fuses when loading
+    reduce_range: bool = False  # 7-bit weights: onnxruntime's advice for u8s8 on AVX2 CPUs without VNNI
+    quantize_bias: bool = True  # INT32 biases; TensorRT's parser has no INT32 DequantizeLinear
+    shortcuts: bool = False  # the residual Adds too (QLinearAdd), not only the convolutions
+    value_convs: bool = True  # the template-matching blocks' value convolutions (ν), or leave them in float
+
+
+INT8_RECIPES = {
+    "tensorrt": Int8Recipe(signed_activations=True, quantize_bias=False),
+    "onnxruntime": Int8Recipe(signed_activations=False),
+    "ort-reduce-range": Int8Recipe(signed_activations=False, reduce_range=True),
+    "ort-per-tensor": Int8Recipe(signed_activations=False, per_channel=False),
+    "ort-qoperator": Int8Recipe(signed_activations=False, qoperator=True),
+    "ort-shortcuts": Int8Recipe(signed_activations=False, shortcuts=True),
+    "ort-float-values": Int8Recipe(signed_activations=False, value_convs=False),
+}
 
 
 def to_fp16(model: onnx.ModelProto, keep_fp32: Sequence[str] = (),
@@ -174,37 +200,48 @@ def softmax_nodes(model: onnx.ModelProto) -> list[str]:
 
 
 def to_int8(model: onnx.ModelProto, calibration: np.ndarray, target: str = "tensorrt",
-            show_progress: bool = True) -> onnx.ModelProto:
+            show_progress: bool = True, recipe: Int8Recipe | None = None) -> onnx.ModelProto:
     """Static QDQ quantization calibrated (min/max) on ``calibration``, a batch in the graph's input format.
 
     ``tensorrt``: symmetric signed INT8 activations and per-channel weights (zero points 0), biases left in
     float because TensorRT's parser has no INT32 DequantizeLinear. ``onnxruntime``: unsigned activations,
     signed per-channel weights and INT32 biases, which ONNX Runtime's x86 kernels fuse into QLinearConv
     (symmetric signed activations ran slower than FP32 there: docs/models.md, "INT8"). Soft-max exponents and
-    normalisers stay in float for both.
+    normalisers stay in float for both. ``recipe`` (one of ``INT8_RECIPES``) overrides ``target``'s.
     """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     ExportOptions(precision="int8", int8_target=target).validate()
     if len(calibration) == 0:
         raise UsageError("INT8 calibration needs at least one image")
-    if target == "tensorrt":
-        activations = QuantType.QInt8
-        extra = {"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False}
-    else:
-        activations = QuantType.QUInt8
-        extra = {"ActivationSymmetric": False, "WeightSymmetric": True}
+    recipe = recipe or INT8_RECIPES[target]
+    activations = QuantType.QInt8 if recipe.signed_activations else QuantType.QUInt8
+    extra = {"ActivationSymmetric": recipe.signed_activations, "WeightSymmetric": True,
+             "QuantizeBias": recipe.quantize_bias}
+    excluded = softmax_nodes(model) + ([] if recipe.value_convs else value_conv_nodes(model))
     with tempfile.TemporaryDirectory(prefix="tmdeploy-int8-") as tmp:
         source, quantized = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
         onnx.save(model, str(source))
         with _CalibrationReader(model.graph.input[0].name, calibration, show_progress) as reader:
             quantize_static(
-                str(source), str(quantized), reader, quant_format=QuantFormat.QDQ,
-                op_types_to_quantize=list(INT8_OP_TYPES), nodes_to_exclude=softmax_nodes(model),
-                per_channel=True, activation_type=activations, weight_type=QuantType.QInt8,
+                str(source), str(quantized), reader,
+                quant_format=QuantFormat.QOperator if recipe.qoperator else QuantFormat.QDQ,
+                op_types_to_quantize=[*INT8_OP_TYPES, *(["Add"] if recipe.shortcuts else [])],
+                nodes_to_exclude=excluded, per_channel=recipe.per_channel, reduce_range=recipe.reduce_range,
+                activation_type=activations, weight_type=QuantType.QInt8,
                 calibrate_method=CalibrationMethod.MinMax, extra_options=extra,
             )
         return _checked(onnx.load(str(quantized)), model, "int8")
+
+
+def value_conv_nodes(model: onnx.ModelProto) -> list[str]:
+    """Names of the template-matching value convolutions (ν), from the module path each node records."""
+    from tmdeploy.export.graph import MODULE_KEY
+
+    def module(node) -> str:
+        return next((p.value for p in node.metadata_props if p.key == MODULE_KEY), "")
+
+    return [n.name for n in model.graph.node if n.op_type == "Conv" and module(n).endswith(".values")]
 
 
 class _CalibrationReader:
@@ -249,7 +286,7 @@ def calibration_inputs(meta: ModelMetadata, data_spec: str, count: int = 256, se
 
 def lower_precision(model: onnx.ModelProto, precision: str, *, meta: ModelMetadata, calib_data: str | None = None,
                     int8_target: str = "tensorrt", keep_fp32: Sequence[str] = (),
-                    show_progress: bool = True) -> onnx.ModelProto:
+                    show_progress: bool = True, int8_recipe: Int8Recipe | None = None) -> onnx.ModelProto:
     """Dispatch on ``precision``; ``fp32`` returns ``model`` unchanged. Both lower precisions measure the
     model on ``calib_data``'s training images: INT8 for its scales, FP16 for its value ranges."""
     ExportOptions(precision=precision, int8_target=int8_target, keep_fp32=tuple(keep_fp32)).validate()
@@ -260,7 +297,7 @@ def lower_precision(model: onnx.ModelProto, precision: str, *, meta: ModelMetada
     calibration = calibration_inputs(meta, calib_data)
     if precision == "fp16":
         return to_fp16(model, keep_fp32, calibration)
-    return to_int8(model, calibration, int8_target, show_progress)
+    return to_int8(model, calibration, int8_target, show_progress, int8_recipe)
 
 
 def _split_keep_list(model: onnx.ModelProto, keep: Sequence[str]) -> tuple[list[str], list[str]]:

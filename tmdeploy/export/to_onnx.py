@@ -25,7 +25,7 @@ from tmdeploy.export import forms, graph
 from tmdeploy.export import precision as lowering
 from tmdeploy.export.metadata import ModelMetadata
 from tmdeploy.export.metadata import write as write_metadata
-from tmdeploy.export.options import ExportOptions
+from tmdeploy.export.options import AUTO_FORM, ExportOptions
 from tmdeploy.fileio import atomic_write, check_output
 from tmdeploy.threads import torch_threads
 from tmdeploy.values import MAX_BATCH  # the dynamo exporter needs an upper bound for the symbolic batch size
@@ -78,6 +78,9 @@ def example_input(ckpt: Checkpoint, bake_preprocess: bool, batch: int = 2, seed:
 def to_model_proto(ckpt: Checkpoint, options: ExportOptions) -> onnx.ModelProto:
     """Export, fold, clean and check; returns the in-memory graph with its metadata written."""
     options.validate()
+    if options.tm_form == AUTO_FORM:  # timing is a later stage's work; the export stage exports one form
+        raise UsageError("--tm-form auto is resolved by timing the forms: use tmdeploy.optimize.export_auto "
+                         "(what `tmdeploy export --tm-form auto` calls)")
     check_finite(ckpt.state_dict)
     calib_data = calibration_data(ckpt, options.calib_data) if options.precision != "fp32" else None
     module = deploy_module(ckpt, options)

@@ -1,4 +1,5 @@
-"""Report stage: a bench result as files a person reads — ``bench.json``, ``bench.md`` and PNG plots.
+"""Report stage: a bench result as files a person reads — ``bench.json``, ``bench.md`` and PNG plots — and an
+optimize run's ``status.json`` as ``report.md`` and a plot (:mod:`.optimize`).
 
 Everything here works on the result's plain dict (``BenchResult.to_dict()`` or a loaded ``bench.json``),
 so a report can be rewritten from an old run without re-running it.
@@ -10,9 +11,10 @@ from pathlib import Path
 
 from tmdeploy.fileio import atomic_write, json_text
 from tmdeploy.report.markdown import to_markdown
+from tmdeploy.report.optimize import write_optimize_report
 from tmdeploy.report.plots import accuracy_plot, latency_plot
 
-__all__ = ["to_markdown", "write_report"]
+__all__ = ["to_markdown", "write_optimize_report", "write_report"]
 
 
 def _as_dict(result) -> dict:

@@ -50,9 +50,36 @@ def _header(result: dict) -> list[str]:
     return lines
 
 
+# Ultralytics' benchmark marks: passed, built but failed (running, or below an accuracy floor), not built.
+MARKS = {"passed": "✅ passed", "failed": "❎ failed", "not built": "❌ not built", "skipped": "– skipped"}
+
+
+def percent(value) -> str:
+    return "–" if value is None else f"{value:.2%}"
+
+
+def _summary_rows(backends: list[dict], batch: int) -> list[list[str]]:
+    rows = []
+    for b in backends:
+        stats = next((s for s in b["latency"] if s["batch"] == batch), None)
+        outcome = b.get("outcome") or ("passed" if b["status"] == "ok" else b["status"])  # bench.json before it
+        rows.append([b["label"], b["precision"], MARKS.get(outcome, outcome), number(b.get("size_mb")),
+                     number(b["setup_s"] if b.get("built", b["status"] == "ok") else None), percent(b["top1"]),
+                     percent(b["agreement"]), number(stats["mean_ms"] / batch) if stats else "–",
+                     f"{stats['throughput']:,.0f}" if stats else "–"])
+    return rows
+
+
 def to_markdown(result: dict) -> str:
     backends = result["backends"]
     lines = _header(result)
+    batch = max(result["options"]["batches"])
+    floors = [f"{name} ≥ {result['options'][key]:.2%}" for name, key in (("top-1", "min_top1"),
+              ("agreement", "min_agreement")) if result["options"].get(key) is not None]
+    lines += ["## Summary", ""]
+    lines += table(["backend", "precision", "status", "size MB", "build s", "top-1", "agreement",
+                    f"ms/image (batch {batch})", "images/s"], _summary_rows(backends, batch), text_columns=3)
+    lines += ["", f"Floors: {', '.join(floors)}." if floors else "No accuracy floors were set.", ""]
     for batch in result["options"]["batches"]:
         rows = _latency_rows(backends, batch)
         if rows:
@@ -76,5 +103,10 @@ def to_markdown(result: dict) -> str:
     if missing:
         lines += ["## Not measured, or not everywhere", ""]
         lines += [f"- {b['label']} ({b['status']}): {b['note']}" for b in missing]
+        lines.append("")
+    below = [b for b in backends if b.get("below_floor")]
+    if below:
+        lines += ["## Below the accuracy floors", ""]
+        lines += [f"- {b['label']}: {'; '.join(b['below_floor'])}" for b in below]
         lines.append("")
     return clean("\n".join(lines), newlines=True)  # names in it come from the checkpoint: terminal-safe

@@ -1,0 +1,221 @@
+"""optimize: real exports, onnxruntime sessions and polygraphy checks on a tiny model; never timings' values."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import onnx
+import pytest
+
+from tmdeploy.cli import main
+from tmdeploy.errors import TmdeployError, UsageError
+from tmdeploy.optimize import OptimizeOptions, optimize
+from tmdeploy.optimize.candidates import Candidate
+from tmdeploy.optimize.search import CHOICE_KEY, _decide
+
+# one thread, short windows, few held-out images: seconds on a shared 2-core machine
+FAST = ["--quick", "--threads", "1", "--batch", "1,4", "--window-s", "0.05", "--profile-s", "2",
+        "--accuracy-limit", "64", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def tiny_tm(tiny):
+    """Untrained rn26-tm on 1×8×8 inputs: TM blocks, so the forms differ, and cheap."""
+    return tiny("rn26-tm")
+
+
+def _strict(text: str) -> dict:
+    def refuse(name):
+        raise ValueError(f"not strict JSON: {name}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tiny_tm, tmp_path_factory):
+    out = tmp_path_factory.mktemp("optimized") / "out"
+    assert main(["optimize", str(tiny_tm.path), *FAST, "--out", str(out)]) == 0
+    return out
+
+
+def test_writes_strict_status_with_a_record_per_candidate_and_step(run_dir):
+    status = _strict((run_dir / "status.json").read_text())
+    names = [c["name"] for c in status["candidates"]]
+    assert names[0] == "normalized-fp32" and status["candidates"][0]["default_export"]
+    assert {"normalized-fp16", "normalized-int8-tensorrt"} <= set(names)  # --quick: the default form only
+    for c in status["candidates"]:
+        assert [s["step"] for s in c["steps"]] == ["build", "parity", "accuracy", "profile"]
+        assert {s["status"] for s in c["steps"]} <= {"OK", "FAILED", "SKIPPED"}
+        assert c["size_mb"] > 0 and c["build_s"] > 0 and c["tolerance"] and c["errors"]["max_abs_error"] >= 0
+        assert 0 <= c["accuracy"]["agreement"] <= 1 and c["reproduce"]["command"].startswith("polygraphy run ")
+        if c["status"] == "OK":
+            assert [s["batch"] for s in c["latency"]] == [1, 4]
+            assert all(s["p50_ms"] <= s["p99_ms"] and s["throughput"] > 0 for s in c["latency"])
+    env = status["environment"]
+    assert env["cpu"] and env["cores"] >= 1 and env["onnxruntime"] and env["polygraphy"]
+    assert set(env["int8_recipes_for_this_cpu"]["recipes"]) < set(status["options"]["int8_recipes"])
+    assert all(p["ended_by"] in ("two windows agreed", "time budget") for p in status["profile"])
+
+
+def test_the_choice_is_the_fastest_passing_candidate_in_its_own_table(run_dir):
+    status = _strict((run_dir / "status.json").read_text())
+    passing = {c["name"]: c["latency"][0]["p50_ms"] for c in status["candidates"] if c["status"] == "OK"}
+    decision = status["decision"]
+    assert decision["strategy"] == "min-latency" and decision["batch"] == 1
+    assert decision["chosen"] == min(passing, key=passing.get)
+    model = onnx.load(str(run_dir / "model.onnx"))
+    meta = {p.key: p.value for p in model.metadata_props}
+    assert json.loads(meta[CHOICE_KEY])["chosen"] == decision["chosen"]
+    assert meta["precision"] == decision["precision"]
+
+
+def test_report_and_plot(run_dir):
+    md = (run_dir / "report.md").read_text()
+    assert "**Choice: `" in md and "## Candidates" in md and "polygraphy run candidates/" in md
+    assert (run_dir / "latency.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_reproduction_command_rechecks_parity_without_tmdeploy(run_dir):
+    status = _strict((run_dir / "status.json").read_text())
+    chosen = next(c for c in status["candidates"] if c["name"] == status["decision"]["chosen"])
+    polygraphy = str(Path(sys.executable).with_name("polygraphy"))
+    argv = chosen["reproduce"]["command"].split()
+    done = subprocess.run([polygraphy, *argv[1:]], cwd=run_dir, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": ""})
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "PASSED" in done.stdout + done.stderr
+
+
+def test_an_impossible_tolerance_fails_every_candidate_with_its_numbers(tiny_tm, tmp_path):
+    out = tmp_path / "out"
+    result = optimize(tiny_tm, OptimizeOptions(quick=True, precisions=("fp32",), forms=("normalized", "deferred"),
+                                               atol=0.0, rtol=0.0, threads=1, batches=(1,), accuracy_limit=32,
+                                               profile_s=0.0, window_s=0.0, out=out, show_progress=False))
+    assert not result.passed and result.choice is None
+    status = _strict((out / "status.json").read_text())
+    for c in status["candidates"]:
+        parity = c["steps"][1]
+        assert c["status"] == "FAILED" and parity["status"] == "FAILED"
+        assert c["errors"]["max_abs_error"] > 0 and c["tolerance"]["atol"] == 0
+        assert f"max abs error {c['errors']['max_abs_error']:.3g} beyond atol 0" in parity["reason"]
+        assert c["steps"][3]["status"] == "SKIPPED" and not c["latency"]
+    assert not (out / "model.onnx").exists()
+
+
+def test_an_accuracy_floor_nothing_meets_exits_1_and_keeps_the_old_model(tiny_tm, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "model.onnx").write_bytes(b"the model shipped last week")
+    code = main(["optimize", str(tiny_tm.path), *FAST, "--precisions", "fp32", "--min-top1", "1.0",
+                 "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and err.startswith("tmdeploy: error: no candidate passed") and len(err.splitlines()) == 1
+    assert (out / "model.onnx").read_bytes() == b"the model shipped last week"
+    status = _strict((out / "status.json").read_text())
+    assert status["passed"] is False and status["decision"] is None
+    accuracy = status["candidates"][0]["steps"][2]
+    assert accuracy["status"] == "FAILED" and "top-1" in accuracy["reason"] and "(by " in accuracy["reason"]
+    assert "**No candidate passed**" in (out / "report.md").read_text()
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["--strategy", "fastest"], "unknown --strategy 'fastest'"),
+    (["--strategy", "max-throughput-under-latency"], "a latency bound (MS)"),
+    (["--strategy", "max-throughput-under-latency", "soon"], "MS is milliseconds"),
+    (["--strategy", "min-latency", "5"], "a latency bound (MS)"),
+    (["--forms", "twisted"], "unknown --forms 'twisted'"),
+    (["--int8-recipes", "magic"], "unknown --int8-recipes 'magic'"),
+    (["--min-agreement", "2"], "--min-agreement must be in"),
+    (["--target", "tpu"], "unknown --target 'tpu'"),
+])
+def test_bad_options_are_one_line_and_exit_2_before_anything_runs(tiny_tm, tmp_path, capsys, argv, match):
+    out = tmp_path / "out"
+    assert main(["optimize", str(tiny_tm.path), *argv, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and match in err and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_bad_inputs_are_one_line_errors_that_change_nothing(tiny_tm, tmp_path, capsys):
+    blocker = tmp_path / "taken"
+    blocker.write_text("a file, not a folder")
+    assert main(["optimize", str(tiny_tm.path), "--out", str(blocker)]) == 2
+    assert "is not a directory" in capsys.readouterr().err and blocker.read_text() == "a file, not a folder"
+    assert main(["optimize", str(tmp_path / "missing.pt"), "--out", str(tmp_path / "o")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("tmdeploy: error:") and len(err.splitlines()) == 1 and not (tmp_path / "o").exists()
+    with pytest.raises(TmdeployError, match="--target cuda is not implemented"):
+        OptimizeOptions(target="cuda").validate()
+
+
+def _timed(name: str, *stats) -> Candidate:
+    cand = Candidate(name, "normalized", "torchscript", "fp32")
+    for step in cand.steps:
+        step.status = "OK"
+    cand.latency = [{"batch": b, "p50_ms": p50, "p99_ms": p99, "throughput": thr} for b, p50, p99, thr in stats]
+    return cand
+
+
+def test_strategies_choose_by_their_own_measure():
+    a = _timed("a", (1, 1.0, 1.2, 1000), (32, 10.0, 12.0, 3200))
+    b = _timed("b", (1, 0.8, 3.0, 1250), (32, 14.0, 20.0, 2300))
+    c = _timed("c", (1, 0.5, 0.6, 2000), (32, 6.0, 7.0, 5300))
+    c.steps[1].status = "FAILED"  # the fastest, but wrong: never chosen
+    todo = [a, b, c]
+    assert _decide(todo, OptimizeOptions())["chosen"] == "b"
+    assert _decide(todo, OptimizeOptions(strategy="max-throughput"))["chosen"] == "a"
+    under = _decide(todo, OptimizeOptions(strategy="max-throughput-under-latency", latency_ms=2.0))
+    assert (under["chosen"], under["batch"]) == ("a", 1)
+    assert _decide(todo, OptimizeOptions(strategy="max-throughput-under-latency", latency_ms=0.1)) is None
+
+
+def test_tm_form_auto_exports_the_fastest_form_with_its_timings(tiny_tm, tmp_path):
+    from tmdeploy.bench.timing import Budget
+    from tmdeploy.export import ExportOptions, FORMS, to_model_proto
+    from tmdeploy.optimize import export_auto
+    from tmdeploy.optimize import forms as auto
+
+    with pytest.raises(UsageError, match="tmdeploy.optimize.export_auto"):
+        to_model_proto(tiny_tm, ExportOptions(tm_form="auto"))
+    quick = Budget(min_time=0.0, min_iterations=3, min_rounds=3, warmup=1)
+    path = export_auto(tiny_tm, tmp_path / "auto.onnx", ExportOptions(tm_form="auto"), threads=1, budget=quick)
+    meta = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+    timings = json.loads(meta[auto.TIMINGS_KEY])
+    assert set(timings["score"]) == set(FORMS) and timings["score"]["normalized"] == 1.0
+    assert meta["tm_form"] == timings["chosen"] == max(timings["score"], key=timings["score"].get)
+    assert set(timings["batches"]) == {"1", "32"}
+
+
+def test_screening_keeps_the_contenders_and_the_default():
+    from tmdeploy.bench.timing import Samples
+    from tmdeploy.optimize.search import _screen
+
+    window = {"default": Samples(times=[3.0]), "fast": Samples(times=[1.0]), "close": Samples(times=[1.2]),
+              "slow": Samples(times=[2.0])}
+    assert _screen(window, dict.fromkeys(window), "default", 1.25) == ["slow"]
+
+
+def test_an_interrupted_run_changes_no_file(tiny_tm, tmp_path):
+    """SIGINT while candidates are built and checked: exit 130, one line, the folder exactly as it was."""
+    import signal
+    import time
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "status.json").write_text('{"from": "last week"}\n')
+    before = sorted(p.name for p in out.iterdir())
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.Popen([sys.executable, "-m", "tmdeploy", "optimize", str(tiny_tm.path), "--threads", "1",
+                             "--profile-s", "60", "--quiet", "--out", str(out)], cwd=root, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(root)})
+    time.sleep(8)  # imports, export, the first candidates' checks; the copy into out comes after a minute of timing
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert err.strip() == "tmdeploy: error: interrupted by SIGINT"
+    assert sorted(p.name for p in out.iterdir()) == before
+    assert (out / "status.json").read_text() == '{"from": "last week"}\n'

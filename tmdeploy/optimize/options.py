@@ -1,0 +1,110 @@
+"""What ``tmdeploy optimize`` can be asked, its defaults and their validation, importable without torch."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from tmdeploy.errors import TmdeployError, UsageError, check_choice
+from tmdeploy.export.options import DEFAULT_FORM, EXPORTERS, FORMS, PRECISIONS
+from tmdeploy.fileio import check_output
+from tmdeploy.values import MAX_BATCH, MAX_SECONDS, MAX_SEED, MAX_THREADS, check_option
+
+TARGETS = ("cpu",)  # cuda: onnxruntime's CUDA provider, CUDA graphs and TensorRT are not candidates yet
+STRATEGIES = ("min-latency", "max-throughput", "max-throughput-under-latency")
+# the recipe names of tmdeploy.export.precision.INT8_RECIPES (that module imports torch; this one must not)
+INT8_RECIPE_NAMES = ("tensorrt", "onnxruntime", "ort-reduce-range", "ort-per-tensor", "ort-qoperator",
+                     "ort-shortcuts", "ort-float-values")
+
+
+@dataclass(frozen=True)
+class OptimizeOptions:
+    target: str = "cpu"
+    # min-latency: lowest p50 at the smallest batch; max-throughput: most images/s at the largest batch;
+    # max-throughput-under-latency: most images/s at any batch whose p99 stays within latency_ms
+    strategy: str = "min-latency"
+    latency_ms: float | None = None  # the bound of max-throughput-under-latency
+    batches: tuple[int, ...] = (1, 32)
+    max_top1_drop: float = 0.5  # percentage points of top-1 below PyTorch FP32 on the held-out split
+    min_agreement: float = 0.99  # share of held-out images whose top-1 is PyTorch FP32's
+    min_top1: float | None = None  # an absolute top-1 floor (fraction) as well; None: none
+    forms: tuple[str, ...] | None = None  # TM export forms; None: all (--quick: the default form)
+    precisions: tuple[str, ...] = PRECISIONS
+    # INT8 recipes; None: the ones this CPU's features call for (tmdeploy.bench.machine.int8_recipes) and tensorrt
+    int8_recipes: tuple[str, ...] | None = None
+    exporters: tuple[str, ...] = ("torchscript",)  # dynamo gives the same graph in ~10 s per export
+    # accuracy on its test split, calibration on its train split; "auto": the data the checkpoint was trained on
+    data: str = "auto"
+    accuracy_limit: int | None = None  # at most this many held-out images; None: all (--quick: 256)
+    atol: float | None = None  # parity tolerances; None: the precision's defaults (tmdeploy.verify.stats)
+    rtol: float | None = None
+    window_s: float = 0.5  # seconds of timed iterations per candidate in one timing window (--quick: 0.2)
+    profile_s: float = 90.0  # time budget for timing windows, all batch sizes together (--quick: 10)
+    stable_within: float = 0.03  # two windows agree: the same fastest (ties within this), its speed-up moved less
+    # after the first window, candidates this many times slower than the fastest are not timed again
+    screen_slower: float = 1.25
+    threads: int | None = None  # onnxruntime intra-op threads; None: its default
+    seed: int = 0
+    quick: bool = False
+    out: Path | None = None  # the output folder; None: <checkpoint stem>-optimized beside the checkpoint
+    show_progress: bool = True
+
+    def effective(self) -> "OptimizeOptions":
+        """The options with --quick applied to what was left at None or its default."""
+        if not self.quick:
+            return self
+        return replace(self, forms=self.forms or (DEFAULT_FORM,),
+                       accuracy_limit=self.accuracy_limit or 256,
+                       window_s=min(self.window_s, 0.2), profile_s=min(self.profile_s, 10.0))
+
+    def validate(self) -> None:
+        if self.target == "cuda":
+            raise TmdeployError("--target cuda is not implemented yet: optimize tries CPU candidates only")
+        check_choice(self.target, TARGETS, "--target")
+        check_choice(self.strategy, STRATEGIES, "--strategy")
+        if (self.strategy == "max-throughput-under-latency") != (self.latency_ms is not None):
+            raise UsageError("a latency bound (MS) goes with --strategy max-throughput-under-latency, and only there")
+        if self.latency_ms is not None:
+            check_option("--strategy max-throughput-under-latency MS", self.latency_ms, 1e-3, MAX_SECONDS * 1e3)
+        if not self.batches or any(isinstance(b, bool) or not isinstance(b, int) for b in self.batches):
+            raise UsageError(f"--batch needs positive batch sizes, got {self.batches}")
+        for b in self.batches:
+            check_option("--batch", b, 1, MAX_BATCH)
+        check_option("--max-top1-drop", self.max_top1_drop, 0.0, 100.0)
+        check_option("--min-agreement", self.min_agreement, 0.0, 1.0)
+        if self.min_top1 is not None:
+            check_option("--min-top1", self.min_top1, 0.0, 1.0)
+        for option, values, choices in (("--forms", self.forms, FORMS), ("--precisions", self.precisions, PRECISIONS),
+                                        ("--int8-recipes", self.int8_recipes, INT8_RECIPE_NAMES),
+                                        ("--exporters", self.exporters, EXPORTERS)):
+            if values is not None and not values:
+                raise UsageError(f"{option} needs at least one of: {', '.join(choices)}")
+            for value in values or ():
+                check_choice(value, choices, option)
+        if self.accuracy_limit is not None:
+            check_option("--accuracy-limit", self.accuracy_limit, 1, 10**9)
+        for option, value in (("--atol", self.atol), ("--rtol", self.rtol)):
+            if value is not None:
+                check_option(option, value, 0.0, math.inf)
+        check_option("--window-s", self.window_s, 0.0, MAX_SECONDS)
+        check_option("--profile-s", self.profile_s, 0.0, MAX_SECONDS)
+        check_option("--stable-within", self.stable_within, 0.0, 1.0)
+        check_option("--screen-slower", self.screen_slower, 1.0, 1e6)
+        if self.threads is not None:
+            check_option("--threads", self.threads, 1, MAX_THREADS)
+        check_option("--seed", self.seed, 0, MAX_SEED)
+        if self.data != "auto":
+            from tmdeploy import data
+
+            data.check_spec(self.data)
+        if self.out is not None:
+            _check_out_dir(Path(self.out))
+
+
+def _check_out_dir(out: Path) -> None:
+    """The output folder: a directory or nothing yet, and its file names regular files or nothing."""
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} exists and is not a directory")
+    for name in ("model.onnx", "status.json", "report.md"):
+        check_output(out / name, option="--out")

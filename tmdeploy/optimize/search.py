@@ -1,0 +1,399 @@
+"""``tmdeploy optimize``: the fastest deployment that keeps accuracy, chosen by measurement.
+
+``optimize(ckpt, OptimizeOptions(...))`` builds every candidate (:mod:`.candidates`) with the export stage,
+checks its parity against PyTorch with the verify stage (polygraphy, at the precision's tolerances, on
+held-out images), measures top-1 and agreement on the whole held-out split, times the correct ones side by
+side with the bench stage's interleaved timing in windows until two agree (slow ones screened out after the
+first), and picks the best by the strategy. It writes the choice as
+``model.onnx`` and every record as ``status.json`` into the output folder; the report stage renders that
+file (``report.md``, the plot). All files are made in scratch space first and copied into the folder, each
+atomically, only when the run has finished, so a run that fails or is interrupted changes no file there.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import statistics
+import tempfile
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from tmdeploy import __version__
+from tmdeploy.bench import machine
+from tmdeploy.bench.backends import predict_all
+from tmdeploy.bench.sessions import OrtSession, TorchSession
+from tmdeploy.bench.suite import _test_set  # the held-out images exactly as bench measures accuracy on them
+from tmdeploy.bench.timing import Budget, Samples, error_line, latency_stats, measure, paired_ratio, wall_timer
+from tmdeploy.checkpoint import Checkpoint
+from tmdeploy.errors import UsageError
+from tmdeploy.export import ExportOptions, to_model_proto
+from tmdeploy.export.metadata import ModelMetadata, props, write
+from tmdeploy.export.options import FORMS
+from tmdeploy.export.precision import INT8_RECIPES, lower_precision
+from tmdeploy.export.to_onnx import calibration_data
+from tmdeploy.fileio import atomic_write, check_output, json_text
+from tmdeploy.optimize.candidates import FAILED, OK, SKIPPED, Candidate, candidates
+from tmdeploy.optimize.options import OptimizeOptions
+from tmdeploy.optimize.progress import LiveTable
+from tmdeploy.threads import torch_threads
+from tmdeploy.verify.options import CheckOptions
+from tmdeploy.verify.parity import check
+
+STATUS_FORMAT = "1"
+CHOICE_KEY = "tmdeploy_optimize"  # the metadata entry of model.onnx naming the choice
+REPRO = ("repro/inputs.json", "repro/reference.json")  # polygraphy's --load-inputs / --load-outputs files
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class OptimizeResult:
+    out: Path
+    status: dict  # what status.json holds
+    passed: bool  # a candidate passed every step: the exit status is 0
+
+    @property
+    def choice(self) -> str | None:
+        return (self.status["decision"] or {}).get("chosen")
+
+
+def default_out(ckpt: Checkpoint) -> Path:
+    if ckpt.path is None:
+        raise UsageError("no output folder: pass --out")
+    return ckpt.path.with_name(f"{ckpt.path.stem}-optimized")
+
+
+def optimize(ckpt: Checkpoint, options: OptimizeOptions = OptimizeOptions()) -> OptimizeResult:
+    """Try, check, time and choose as the module docstring says; returns what was written where."""
+    options = options.effective()
+    options.validate()
+    out = Path(options.out) if options.out is not None else default_out(ckpt)
+    options = replace(options, out=out)
+    options.validate()  # the folder too, before the long part
+    for name in ("model.onnx", "status.json"):
+        check_output(out / name, ckpt.path, option="--out")
+    spec = calibration_data(ckpt, None if options.data == "auto" else options.data)
+    picked, why = machine.int8_recipes()
+    recipes = options.int8_recipes or (*picked, "tensorrt")
+    options = replace(options, forms=options.forms or FORMS)
+    todo = candidates(options, recipes)
+    with tempfile.TemporaryDirectory(prefix="tmdeploy-optimize-") as scratch, \
+            torch_threads(options.threads), LiveTable(todo, options.show_progress) as table:
+        scratch = Path(scratch)
+        test_set = _test_set(ckpt, spec, options)
+        reference = _reference_predictions(ckpt, test_set, max(options.batches))
+        protos: dict[str, onnx.ModelProto] = {}
+        for cand in todo:
+            _build(ckpt, cand, spec, options, scratch, protos, table)
+            _parity(ckpt, cand, spec, options, scratch, table)
+            _accuracy(cand, protos, test_set, reference, options, table)
+        profile = _profile(ckpt, todo, protos, options, table)
+        decision = _decide(todo, options)
+        status = _status(ckpt, options, todo, profile, decision, reference, test_set[2], recipes, (picked, why))
+        files = _stage_files(scratch, status, protos, decision)
+        _commit(scratch, out, files, ckpt.path)
+    return OptimizeResult(out, status, decision is not None)
+
+
+class _Quiet:
+    """onnxruntime.quantization's advice lines (logged on the root logger) once per INT8 candidate: noise."""
+
+    def __enter__(self):
+        self.level = logging.root.level
+        logging.root.setLevel(logging.ERROR)
+
+    def __exit__(self, *exc):
+        logging.root.setLevel(self.level)
+
+
+def _build(ckpt, cand: Candidate, spec: str, options: OptimizeOptions, scratch: Path, protos: dict, table) -> None:
+    table.update(cand, "build")
+    start = time.perf_counter()
+    try:
+        fp32_key = f"{cand.form}-fp32-{cand.exporter}"
+        if fp32_key not in protos:
+            protos[fp32_key] = to_model_proto(ckpt, ExportOptions(tm_form=cand.form, exporter=cand.exporter))
+        proto = protos[fp32_key]
+        if cand.precision != "fp32":
+            meta = ModelMetadata.from_props(props(proto))
+            with _Quiet():
+                proto = lower_precision(proto, cand.precision, meta=meta, calib_data=spec, show_progress=False,
+                                        int8_recipe=INT8_RECIPES[cand.int8_recipe] if cand.int8_recipe else None)
+            write(proto, replace(meta, precision=cand.precision))
+        path = scratch / "candidates" / f"{cand.name}.onnx"
+        path.parent.mkdir(exist_ok=True)
+        onnx.save(proto, str(path))
+    except Exception as err:  # noqa: BLE001 - a candidate that cannot be built is a record, not the end
+        cand.mark("build", FAILED, error_line(err), time.perf_counter() - start)
+        table.update(cand)
+        return
+    protos[cand.name] = proto
+    cand.build_s = time.perf_counter() - start
+    cand.size_mb = path.stat().st_size / 1e6
+    cand.mark("build", OK, "", cand.build_s)
+
+
+def _parity(ckpt, cand: Candidate, spec: str, options: OptimizeOptions, scratch: Path, table) -> None:
+    if cand.step("build").status != OK:
+        return cand.mark("parity", SKIPPED, "not built")
+    table.update(cand, "parity")
+    start = time.perf_counter()
+    inputs, reference = (scratch / name for name in REPRO)
+    first = not reference.exists()  # the inputs and PyTorch's outputs are the same for every candidate
+    # held-out images, not random tensors: INT8 scales are calibrated for images, and on N(0, 1) noise
+    # rn26-tm's INT8 graphs agreed with PyTorch on 81% of inputs while agreeing on 100% of digits test images
+    check_options = CheckOptions(data=spec, seed=options.seed, atol=options.atol, rtol=options.rtol,
+                                 save_inputs=inputs if first else None, save_outputs=reference if first else None)
+    path = scratch / "candidates" / f"{cand.name}.onnx"
+    try:
+        report = check(ckpt, path, check_options)
+    except Exception as err:  # noqa: BLE001
+        cand.mark("parity", FAILED, error_line(err), time.perf_counter() - start)
+        return table.update(cand)
+    stats = report.outputs["logits"]
+    cand.tolerance, cand.errors = report.tolerance, {k: v for k, v in stats.items() if k != "passed"}
+    cand.reproduce = _polygraphy_command(cand, report.tolerance, stats)
+    reason = "" if report.passed else _parity_reason(report.tolerance, stats)
+    cand.mark("parity", OK if report.passed else FAILED, reason, time.perf_counter() - start)
+    table.update(cand)
+
+
+def _parity_reason(tol: dict, stats: dict) -> str:
+    if not stats["finite"]:
+        return "the outputs hold NaN or Inf"
+    if not stats["elementwise_passed"]:
+        return (f"max abs error {stats['max_abs_error']:.3g} beyond atol {tol['atol']:g} "
+                f"(max rel error {stats['max_rel_error']:.3g}, rtol {tol['rtol']:g})")
+    return f"top-1 agreement {stats['top1_agreement']:.2%} < {tol['min_top1']:.2%}"
+
+
+def _polygraphy_command(cand: Candidate, tol: dict, stats: dict) -> dict:
+    """The polygraphy CLI line, run in the output folder, that re-checks this file's logits against PyTorch's.
+
+    FP32/FP16 use the precision's tolerances. INT8 is judged by top-1 agreement, which polygraphy does not
+    check: its line bounds the errors at the measured maximum instead, a regression check.
+    """
+    if tol["elementwise"]:
+        atol, rtol, what = tol["atol"], tol["rtol"], "the precision's tolerances"
+    else:
+        atol, rtol = float(f"{stats['max_abs_error'] * 1.01 + 1e-6:.3g}"), 0.0
+        what = "the measured max abs error (INT8 is judged by top-1 agreement, which polygraphy does not check)"
+    command = (f"polygraphy run candidates/{cand.name}.onnx --onnxrt --load-inputs {REPRO[0]} "
+               f"--load-outputs {REPRO[1]} --atol {atol:g} --rtol {rtol:g}")
+    return {"command": command, "cwd": "the output folder", "tolerances": what}
+
+
+def _reference_predictions(ckpt, test_set, chunk: int) -> np.ndarray:
+    x = test_set[0]
+    return predict_all(TorchSession(ckpt.build_model().float(), "cpu"), x, min(chunk, len(x))).argmax(axis=1)
+
+
+def _accuracy(cand: Candidate, protos: dict, test_set, reference: np.ndarray, options: OptimizeOptions,
+              table) -> None:
+    if cand.step("build").status != OK:
+        return cand.mark("accuracy", SKIPPED, "not built")
+    table.update(cand, "accuracy")
+    start = time.perf_counter()
+    x, labels, _ = test_set
+    try:
+        predicted = predict_all(OrtSession(protos[cand.name], ["CPUExecutionProvider"], options.threads), x,
+                                min(max(options.batches), len(x))).argmax(axis=1)
+    except Exception as err:  # noqa: BLE001
+        cand.mark("accuracy", FAILED, error_line(err), time.perf_counter() - start)
+        return table.update(cand)
+    top1, ref_top1 = float((predicted == labels).mean()), float((reference == labels).mean())
+    agreement = float((predicted == reference).mean())
+    drop = (ref_top1 - top1) * 100
+    cand.accuracy = {"top1": top1, "agreement": agreement, "top1_drop_points": drop, "reference_top1": ref_top1}
+    misses = []
+    if drop > options.max_top1_drop:
+        misses.append(f"top-1 drop {drop:.2f} points > {options.max_top1_drop:g} "
+                      f"(by {drop - options.max_top1_drop:.2f})")
+    if agreement < options.min_agreement:
+        misses.append(f"agreement {agreement:.2%} < {options.min_agreement:.2%} "
+                      f"(by {(options.min_agreement - agreement) * 100:.2f} points)")
+    if options.min_top1 is not None and top1 < options.min_top1:
+        misses.append(f"top-1 {top1:.2%} < {options.min_top1:.2%} (by {(options.min_top1 - top1) * 100:.2f} points)")
+    cand.mark("accuracy", FAILED if misses else OK, "; ".join(misses), time.perf_counter() - start)
+    table.update(cand)
+
+
+def _profile(ckpt, todo: list[Candidate], protos: dict, options: OptimizeOptions, table) -> list[dict]:
+    """Time the correct candidates (and the default export, the unit of the speed-ups) side by side, per
+    batch size, in windows until two in a row agree within ``stable_within`` or the budget ends."""
+    timed = [c for c in todo if c.correct()]
+    if timed:  # the default export is the unit of the speed-ups even when it is not correct itself
+        timed = [c for c in todo if c in timed or (c.is_default and c.step("build").status == OK)]
+    for cand in todo:
+        if cand not in timed:
+            cand.mark("profile", SKIPPED, "not correct: not timed")
+    sessions = {}
+    for cand in timed:
+        try:
+            sessions[cand.name] = OrtSession(protos[cand.name], ["CPUExecutionProvider"], options.threads)
+        except Exception as err:  # noqa: BLE001
+            cand.mark("profile", FAILED, error_line(err))
+    records = []
+    per_batch = options.profile_s / len(options.batches)
+    for batch in options.batches:
+        x = np.random.default_rng(options.seed).standard_normal((batch, *ckpt.card.input_size)).astype(np.float32)
+        live = [c for c in timed if c.name in sessions and c.step("profile").status != FAILED]
+        calls = {c.name: sessions[c.name].bind(x) for c in live}
+        records.append(_stable_windows(calls, batch, per_batch, options, live, table))
+    for cand in timed:
+        if cand.step("profile").status != FAILED:
+            cand.mark("profile", OK, "", 0.0)
+    return records
+
+
+def _stable_windows(calls: dict, batch: int, budget_s: float, options: OptimizeOptions, live: list[Candidate],
+                    table) -> dict:
+    budget = Budget(min_time=options.window_s, min_iterations=5, min_rounds=3, warmup=2)
+    start = time.perf_counter()
+    windows: list[dict[str, Samples]] = []
+    change = None
+    default = next((c.name for c in live if c.is_default), None)
+    screened: dict[str, Samples] = {}  # left out of later windows: their first window is their record
+    while calls:
+        table.status(f"timing batch {batch}: window {len(windows) + 1}, {len(calls)} candidates")
+        windows.append(measure(calls, budget, wall_timer, deadline=start + budget_s))
+        for name, s in windows[-1].items():
+            if s.error:
+                next(c for c in live if c.name == name).mark("profile", FAILED, f"batch {batch}: {s.error}")
+                calls.pop(name)
+        if len(windows) == 1 and calls:
+            for name in _screen(windows[0], calls, default, options.screen_slower):
+                screened[name] = windows[0][name]
+                calls.pop(name)
+        if len(windows) >= 2:
+            # agreement on what the choice rests on: the latest leader led the window before too (or tied with
+            # its leader within stable_within), and its speed moved less than stable_within
+            before, last = (_speeds(w, calls, default) for w in windows[-2:])
+            leader = max(last, key=last.get)
+            tied = before[leader] >= (1 - options.stable_within) * max(before.values())
+            change = abs(last[leader] / before[leader] - 1) if tied else None
+            if change is not None and change <= options.stable_within:
+                break
+        if time.perf_counter() - start >= budget_s:
+            break
+    stable = change is not None and change <= options.stable_within
+    pooled = {n: _pool([w[n] for w in windows[-2:]]) for n in calls}
+    pooled.update(screened)
+    default = default if default in pooled else None
+    for cand in live:
+        if cand.name not in pooled:
+            continue
+        s = pooled[cand.name]
+        stats = {"batch": batch, **latency_stats(s.times, batch)}
+        unit = windows[0][default] if cand.name in screened and default else pooled.get(default)
+        stats["speedup_vs_default"] = paired_ratio(unit, s) if default else None  # rounds of the same windows
+        stats["first_window_only"] = cand.name in screened
+        cand.latency.append(stats)
+        table.update(cand)
+    return {"batch": batch, "windows": len(windows), "stable": stable, "last_change": change,
+            "screened_out": sorted(screened), "screen_slower": options.screen_slower,
+            "compared": ("the fastest candidate's speed-up over the default export" if default
+                         else "the fastest candidate's median latency"),
+            "stable_within": options.stable_within, "seconds": time.perf_counter() - start,
+            "ended_by": "two windows agreed" if stable else "time budget"}
+
+
+def _screen(window: dict[str, Samples], calls: dict, default: str | None, slower: float) -> list[str]:
+    """Candidates more than ``slower`` times slower than the fastest in the first window: the windows that
+    follow, which settle the ranking, are spent on the contenders (the default export stays, as the unit)."""
+    medians = {n: statistics.median(window[n].times) for n in calls}
+    best = min(medians.values())
+    return [n for n, m in medians.items() if m > slower * best and n != default]
+
+
+def _speeds(window: dict[str, Samples], calls: dict, default: str | None) -> dict[str, float]:
+    """What two windows must agree on: each candidate's paired speed-up over the default export (a slow
+    minute on a shared machine moves both sides alike), or 1 / its median latency when that was not timed."""
+    if default in calls:
+        return {n: paired_ratio(window[default], window[n]) for n in calls}
+    return {n: 1.0 / statistics.median(window[n].times) for n in calls}
+
+
+def _pool(samples: list[Samples]) -> Samples:
+    return Samples(times=[t for s in samples for t in s.times],
+                   round_medians=[m for s in samples for m in s.round_medians])
+
+
+def _decide(todo: list[Candidate], options: OptimizeOptions) -> dict | None:
+    """The best candidate that passed every step, by the strategy; None when none passed."""
+    rows = [(c, s) for c in todo if c.status == OK for s in c.latency]
+    small, large = min(options.batches), max(options.batches)
+    if options.strategy == "min-latency":
+        rows, key, metric = [r for r in rows if r[1]["batch"] == small], (lambda r: -r[1]["p50_ms"]), "p50_ms"
+    elif options.strategy == "max-throughput":
+        rows, key, metric = [r for r in rows if r[1]["batch"] == large], (lambda r: r[1]["throughput"]), "throughput"
+    else:
+        rows = [r for r in rows if r[1]["p99_ms"] <= options.latency_ms]
+        key, metric = (lambda r: r[1]["throughput"]), "throughput"
+    if not rows:
+        return None
+    best, stats = max(rows, key=key)
+    return {"strategy": options.strategy, "latency_ms": options.latency_ms, "chosen": best.name,
+            "batch": stats["batch"], "metric": metric, "value": stats[metric], "p50_ms": stats["p50_ms"],
+            "p99_ms": stats["p99_ms"], "throughput": stats["throughput"],
+            "speedup_vs_default": stats.get("speedup_vs_default"),
+            "form": best.form, "precision": best.precision, "int8_recipe": best.int8_recipe, "exporter": best.exporter}
+
+
+def _environment(options: OptimizeOptions, recipe: tuple[str, str]) -> dict:
+    import polygraphy
+
+    info = machine.describe("cpu", options.threads)
+    info.update({"onnx": onnx.__version__, "polygraphy": polygraphy.__version__, "numpy": np.__version__,
+                 "tmdeploy": __version__, "int8_recipes_for_this_cpu": {"recipes": list(recipe[0]), "why": recipe[1]}})
+    return info
+
+
+def _status(ckpt, options, todo, profile, decision, reference, data, recipes, recipe) -> dict:
+    opts = {k: (list(v) if isinstance(v, tuple) else str(v) if isinstance(v, Path) else v)
+            for k, v in asdict(options).items() if k != "show_progress"}
+    c, h, w = ckpt.card.input_size
+    return {
+        "format": STATUS_FORMAT,
+        "model": {"arch": ckpt.card.arch, "checkpoint": str(ckpt.path or ""), "sha256": ckpt.sha256 or "",
+                  "input_size": [c, h, w], "classes": ckpt.card.num_classes},
+        "environment": _environment(options, recipe),
+        "options": {**opts, "int8_recipes": list(recipes)},
+        "data": data,
+        "candidates": [{"name": cand.name, "form": cand.form, "exporter": cand.exporter, "precision": cand.precision,
+                        "int8_recipe": cand.int8_recipe, "status": cand.status, "reason": cand.reason,
+                        "default_export": cand.is_default, "size_mb": cand.size_mb, "build_s": cand.build_s,
+                        "steps": [asdict(s) for s in cand.steps], "tolerance": cand.tolerance, "errors": cand.errors,
+                        "accuracy": cand.accuracy, "latency": cand.latency, "reproduce": cand.reproduce}
+                       for cand in todo],
+        "profile": profile,
+        "decision": decision,
+        "passed": decision is not None,
+    }
+
+
+def _stage_files(scratch: Path, status: dict, protos: dict, decision: dict | None) -> list[str]:
+    """Write status.json and model.onnx into scratch; the files to copy out, relative to it."""
+    files = [p.relative_to(scratch).as_posix() for p in sorted(scratch.rglob("*")) if p.is_file()]
+    if decision is not None:
+        model = onnx.ModelProto()
+        model.CopyFrom(protos[decision["chosen"]])
+        entry = model.metadata_props.add()
+        entry.key, entry.value = CHOICE_KEY, json.dumps({k: decision[k] for k in (
+            "chosen", "strategy", "latency_ms", "batch", "p50_ms", "throughput", "speedup_vs_default")})
+        onnx.save(model, str(scratch / "model.onnx"))
+        files.append("model.onnx")
+    (scratch / "status.json").write_text(json_text(status))
+    return files + ["status.json"]
+
+
+def _commit(scratch: Path, out: Path, files: list[str], source: Path | None) -> None:
+    """Copy the finished files into ``out``, each atomically; status.json last, so it never describes
+    files that are not there yet."""
+    for name in files:
+        atomic_write(out / name, lambda tmp, name=name: shutil.copyfile(scratch / name, tmp), source)

@@ -1,0 +1,124 @@
+"""The optimize report: ``status.json`` (a plain dict, as written or loaded) as ``report.md`` and a PNG.
+
+Rendered from the dict alone, so a report can be rewritten from an old status.json without re-running.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tmdeploy.bench import machine
+from tmdeploy.fileio import atomic_write
+from tmdeploy.report.markdown import MARKS, number, percent, table
+from tmdeploy.report.plots import _figure
+from tmdeploy.sanitize import clean
+
+_MARK = {"OK": MARKS["passed"], "FAILED": MARKS["failed"], "SKIPPED": MARKS["skipped"]}
+
+
+def _stat(cand: dict, batch: int) -> dict | None:
+    return next((s for s in cand["latency"] if s["batch"] == batch), None)
+
+
+def _errors(cand: dict) -> list[str]:
+    e, tol = cand.get("errors"), cand.get("tolerance")
+    if not e:
+        return ["–", "–"]
+    bound = f"atol {number(tol['atol'])}, rtol {number(tol['rtol'])}" if tol and tol["elementwise"] else "top-1 only"
+    return [f"{number(e['max_abs_error'])} / {number(e['p99_abs_error'])}", bound]
+
+
+def to_markdown(status: dict) -> str:
+    model, options, decision = status["model"], status["options"], status["decision"]
+    batches = options["batches"]
+    size = "×".join(map(str, model["input_size"]))
+    data = status["data"]
+    lines = [f"# Optimize: {model['arch']} ({size} input, {model['classes']} classes)", "",
+             f"- Machine: {machine.summary(status['environment'])}; CPU flags: "
+             f"{', '.join(status['environment']['cpu_flags']) or 'none known'}",
+             f"- INT8 recipes tried: {', '.join(options['int8_recipes'])} (this CPU's picks: "
+             f"{', '.join(status['environment']['int8_recipes_for_this_cpu']['recipes'])} — "
+             f"{status['environment']['int8_recipes_for_this_cpu']['why']})",
+             f"- Accuracy on {data['spec']} ({data['split']} split, {data['samples']} images): at most "
+             f"{options['max_top1_drop']:g} points of top-1 below PyTorch FP32, "
+             f"agreement ≥ {options['min_agreement']:.2%}"
+             + (f", top-1 ≥ {options['min_top1']:.2%}" if options.get("min_top1") is not None else ""),
+             f"- Strategy: {options['strategy']}"
+             + (f" {options['latency_ms']:g} ms" if options.get("latency_ms") else ""),
+             ""]
+    if decision:
+        speedup = decision.get("speedup_vs_default")
+        lines += [f"**Choice: `{decision['chosen']}`** at batch {decision['batch']}: "
+                  f"p50 {number(decision['p50_ms'])} ms, {decision['throughput']:,.0f} images/s"
+                  + (f", {speedup:.2f}× the default FP32 export" if speedup else "")
+                  + ". Written as `model.onnx`.", ""]
+    else:
+        lines += ["**No candidate passed**: no model.onnx was written (exit status 1).", ""]
+    header = ["candidate", "precision", "status", "size MB", "build s", "max / p99 abs error", "tolerance", "top-1",
+              "agreement", "top-1 drop (points)", *(f"p50 ms b{b}" for b in batches), f"images/s b{max(batches)}",
+              f"speed-up b{max(batches)}"]
+    rows = []
+    for c in status["candidates"]:
+        acc = c.get("accuracy") or {}
+        big = _stat(c, max(batches))
+        rows.append([f"`{c['name']}`" + (" (default)" if c["default_export"] else ""), c["precision"],
+                     _MARK[c["status"]], number(c["size_mb"]), number(c["build_s"]), *_errors(c),
+                     percent(acc.get("top1")), percent(acc.get("agreement")), number(acc.get("top1_drop_points")),
+                     *(number((_stat(c, b) or {}).get("p50_ms")) for b in batches),
+                     f"{big['throughput']:,.0f}" if big else "–",
+                     f"{big['speedup_vs_default']:.2f}×" + ("†" if big.get("first_window_only") else "")
+                     if big and big.get("speedup_vs_default") else "–"])
+    lines += ["## Candidates", ""] + table(header, rows, text_columns=3) + [""]
+    if any(s.get("first_window_only") for c in status["candidates"] for s in c["latency"]):
+        lines += ["†: screened out after the first timing window; its numbers and speed-up come from that window "
+                  "(paired with the default export's rounds there), the others' from the last two.", ""]
+    failed = [c for c in status["candidates"] if c["status"] != "OK"]
+    if failed:
+        lines += ["## Not chosen because", ""] + [f"- `{c['name']}` ({c['status']}): {c['reason']}" for c in failed]
+        lines.append("")
+    lines += ["## Timing", "", "Candidates timed side by side in interleaved rounds (as `tmdeploy bench`), in windows "
+              f"of at least {options['window_s']:g} s each, until two windows in a row agreed (the same fastest "
+              f"candidate or one within {options['stable_within']:.0%} of it, its speed-up within "
+              f"{options['stable_within']:.0%}) or {options['profile_s']:g} s were "
+              "spent; the numbers pool the last two windows.", ""]
+    lines += [f"- batch {p['batch']}: {p['windows']} windows, {p['ended_by']}"
+              + (f" (last change {p['last_change']:.1%} in {p['compared']})" if p["last_change"] is not None
+                 else " (the last two windows had different leaders)" if p["windows"] > 1 else "")
+              + (f"; timed in the first window only, more than {p['screen_slower']:g}× slower than the fastest: "
+                 f"{', '.join(p['screened_out'])}" if p.get("screened_out") else "")
+              for p in status["profile"]]
+    lines += ["", "## Reproduce a parity check without tmdeploy", "",
+              "In this folder (inputs and PyTorch's outputs saved in polygraphy's JSON formats):", ""]
+    lines += [f"- `{c['name']}`: `{c['reproduce']['command']}`" for c in status["candidates"] if c.get("reproduce")]
+    lines.append("")
+    return clean("\n".join(lines), newlines=True)
+
+
+def latency_figure(status: dict):
+    """p50 latency at the largest batch per timed candidate; the choice and the default marked."""
+    batch = max(status["options"]["batches"])
+    timed = [(c, _stat(c, batch)) for c in status["candidates"] if _stat(c, batch)]
+    if not timed:
+        return None
+    chosen = (status["decision"] or {}).get("chosen")
+    figure, ax = _figure(8, 0.45 * len(timed) + 1.6)
+    colors = ["C2" if c["name"] == chosen else "C7" if c["default_export"] else "C0" for c, _ in timed]
+    bars = ax.barh(range(len(timed)), [s["p50_ms"] for _, s in timed], color=colors)
+    ax.bar_label(bars, labels=[f"{s['p50_ms']:.3g} ms" for _, s in timed], padding=3, fontsize=8)
+    ax.set_yticks(range(len(timed)), [c["name"] for c, _ in timed], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel(f"p50 latency at batch {batch}, ms (green: the choice, grey: the default export)")
+    ax.set_title(f"{status['model']['arch']} on {status['environment']['cpu']}", fontsize=10)
+    return figure
+
+
+def write_optimize_report(status: dict, directory) -> dict[str, Path]:
+    """Write ``report.md`` and ``latency.png`` (when anything was timed) into ``directory``."""
+    directory = Path(directory)
+    paths = {"markdown": directory / "report.md"}
+    atomic_write(paths["markdown"], lambda tmp: tmp.write_text(to_markdown(status)))
+    figure = latency_figure(status)
+    if figure is not None:
+        paths["latency"] = directory / "latency.png"
+        atomic_write(paths["latency"], lambda tmp: figure.savefig(tmp, format="png", dpi=120))
+    return paths
