@@ -152,6 +152,7 @@ class OrtCudaGraphSession:
         self.proto, self.cuda_options = proto, {**(cuda_options or {}), "enable_cuda_graph": "1"}
         self._per_shape: dict[tuple, tuple] = {}
         self.note = placement_note(node_placement(proto, cuda_providers(cuda_options)))
+        self.artifact_bytes = proto.ByteSize()  # the .onnx file a deployment would ship
 
     def _bound(self, shape: tuple):
         import onnxruntime as ort
