@@ -72,7 +72,7 @@ def run(ckpt: Checkpoint, options: BenchOptions = BenchOptions()) -> BenchResult
                   compile_backend=options.compile_backend, threads=options.threads)
     names = options.backends or default_names(options.device)
     results = [BackendResult(b.name, b.label, b.precision) for b in map(by_name, names)]
-    test_set = _test_set(ckpt, spec, options) if spec else None
+    test_set = held_out_images(ckpt, spec, options.seed, options.accuracy_limit) if spec else None
     with torch_threads(options.threads), Reporter(options.show_progress) as reporter:
         where = machine.describe(options.device, options.threads)
         sessions: dict = {}
@@ -153,11 +153,13 @@ def _time_batch(ctx: Context, batch: int, sessions: dict, results: list[BackendR
         live[name].latency.append(stats)
 
 
-def _test_set(ckpt: Checkpoint, spec: str, options: BenchOptions) -> tuple[np.ndarray, np.ndarray, dict]:
-    """Normalized test images, their labels, and a description for the report."""
+def held_out_images(ckpt: Checkpoint, spec: str, seed: int = 0,
+                    limit: int | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Normalized test images of ``spec`` (at most ``limit``), their labels, and a description for the report;
+    bench and optimize measure accuracy on exactly these."""
     c, h, _ = ckpt.card.input_size
-    split = data.load(spec, image_size=h, in_chans=c, seed=options.seed)
-    images, labels = data.stack(split.test, limit=options.accuracy_limit)
+    split = data.load(spec, image_size=h, in_chans=c, seed=seed)
+    images, labels = data.stack(split.test, limit=limit)
     x = data.normalize(images, ckpt.card.mean, ckpt.card.std).numpy()
     return x, labels.numpy(), {"spec": spec, "split": "test", "samples": int(len(labels))}
 

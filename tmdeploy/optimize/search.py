@@ -28,7 +28,7 @@ from tmdeploy import __version__
 from tmdeploy.bench import machine
 from tmdeploy.bench.backends import predict_all
 from tmdeploy.bench.sessions import OrtSession, TorchSession
-from tmdeploy.bench.suite import _test_set  # the held-out images exactly as bench measures accuracy on them
+from tmdeploy.bench.suite import held_out_images
 from tmdeploy.bench.timing import Budget, Samples, error_line, latency_stats, measure, paired_ratio, wall_timer
 from tmdeploy.checkpoint import Checkpoint
 from tmdeploy.errors import UsageError
@@ -85,7 +85,7 @@ def optimize(ckpt: Checkpoint, options: OptimizeOptions = OptimizeOptions()) -> 
     with tempfile.TemporaryDirectory(prefix="tmdeploy-optimize-") as scratch, \
             torch_threads(options.threads), LiveTable(todo, options.show_progress) as table:
         scratch = Path(scratch)
-        test_set = _test_set(ckpt, spec, options)
+        test_set = held_out_images(ckpt, spec, options.seed, options.accuracy_limit)
         reference = _reference_predictions(ckpt, test_set, max(options.batches))
         protos: dict[str, onnx.ModelProto] = {}
         for cand in todo:
