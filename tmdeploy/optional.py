@@ -12,7 +12,8 @@ import importlib
 from tmdeploy.errors import TmdeployError, first_line
 
 # The pip extra of tmdeploy that brings each optional package.
-EXTRAS = {"tensorrt": "gpu", "onnxruntime-gpu": "gpu", "nvidia-pytriton": "serve", "tritonclient": "serve"}
+EXTRAS = {"tensorrt": "gpu", "onnxruntime-gpu": "gpu", "nvidia-pytriton": "serve", "tritonclient": "serve",
+          "openvino": "openvino"}
 
 
 def install_hint(package: str) -> str:
