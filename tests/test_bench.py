@@ -40,7 +40,7 @@ def tiny_result(tiny_ckpt):
 
 def test_every_backend_has_an_entry_with_statistics(tiny_result):
     assert [b.name for b in tiny_result.backends] == list(default_names("cpu"))
-    ok = {"pytorch", "torch-compile", "ort-fp32", "ort-fp16", "ort-int8", "ort-int8-trt"}
+    ok = {"pytorch", "torch-compile", "ort-fp32", "ort-fp16", "ort-int8", "ort-int8-trt", "openvino-fp32"}
     assert {b.name for b in tiny_result.backends if b.status == "ok"} == ok
     for b in tiny_result.backends:
         if b.status != "ok":

@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
-from tmdeploy.bench.sessions import OrtSession, Session, Skip, TorchSession
+from tmdeploy.bench.sessions import OpenVinoSession, OrtSession, Session, Skip, TorchSession
 from tmdeploy.errors import TmdeployError
+from tmdeploy.optional import require
 
 if TYPE_CHECKING:  # the backend names are read without torch (option validation, the CLI)
     from tmdeploy.checkpoint import Checkpoint
@@ -33,7 +34,7 @@ class Context:
     batches: tuple[int, ...]
     calib_data: str | None = None  # None: no calibration data, so no FP16/INT8 backend
     compile_backend: str = "inductor"
-    threads: int | None = None  # onnxruntime intra-op threads (PyTorch's are set by the caller); None: default
+    threads: int | None = None  # onnxruntime's and OpenVINO's threads (PyTorch's are set by the caller); None: default
     _graphs: dict = field(default_factory=dict)
     _tmp: tempfile.TemporaryDirectory | None = None
 
@@ -149,6 +150,16 @@ def _ort_cuda_graph(precision: str, ctx: Context) -> Session:
     return OrtCudaGraphSession(ctx.onnx(precision))
 
 
+def _openvino(ctx: Context) -> Session:
+    if ctx.device != "cpu":
+        raise Skip("OpenVINO runs on the CPU here: use --device cpu")
+    try:
+        require("openvino", "openvino", "OpenVINO")
+    except TmdeployError as err:
+        raise Skip(str(err)) from None
+    return OpenVinoSession(ctx.onnx("fp32"), ctx.threads)
+
+
 def _trt(precision: str, ctx: Context) -> Session:
     from tmdeploy.engines.tensorrt import import_tensorrt
 
@@ -186,6 +197,7 @@ BACKENDS = (
             cuda_only=True),
     Backend("ort-int8", "ONNX Runtime INT8 (onnxruntime recipe)", "int8", partial(_ort, "int8", "onnxruntime")),
     Backend("ort-int8-trt", "ONNX Runtime INT8 (TensorRT recipe)", "int8", partial(_ort, "int8", "tensorrt")),
+    Backend("openvino-fp32", "OpenVINO FP32", "fp32", _openvino),
     Backend("trt-fp32", "TensorRT FP32", "fp32", partial(_trt, "fp32")),
     Backend("trt-fp16", "TensorRT FP16", "fp16", partial(_trt, "fp16")),
     Backend("trt-int8", "TensorRT INT8", "int8", partial(_trt, "int8")),

@@ -76,3 +76,24 @@ class OrtSession:
 
     def close(self) -> None:
         pass
+
+
+class OpenVinoSession:
+    """The ONNX graph read and compiled by OpenVINO for the CPU; one infer request, fed host arrays."""
+
+    def __init__(self, proto, threads: int | None = None) -> None:
+        from tmdeploy.onnxfile import openvino_compiled
+
+        blob = proto.SerializeToString()
+        self.artifact_bytes = len(blob)  # OpenVINO reads the .onnx file itself: it is what ships
+        self.request = openvino_compiled(blob, threads).create_infer_request()
+
+    def bind(self, x: np.ndarray) -> Callable[[], object]:
+        feed = np.ascontiguousarray(x, dtype=np.float32)
+        return lambda: self.request.infer({0: feed})[0]
+
+    def fetch(self, output) -> np.ndarray:
+        return np.asarray(output, dtype=np.float32)
+
+    def close(self) -> None:
+        pass

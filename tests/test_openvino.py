@@ -1,0 +1,50 @@
+"""OpenVINO, the optional runtime that reads the ONNX file itself: real OpenVINO in bench, check and optimize,
+and the install hint when it is missing (the test extra installs it, so these run in CI)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tmdeploy.bench.backends import Context, by_name, default_names, predict_all
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tiny):
+    return tiny("rn26")
+
+
+def test_bench_backend_logits_match_onnxruntime(tiny_ckpt):
+    assert "openvino-fp32" in default_names("cpu")
+    ctx = Context(tiny_ckpt, "cpu", (4,), threads=1)
+    images = np.random.default_rng(0).standard_normal((10, *tiny_ckpt.card.input_size)).astype(np.float32)
+    try:
+        openvino, ort = (by_name(name).build(ctx) for name in ("openvino-fp32", "ort-fp32"))
+        ours, theirs = (predict_all(s, images, 4) for s in (openvino, ort))
+    finally:
+        ctx.close()
+    assert ours.shape == (10, 10) and np.abs(ours - theirs).max() < 1e-4
+    assert openvino.artifact_bytes == ort.artifact_bytes  # the same ONNX file ships
+
+
+def test_bench_without_openvino_skips_it_with_the_install_hint(tiny_ckpt):
+    code = (f"import sys, json; sys.modules['openvino'] = None\n"
+            f"from tmdeploy import checkpoint\nfrom tmdeploy.bench import BenchOptions, run\n"
+            f"r = run(checkpoint.load({str(tiny_ckpt.path)!r}), BenchOptions(backends=('pytorch', 'openvino-fp32'), "
+            f"batches=(1,), data=None, min_time=0.0, min_iterations=2, warmup=1, threads=1, show_progress=False))\n"
+            f"b = r.backend('openvino-fp32'); print(json.dumps([b.status, b.note]))")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    status, note = json.loads(done.stdout.strip().splitlines()[-1])
+    assert status == "skipped"
+    assert note == 'OpenVINO is not installed: pip install "tmdeploy[openvino]" (openvino)'
+
