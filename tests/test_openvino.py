@@ -48,3 +48,21 @@ def test_bench_without_openvino_skips_it_with_the_install_hint(tiny_ckpt):
     assert status == "skipped"
     assert note == 'OpenVINO is not installed: pip install "tmdeploy[openvino]" (openvino)'
 
+
+def test_check_runtime_openvino_passes_on_an_exported_model(tiny_ckpt, tmp_path, capsys):
+    from tmdeploy.cli import main
+    from tmdeploy.export import export_onnx
+
+    model = export_onnx(tiny_ckpt, tmp_path / "model.onnx")
+    assert main(["check", str(tiny_ckpt.path), str(model), "--runtime", "openvino", "--seed", "3"]) == 0
+    assert "openvino on CPU" in capsys.readouterr().out
+    report = json.loads((tmp_path / "model.check.json").read_text())
+    assert report["runtime"] == "openvino" and report["passed"]
+    assert report["outputs"]["logits"]["max_abs_error"] < 1e-4  # FP32 arithmetic: OpenVINO's bf16 default is ~1e-2
+
+
+def test_check_runtime_is_validated_before_anything_runs(tiny_ckpt, tmp_path, capsys):
+    from tmdeploy.cli import main
+
+    assert main(["check", str(tiny_ckpt.path), str(tmp_path / "none.onnx"), "--runtime", "tvm"]) == 2
+    assert "--runtime" in capsys.readouterr().err

@@ -8,7 +8,7 @@ CHECK = "tmdeploy.verify.options:CheckOptions"
 
 
 def register(sub) -> None:
-    from tmdeploy.verify.options import DEVICES
+    from tmdeploy.verify.options import DEVICES, RUNTIMES
 
     p = sub.add_parser("check", help="compare an ONNX file with the PyTorch checkpoint (exit 0 pass, 1 mismatch)")
     add_checkpoint_args(p)
@@ -22,6 +22,8 @@ def register(sub) -> None:
     api_option(p, "--save-inputs", CHECK, type=Path, help="inputs in polygraphy's JSON format")
     api_option(p, "--save-outputs", CHECK, type=Path, help="PyTorch outputs as polygraphy RunResults JSON")
     api_option(p, "--device", CHECK, choices=DEVICES, help="where onnxruntime runs the graph (PyTorch: on the CPU)")
+    api_option(p, "--runtime", CHECK, choices=RUNTIMES,
+               help="what runs the ONNX file (openvino: pip install \"tmdeploy[openvino]\", CPU only)")
     api_option(p, "--localize", CHECK, action="store_true", help="on failure, name the first diverging block")
     p.add_argument("--report-dir", type=Path, default=None, help="where to write the JSON/Markdown report "
                    "(default: beside the ONNX file)")

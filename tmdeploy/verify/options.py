@@ -11,6 +11,7 @@ from tmdeploy.fileio import check_output
 from tmdeploy.values import MAX_BATCH, MAX_ITERATIONS, MAX_SEED, check_option
 
 DEVICES = ("cpu", "cuda")  # where onnxruntime runs the graph: its CPU or its CUDA provider
+RUNTIMES = ("onnxruntime", "openvino")  # what runs the ONNX file (OpenVINO: the optional extra, on the CPU)
 
 
 @dataclass
@@ -26,9 +27,19 @@ class CheckOptions:
     save_outputs: Path | None = None
     localize: bool = False
     device: str = "cpu"  # the PyTorch reference always runs on the CPU
+    runtime: str = "onnxruntime"
 
     def validate(self) -> None:
         check_choice(self.device, DEVICES, "--device")
+        check_choice(self.runtime, RUNTIMES, "--runtime")
+        if self.runtime == "openvino":  # before anything loads: a missing install is the one install hint
+            if self.device != "cpu":
+                raise UsageError("--runtime openvino runs on the CPU: leave out --device cuda")
+            if self.localize:
+                raise UsageError("--localize runs onnxruntime on every intermediate tensor: not with --runtime openvino")
+            from tmdeploy.optional import require
+
+            require("openvino", "openvino", "OpenVINO")
         if self.device == "cuda":  # before anything loads: an onnxruntime without the CUDA provider is one line
             from tmdeploy import onnxfile
 

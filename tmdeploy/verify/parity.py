@@ -26,7 +26,7 @@ from tmdeploy.export.to_onnx import INPUT_NAME, DeployModule
 from tmdeploy.fileio import atomic_write, json_text
 from tmdeploy.sanitize import clean
 from tmdeploy.threads import torch_threads
-from tmdeploy.verify.runners import TorchRunner, onnxrt_runner
+from tmdeploy.verify.runners import OpenVinoRunner, TorchRunner, onnxrt_runner
 from tmdeploy.verify.options import CheckOptions
 from tmdeploy.verify.stats import DEFAULT_TOLERANCES, Tolerance, output_stats
 
@@ -45,6 +45,7 @@ class CheckReport:
     warnings: list[str] = field(default_factory=list)
     divergence: dict | None = None
     device: str = "cpu"  # onnxruntime's provider; the PyTorch reference ran on the CPU
+    runtime: str = "onnxruntime"  # what ran the ONNX file
 
     def to_json(self) -> str:
         return json_text(asdict(self))  # int8's infinite tolerances and a NaN graph's errors become null
@@ -52,7 +53,7 @@ class CheckReport:
     def to_markdown(self) -> str:
         verdict = "PASS" if self.passed else "FAIL"
         lines = [f"# Parity check: {verdict}", "",
-                 f"- ONNX: `{self.onnx}` ({self.precision}), onnxruntime on {self.device.upper()}", f"- Checkpoint: `{self.checkpoint}`",
+                 f"- ONNX: `{self.onnx}` ({self.precision}), {self.runtime} on {self.device.upper()}", f"- Checkpoint: `{self.checkpoint}`",
                  f"- Inputs: {self.inputs}, batch sizes {', '.join(map(str, self.batches))}",
                  f"- Tolerance: {Tolerance(**self.tolerance).describe()}", ""]
         lines += ["| output | pass | max abs | mean abs | p99 abs | max rel | p99 rel | cosine | top-1 agreement |",
@@ -130,8 +131,9 @@ def _check(ckpt: Checkpoint, onnx_path, options: CheckOptions) -> CheckReport:
     reference = _reference_module(ckpt, meta)
     torch_runner = TorchRunner(reference, TensorMetadata().add(INPUT_NAME, dtype, shape), meta.outputs)
     with torch_threads(1):  # small batches: more threads only wait on each other, badly so on a shared machine
-        results = Comparator.run([torch_runner, onnxrt_runner(onnx_path, device=options.device)],
-                                     data_loader=feeds)
+        runner = (OpenVinoRunner(onnx_path) if options.runtime == "openvino"
+                  else onnxrt_runner(onnx_path, device=options.device))
+        results = Comparator.run([torch_runner, runner], data_loader=feeds)
     (ref_name, ref_iters), (_, onnx_iters) = list(results.items())
     outputs = {}
     for name in meta.outputs:
@@ -152,7 +154,7 @@ def _check(ckpt: Checkpoint, onnx_path, options: CheckOptions) -> CheckReport:
     return CheckReport(
         onnx=str(onnx_path), checkpoint=str(ckpt.path or ""), precision=meta.precision, tolerance=asdict(tol),
         passed=passed, outputs=outputs, inputs=source, batches=list(options.batches), warnings=warnings,
-        divergence=divergence, device=options.device,
+        divergence=divergence, device=options.device, runtime=options.runtime,
     )
 
 

@@ -1,4 +1,4 @@
-"""Polygraphy runners for the two sides of a parity check."""
+"""Polygraphy runners for the two sides of a parity check: PyTorch, and the runtime that runs the ONNX file."""
 
 from __future__ import annotations
 
@@ -56,3 +56,37 @@ def onnxrt_runner(onnx_path, mark_all: bool = False, name="onnxruntime", device:
     onnxfile.load(onnx_path)
     source = BytesFromOnnx(ModifyOutputs(OnnxFromPath(str(onnx_path)), outputs=constants.MARK_ALL))
     return OnnxrtRunner(SessionFromOnnx(source, providers=providers), name=name)
+
+
+class OpenVinoRunner(BaseRunner):
+    """Runs an ONNX file with OpenVINO on the CPU inside polygraphy's Comparator.
+
+    Written here because polygraphy has no OpenVINO runner; OpenVINO reads the ONNX file itself, so this
+    checks the file as OpenVINO will run it, not a conversion of it.
+    """
+
+    def __init__(self, onnx_path, name="openvino"):
+        super().__init__(name=name, prefix="openvino-runner")
+        self.onnx_path = onnx_path
+
+    def activate_impl(self):
+        onnxfile.load(self.onnx_path)  # a file tmdeploy refuses is refused here with the same message
+        blob = open(self.onnx_path, "rb").read()
+        self.compiled = onnxfile.openvino_compiled(blob, what=str(self.onnx_path))
+        self.request = self.compiled.create_infer_request()
+
+    def get_input_metadata_impl(self):
+        meta = TensorMetadata()
+        for port in self.compiled.inputs:
+            meta.add(port.any_name, port.element_type.to_dtype(), [d.get_length() if d.is_static else -1
+                                                                    for d in port.partial_shape])
+        return meta
+
+    def infer_impl(self, feed_dict):
+        start = time.perf_counter()
+        results = self.request.infer({name: np.ascontiguousarray(v) for name, v in feed_dict.items()})
+        self.inference_time = time.perf_counter() - start
+        return OrderedDict((port.any_name, np.array(value)) for port, value in results.items())
+
+    def deactivate_impl(self):
+        del self.request, self.compiled
