@@ -17,6 +17,12 @@ from tmdeploy.bench.backends import Context, by_name, default_names, predict_all
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def _python(*args, cwd=None) -> subprocess.CompletedProcess:
+    """This Python on ``args`` in a fresh process (which imports this checkout's tmdeploy)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, env=env, timeout=300)
+
+
 @pytest.fixture(scope="module")
 def tiny_ckpt(tiny):
     return tiny("rn26")
@@ -41,8 +47,7 @@ def test_bench_without_openvino_skips_it_with_the_install_hint(tiny_ckpt):
             f"r = run(checkpoint.load({str(tiny_ckpt.path)!r}), BenchOptions(backends=('pytorch', 'openvino-fp32'), "
             f"batches=(1,), data=None, min_time=0.0, min_iterations=2, warmup=1, threads=1, show_progress=False))\n"
             f"b = r.backend('openvino-fp32'); print(json.dumps([b.status, b.note]))")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    done = _python("-c", code)
     assert done.returncode == 0, done.stderr
     status, note = json.loads(done.stdout.strip().splitlines()[-1])
     assert status == "skipped"
@@ -66,3 +71,36 @@ def test_check_runtime_is_validated_before_anything_runs(tiny_ckpt, tmp_path, ca
 
     assert main(["check", str(tiny_ckpt.path), str(tmp_path / "none.onnx"), "--runtime", "tvm"]) == 2
     assert "--runtime" in capsys.readouterr().err
+
+
+def test_optimize_lists_openvino_candidates_with_their_numbers(tiny, tmp_path):
+    from tmdeploy.cli import main
+
+    ckpt, out = tiny("rn26-tm"), tmp_path / "out"
+    assert main(["optimize", str(ckpt.path), "--quick", "--threads", "1", "--batch", "1,4", "--precisions", "fp32,fp16",
+                 "--window-s", "0.05", "--profile-s", "1", "--accuracy-limit", "32", "--quiet", "--out", str(out)]) == 0
+    status = json.loads((out / "status.json").read_text())
+    assert status["options"]["runtimes"] == ["onnxruntime", "openvino"] and status["environment"]["openvino"]
+    found = {c["name"]: c for c in status["candidates"] if c["runtime"] == "openvino"}
+    assert set(found) == {"normalized-fp32-openvino", "normalized-fp16-openvino"}
+    for c in found.values():
+        assert c["status"] == "OK" and c["build_s"] > 0 and c["size_mb"] > 0
+        assert c["errors"]["max_abs_error"] <= c["tolerance"]["atol"] and c["accuracy"]["agreement"] >= 0.99
+        assert [s["batch"] for s in c["latency"]] == [1, 4] and all(s["p50_ms"] > 0 for s in c["latency"])
+        assert "polygraphy has no OpenVINO runner" in c["reproduce"]["why_not_polygraphy"]
+    # the recorded reproduction line re-checks OpenVINO's parity, run as written in the output folder
+    argv = found["normalized-fp32-openvino"]["reproduce"]["command"].split()
+    assert argv[:2] == ["tmdeploy", "check"] and argv[-6:-4] == ["--seed", "0"]
+    done = _python("-m", "tmdeploy", *argv[1:], cwd=out)
+    assert done.returncode == 0 and "PASS" in done.stdout and "openvino on CPU" in done.stdout, done.stderr
+    assert "polygraphy has no OpenVINO runner" in (out / "report.md").read_text()
+
+
+def test_optimize_runtimes_openvino_without_it_is_the_install_hint(tiny_ckpt, tmp_path):
+    code = ("import sys; sys.modules['openvino'] = None\nfrom tmdeploy.cli import main\n"
+            f"sys.exit(main(['optimize', {str(tiny_ckpt.path)!r}, '--runtimes', 'openvino', '--out', "
+            f"{str(tmp_path / 'out')!r}]))")
+    done = _python("-c", code)
+    assert done.returncode == 1 and not (tmp_path / "out").exists()
+    assert done.stderr.strip().splitlines()[-1] == (
+        'tmdeploy: error: OpenVINO is not installed: pip install "tmdeploy[openvino]" (openvino)')

@@ -54,7 +54,7 @@ def describe(device: str = "cpu", ort_threads: int | None = None) -> dict:
     info = {
         "cpu": cpu_model(), "cores": os.cpu_count(), "cpu_flags": cpu_flags(), "python": platform.python_version(),
         "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "onnxruntime": onnxruntime.__version__,
-        "onnxruntime_threads": ort_threads or "default", "device": device,
+        "onnxruntime_threads": ort_threads or "default", "device": device, "openvino": _openvino_version(),
     }
     if device == "cuda":
         info["gpu"] = torch.cuda.get_device_name()
@@ -63,6 +63,15 @@ def describe(device: str = "cpu", ort_threads: int | None = None) -> dict:
         info["cudnn_benchmark"] = torch.backends.cudnn.benchmark
         info["cuda"] = torch.version.cuda
     return info
+
+
+def _openvino_version() -> str | None:
+    """OpenVINO's version, None where the optional extra is not installed."""
+    try:
+        import openvino
+    except ImportError:
+        return None
+    return openvino.__version__
 
 
 def summary(info: dict) -> str:

@@ -25,6 +25,8 @@ def register(sub) -> None:
     api_option(p, "--int8-recipes", OPT, shown="the onnxruntime recipes this CPU's features call for, and tensorrt",
                help="comma-separated INT8 recipes")
     api_option(p, "--exporters", OPT, help="comma-separated torch.onnx exporters")
+    api_option(p, "--runtimes", OPT, shown="onnxruntime, and openvino when installed",
+               help="comma-separated runtimes that run the files (onnxruntime, openvino)")
     api_option(p, "--data", OPT, help="held-out (test split) and calibration (train split) data; auto: the data the "
                                       "checkpoint was trained on")
     api_option(p, "--accuracy-limit", OPT, type=int, shown="all (--quick: 256)", help="at most this many test images")
@@ -50,7 +52,8 @@ def options(args):
     from tmdeploy.optimize.options import OptimizeOptions
 
     values = api_values(args, OptimizeOptions, batches=lambda text: int_list(text, "--batch"), forms=comma_list,
-                        precisions=comma_list, int8_recipes=comma_list, exporters=comma_list)
+                        precisions=comma_list, int8_recipes=comma_list, exporters=comma_list,
+                        runtimes=comma_list)
     strategy = values.pop("strategy", None)
     if strategy is not None:
         if len(strategy) > 2:

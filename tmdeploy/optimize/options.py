@@ -10,6 +10,7 @@ from tmdeploy.errors import TmdeployError, UsageError, check_choice
 from tmdeploy.export.options import DEFAULT_FORM, EXPORTERS, FORMS, PRECISIONS
 from tmdeploy.fileio import check_output
 from tmdeploy.values import MAX_BATCH, MAX_SECONDS, MAX_SEED, MAX_THREADS, check_option
+from tmdeploy.verify.options import RUNTIMES
 
 TARGETS = ("cpu",)  # cuda: onnxruntime's CUDA provider, CUDA graphs and TensorRT are not candidates yet
 STRATEGIES = ("min-latency", "max-throughput", "max-throughput-under-latency")
@@ -34,6 +35,8 @@ class OptimizeOptions:
     # INT8 recipes; None: the ones this CPU's features call for (tmdeploy.bench.machine.int8_recipes) and tensorrt
     int8_recipes: tuple[str, ...] | None = None
     exporters: tuple[str, ...] = ("torchscript",)  # dynamo gives the same graph in ~10 s per export
+    # what runs the files; None: onnxruntime, and OpenVINO (its FP32 and FP16 files) when it is installed
+    runtimes: tuple[str, ...] | None = None
     # accuracy on its test split, calibration on its train split; "auto": the data the checkpoint was trained on
     data: str = "auto"
     accuracy_limit: int | None = None  # at most this many held-out images; None: all (--quick: 256)
@@ -77,11 +80,16 @@ class OptimizeOptions:
             check_option("--min-top1", self.min_top1, 0.0, 1.0)
         for option, values, choices in (("--forms", self.forms, FORMS), ("--precisions", self.precisions, PRECISIONS),
                                         ("--int8-recipes", self.int8_recipes, INT8_RECIPE_NAMES),
-                                        ("--exporters", self.exporters, EXPORTERS)):
+                                        ("--exporters", self.exporters, EXPORTERS),
+                                        ("--runtimes", self.runtimes, RUNTIMES)):
             if values is not None and not values:
                 raise UsageError(f"{option} needs at least one of: {', '.join(choices)}")
             for value in values or ():
                 check_choice(value, choices, option)
+        if "openvino" in (self.runtimes or ()):  # asked for by name: a missing install is the one hint
+            from tmdeploy.optional import require
+
+            require("openvino", "openvino", "OpenVINO")
         if self.accuracy_limit is not None:
             check_option("--accuracy-limit", self.accuracy_limit, 1, 10**9)
         for option, value in (("--atol", self.atol), ("--rtol", self.rtol)):

@@ -1,8 +1,8 @@
 """``tmdeploy optimize``: the fastest deployment that keeps accuracy, chosen by measurement.
 
 ``optimize(ckpt, OptimizeOptions(...))`` builds every candidate (:mod:`.candidates`) with the export stage,
-checks its parity against PyTorch with the verify stage (polygraphy, at the precision's tolerances, on
-held-out images), measures top-1 and agreement on the whole held-out split, times the correct ones side by
+checks its parity against PyTorch with the verify stage (polygraphy's Comparator, at the precision's
+tolerances, on held-out images, with the runtime that will run it), measures top-1 and agreement on the whole held-out split, times the correct ones side by
 side with the bench stage's interleaved timing in windows until two agree (slow ones screened out after the
 first), and picks the best by the strategy. It writes the choice as
 ``model.onnx`` and every record as ``status.json`` into the output folder; the report stage renders that
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shlex
 import shutil
 import statistics
 import tempfile
@@ -27,7 +28,7 @@ import onnx
 from tmdeploy import __version__
 from tmdeploy.bench import machine
 from tmdeploy.bench.backends import predict_all
-from tmdeploy.bench.sessions import OrtSession, TorchSession
+from tmdeploy.bench.sessions import OpenVinoSession, OrtSession, TorchSession
 from tmdeploy.bench.suite import held_out_images
 from tmdeploy.bench.timing import Budget, Samples, error_line, latency_stats, measure, paired_ratio, wall_timer
 from tmdeploy.checkpoint import Checkpoint
@@ -38,6 +39,7 @@ from tmdeploy.export.options import FORMS
 from tmdeploy.export.precision import INT8_RECIPES, lower_precision
 from tmdeploy.export.to_onnx import calibration_data
 from tmdeploy.fileio import atomic_write, check_output, json_text
+from tmdeploy.onnxfile import openvino_compiled
 from tmdeploy.optimize.candidates import FAILED, OK, SKIPPED, Candidate, candidates
 from tmdeploy.optimize.options import OptimizeOptions
 from tmdeploy.optimize.progress import LiveTable
@@ -80,8 +82,8 @@ def optimize(ckpt: Checkpoint, options: OptimizeOptions = OptimizeOptions()) -> 
     spec = calibration_data(ckpt, None if options.data == "auto" else options.data)
     picked, why = machine.int8_recipes()
     recipes = options.int8_recipes or (*picked, "tensorrt")
-    options = replace(options, forms=options.forms or FORMS)
-    todo = candidates(options, recipes)
+    options = replace(options, forms=options.forms or FORMS, runtimes=options.runtimes or _installed_runtimes())
+    todo = candidates(options, recipes, options.runtimes)
     with tempfile.TemporaryDirectory(prefix="tmdeploy-optimize-") as scratch, \
             torch_threads(options.threads), LiveTable(todo, options.show_progress) as table:
         scratch = Path(scratch)
@@ -98,6 +100,22 @@ def optimize(ckpt: Checkpoint, options: OptimizeOptions = OptimizeOptions()) -> 
         files = _stage_files(scratch, status, protos, decision)
         _commit(scratch, out, files, ckpt.path)
     return OptimizeResult(out, status, decision is not None)
+
+
+def _installed_runtimes() -> tuple[str, ...]:
+    """onnxruntime, and OpenVINO where its optional extra is installed."""
+    try:
+        import openvino  # noqa: F401
+    except ImportError:
+        return ("onnxruntime",)
+    return ("onnxruntime", "openvino")
+
+
+def _session(cand: Candidate, proto: onnx.ModelProto, threads: int | None):
+    """The bench stage's session for the candidate's runtime, so accuracy and timing run what ships."""
+    if cand.runtime == "openvino":
+        return OpenVinoSession(proto, threads)
+    return OrtSession(proto, ["CPUExecutionProvider"], threads)
 
 
 class _Quiet:
@@ -128,6 +146,8 @@ def _build(ckpt, cand: Candidate, spec: str, options: OptimizeOptions, scratch: 
         path = scratch / "candidates" / f"{cand.name}.onnx"
         path.parent.mkdir(exist_ok=True)
         onnx.save(proto, str(path))
+        if cand.runtime == "openvino":  # its build is OpenVINO's compile too: a file it cannot read fails here
+            openvino_compiled(proto.SerializeToString(), options.threads, f"{cand.name}.onnx")
     except Exception as err:  # noqa: BLE001 - a candidate that cannot be built is a record, not the end
         cand.mark("build", FAILED, error_line(err), time.perf_counter() - start)
         table.update(cand)
@@ -148,7 +168,8 @@ def _parity(ckpt, cand: Candidate, spec: str, options: OptimizeOptions, scratch:
     # held-out images, not random tensors: INT8 scales are calibrated for images, and on N(0, 1) noise
     # rn26-tm's INT8 graphs agreed with PyTorch on 81% of inputs while agreeing on 100% of digits test images
     check_options = CheckOptions(data=spec, seed=options.seed, atol=options.atol, rtol=options.rtol,
-                                 save_inputs=inputs if first else None, save_outputs=reference if first else None)
+                                 save_inputs=inputs if first else None, save_outputs=reference if first else None,
+                                 runtime=cand.runtime)
     path = scratch / "candidates" / f"{cand.name}.onnx"
     try:
         report = check(ckpt, path, check_options)
@@ -157,7 +178,7 @@ def _parity(ckpt, cand: Candidate, spec: str, options: OptimizeOptions, scratch:
         return table.update(cand)
     stats = report.outputs["logits"]
     cand.tolerance, cand.errors = report.tolerance, {k: v for k, v in stats.items() if k != "passed"}
-    cand.reproduce = _polygraphy_command(cand, report.tolerance, stats)
+    cand.reproduce = _reproduce_command(ckpt, cand, check_options, report.tolerance, stats)
     reason = "" if report.passed else _parity_reason(report.tolerance, stats)
     cand.mark("parity", OK if report.passed else FAILED, reason, time.perf_counter() - start)
     table.update(cand)
@@ -172,8 +193,10 @@ def _parity_reason(tol: dict, stats: dict) -> str:
     return f"top-1 agreement {stats['top1_agreement']:.2%} < {tol['min_top1']:.2%}"
 
 
-def _polygraphy_command(cand: Candidate, tol: dict, stats: dict) -> dict:
-    """The polygraphy CLI line, run in the output folder, that re-checks this file's logits against PyTorch's.
+def _reproduce_command(ckpt, cand: Candidate, check_options: CheckOptions, tol: dict, stats: dict) -> dict:
+    """The CLI line, run in the output folder, that re-checks this file's logits against PyTorch's: polygraphy's
+    own, without tmdeploy, for onnxruntime; for OpenVINO, which polygraphy cannot run, the same check by
+    ``tmdeploy check --runtime openvino``.
 
     FP32/FP16 use the precision's tolerances. INT8 is judged by top-1 agreement, which polygraphy does not
     check: its line bounds the errors at the measured maximum instead, a regression check.
@@ -183,6 +206,12 @@ def _polygraphy_command(cand: Candidate, tol: dict, stats: dict) -> dict:
     else:
         atol, rtol = float(f"{stats['max_abs_error'] * 1.01 + 1e-6:.3g}"), 0.0
         what = "the measured max abs error (INT8 is judged by top-1 agreement, which polygraphy does not check)"
+    if cand.runtime == "openvino":
+        command = (f"tmdeploy check {shlex.quote(str(ckpt.path))} candidates/{cand.name}.onnx --runtime openvino "
+                   f"--data {shlex.quote(check_options.data)} --seed {check_options.seed} --atol {atol:g} --rtol {rtol:g}")
+        return {"command": command, "cwd": "the output folder", "tolerances": what,
+                "why_not_polygraphy": "polygraphy has no OpenVINO runner; this runs the same Comparator check "
+                                      "with tmdeploy's OpenVinoRunner on the same held-out images"}
     command = (f"polygraphy run candidates/{cand.name}.onnx --onnxrt --load-inputs {REPRO[0]} "
                f"--load-outputs {REPRO[1]} --atol {atol:g} --rtol {rtol:g}")
     return {"command": command, "cwd": "the output folder", "tolerances": what}
@@ -201,7 +230,7 @@ def _accuracy(cand: Candidate, protos: dict, test_set, reference: np.ndarray, op
     start = time.perf_counter()
     x, labels, _ = test_set
     try:
-        predicted = predict_all(OrtSession(protos[cand.name], ["CPUExecutionProvider"], options.threads), x,
+        predicted = predict_all(_session(cand, protos[cand.name], options.threads), x,
                                 min(max(options.batches), len(x))).argmax(axis=1)
     except Exception as err:  # noqa: BLE001
         cand.mark("accuracy", FAILED, error_line(err), time.perf_counter() - start)
@@ -235,7 +264,7 @@ def _profile(ckpt, todo: list[Candidate], protos: dict, options: OptimizeOptions
     sessions = {}
     for cand in timed:
         try:
-            sessions[cand.name] = OrtSession(protos[cand.name], ["CPUExecutionProvider"], options.threads)
+            sessions[cand.name] = _session(cand, protos[cand.name], options.threads)
         except Exception as err:  # noqa: BLE001
             cand.mark("profile", FAILED, error_line(err))
     records = []
@@ -342,7 +371,8 @@ def _decide(todo: list[Candidate], options: OptimizeOptions) -> dict | None:
             "batch": stats["batch"], "metric": metric, "value": stats[metric], "p50_ms": stats["p50_ms"],
             "p99_ms": stats["p99_ms"], "throughput": stats["throughput"],
             "speedup_vs_default": stats.get("speedup_vs_default"),
-            "form": best.form, "precision": best.precision, "int8_recipe": best.int8_recipe, "exporter": best.exporter}
+            "form": best.form, "precision": best.precision, "int8_recipe": best.int8_recipe, "exporter": best.exporter,
+            "runtime": best.runtime}
 
 
 def _environment(options: OptimizeOptions, recipe: tuple[str, str]) -> dict:
@@ -366,7 +396,7 @@ def _status(ckpt, options, todo, profile, decision, reference, data, recipes, re
         "options": {**opts, "int8_recipes": list(recipes)},
         "data": data,
         "candidates": [{"name": cand.name, "form": cand.form, "exporter": cand.exporter, "precision": cand.precision,
-                        "int8_recipe": cand.int8_recipe, "status": cand.status, "reason": cand.reason,
+                        "int8_recipe": cand.int8_recipe, "runtime": cand.runtime, "status": cand.status, "reason": cand.reason,
                         "default_export": cand.is_default, "size_mb": cand.size_mb, "build_s": cand.build_s,
                         "steps": [asdict(s) for s in cand.steps], "tolerance": cand.tolerance, "errors": cand.errors,
                         "accuracy": cand.accuracy, "latency": cand.latency, "reproduce": cand.reproduce}
@@ -385,7 +415,7 @@ def _stage_files(scratch: Path, status: dict, protos: dict, decision: dict | Non
         model.CopyFrom(protos[decision["chosen"]])
         entry = model.metadata_props.add()
         entry.key, entry.value = CHOICE_KEY, json.dumps({k: decision[k] for k in (
-            "chosen", "strategy", "latency_ms", "batch", "p50_ms", "throughput", "speedup_vs_default")})
+            "chosen", "runtime", "strategy", "latency_ms", "batch", "p50_ms", "throughput", "speedup_vs_default")})
         onnx.save(model, str(scratch / "model.onnx"))
         files.append("model.onnx")
     (scratch / "status.json").write_text(json_text(status))

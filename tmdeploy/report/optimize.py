@@ -51,7 +51,8 @@ def to_markdown(status: dict) -> str:
         lines += [f"**Choice: `{decision['chosen']}`** at batch {decision['batch']}: "
                   f"p50 {number(decision['p50_ms'])} ms, {decision['throughput']:,.0f} images/s"
                   + (f", {speedup:.2f}× the default FP32 export" if speedup else "")
-                  + ". Written as `model.onnx`.", ""]
+                  + ". Written as `model.onnx`"
+                  + (", to be run by OpenVINO." if decision.get("runtime") == "openvino" else "."), ""]
     else:
         lines += ["**No candidate passed**: no model.onnx was written (exit status 1).", ""]
     header = ["candidate", "precision", "status", "size MB", "build s", "max / p99 abs error", "tolerance", "top-1",
@@ -90,6 +91,9 @@ def to_markdown(status: dict) -> str:
     lines += ["", "## Reproduce a parity check without tmdeploy", "",
               "In this folder (inputs and PyTorch's outputs saved in polygraphy's JSON formats):", ""]
     lines += [f"- `{c['name']}`: `{c['reproduce']['command']}`" for c in status["candidates"] if c.get("reproduce")]
+    if any("why_not_polygraphy" in (c.get("reproduce") or {}) for c in status["candidates"]):
+        lines += ["", "The OpenVINO candidates' lines are `tmdeploy check --runtime openvino`: polygraphy has no "
+                      "OpenVINO runner."]
     lines.append("")
     return clean("\n".join(lines), newlines=True)
 

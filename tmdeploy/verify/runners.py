@@ -70,23 +70,25 @@ class OpenVinoRunner(BaseRunner):
         self.onnx_path = onnx_path
 
     def activate_impl(self):
-        onnxfile.load(self.onnx_path)  # a file tmdeploy refuses is refused here with the same message
+        graph = onnxfile.load(self.onnx_path).graph  # a file tmdeploy refuses is refused with the same message
+        # the file's names, matched by position: OpenVINO may name a port after a Cast it inserted (FP16 graphs)
+        self.input_names, self.output_names = [i.name for i in graph.input], [o.name for o in graph.output]
         blob = open(self.onnx_path, "rb").read()
         self.compiled = onnxfile.openvino_compiled(blob, what=str(self.onnx_path))
         self.request = self.compiled.create_infer_request()
 
     def get_input_metadata_impl(self):
         meta = TensorMetadata()
-        for port in self.compiled.inputs:
-            meta.add(port.any_name, port.element_type.to_dtype(), [d.get_length() if d.is_static else -1
-                                                                    for d in port.partial_shape])
+        for name, port in zip(self.input_names, self.compiled.inputs):
+            meta.add(name, port.element_type.to_dtype(), [d.get_length() if d.is_static else -1
+                                                          for d in port.partial_shape])
         return meta
 
     def infer_impl(self, feed_dict):
         start = time.perf_counter()
-        results = self.request.infer({name: np.ascontiguousarray(v) for name, v in feed_dict.items()})
+        results = self.request.infer([np.ascontiguousarray(feed_dict[name]) for name in self.input_names])
         self.inference_time = time.perf_counter() - start
-        return OrderedDict((port.any_name, np.array(value)) for port, value in results.items())
+        return OrderedDict((name, np.array(results[port])) for name, port in zip(self.output_names, self.compiled.outputs))
 
     def deactivate_impl(self):
         del self.request, self.compiled
