@@ -63,7 +63,7 @@ def test_check_runtime_openvino_passes_on_an_exported_model(tiny_ckpt, tmp_path,
     assert "openvino on CPU" in capsys.readouterr().out
     report = json.loads((tmp_path / "model.check.json").read_text())
     assert report["runtime"] == "openvino" and report["passed"]
-    assert report["outputs"]["logits"]["max_abs_error"] < 1e-4  # FP32 arithmetic: OpenVINO's bf16 default is ~1e-2
+    assert report["outputs"]["logits"]["max_abs_error"] < 1e-4  # FP32 arithmetic: OpenVINO's bf16 default gave 6e-3
 
 
 def test_check_runtime_is_validated_before_anything_runs(tiny_ckpt, tmp_path, capsys):

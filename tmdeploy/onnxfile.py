@@ -77,12 +77,12 @@ def session(path, providers=CPU, provider_options=None):
         raise TmdeployError(f"onnxruntime cannot load {path}: {first_line(err) or type(err).__name__}") from err
 
 
-def openvino_compiled(model: bytes, threads: int | None = None, what: str = "the ONNX model"):
-    """``model`` (ONNX bytes) read and compiled by OpenVINO for its CPU, computing in FP32.
+def openvino_compiled(model: bytes | str, threads: int | None = None, what: str = "the ONNX model"):
+    """``model`` (ONNX bytes, or a file's path) read and compiled by OpenVINO for its CPU, computing in FP32.
 
-    OpenVINO defaults to bf16 on CPUs with AVX512-BF16 or AMX (it did on the AMD EPYC here, with errors near
-    1e-2 on FP32 logits), so the file's own precision is asked for; the latency hint, as callers run one
-    request at a time.
+    OpenVINO defaults to bf16 on CPUs with AVX512-BF16 or AMX (it did on the AMD EPYC here: errors up to 6e-3
+    on a tiny model's FP32 logits), so FP32 is asked for; the latency hint, as callers run one request at a
+    time.
     """
     from tmdeploy.optional import require
 

@@ -54,7 +54,7 @@ def describe(device: str = "cpu", ort_threads: int | None = None) -> dict:
     info = {
         "cpu": cpu_model(), "cores": os.cpu_count(), "cpu_flags": cpu_flags(), "python": platform.python_version(),
         "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "onnxruntime": onnxruntime.__version__,
-        "onnxruntime_threads": ort_threads or "default", "device": device, "openvino": _openvino_version(),
+        "onnxruntime_threads": ort_threads or "default", "device": device, "openvino": openvino_version(),
     }
     if device == "cuda":
         info["gpu"] = torch.cuda.get_device_name()
@@ -65,7 +65,7 @@ def describe(device: str = "cpu", ort_threads: int | None = None) -> dict:
     return info
 
 
-def _openvino_version() -> str | None:
+def openvino_version() -> str | None:
     """OpenVINO's version, None where the optional extra is not installed."""
     try:
         import openvino
@@ -80,4 +80,5 @@ def summary(info: dict) -> str:
     if info.get("gpu"):
         where = f"{info['gpu']} on {where}"
     return (f"{where}; torch {info['torch']} ({info['torch_threads']} threads), "
-            f"onnxruntime {info['onnxruntime']} ({info['onnxruntime_threads']} threads)")
+            f"onnxruntime {info['onnxruntime']} ({info['onnxruntime_threads']} threads)"
+            + (f", openvino {info['openvino']}" if info.get("openvino") else ""))

@@ -1,8 +1,9 @@
 """The candidates ``tmdeploy optimize`` tries on a CPU, and what is recorded about each.
 
 A candidate is one ONNX file: a TM export form, an exporter, and a precision (with its INT8 recipe), and
-the runtime that runs it (onnxruntime, or OpenVINO reading the same FP32 or FP16 file). Each goes through the steps build → parity → accuracy → profile; a step that cannot be taken is SKIPPED or
-FAILED with its reason, and the candidate is eligible only when all of them are OK.
+the runtime that runs it (onnxruntime, or OpenVINO reading the same FP32 or FP16 file). Each goes through
+the steps build → parity → accuracy → profile; a step that cannot be taken is SKIPPED or FAILED with its
+reason, and the candidate is eligible only when all of them are OK.
 """
 
 from __future__ import annotations

@@ -2,10 +2,10 @@
 
 ``optimize(ckpt, OptimizeOptions(...))`` builds every candidate (:mod:`.candidates`) with the export stage,
 checks its parity against PyTorch with the verify stage (polygraphy's Comparator, at the precision's
-tolerances, on held-out images, with the runtime that will run it), measures top-1 and agreement on the whole held-out split, times the correct ones side by
-side with the bench stage's interleaved timing in windows until two agree (slow ones screened out after the
-first), and picks the best by the strategy. It writes the choice as
-``model.onnx`` and every record as ``status.json`` into the output folder; the report stage renders that
+tolerances, on held-out images, run by the candidate's runtime), measures top-1 and agreement on the whole
+held-out split, times the correct ones side by side with the bench stage's interleaved timing in windows
+until two agree (slow ones screened out after the first), and picks the best by the strategy. It writes the
+choice as ``model.onnx`` and every record as ``status.json`` into the output folder; the report stage renders that
 file (``report.md``, the plot). All files are made in scratch space first and copied into the folder, each
 atomically, only when the run has finished, so a run that fails or is interrupted changes no file there.
 """
@@ -82,7 +82,8 @@ def optimize(ckpt: Checkpoint, options: OptimizeOptions = OptimizeOptions()) -> 
     spec = calibration_data(ckpt, None if options.data == "auto" else options.data)
     picked, why = machine.int8_recipes()
     recipes = options.int8_recipes or (*picked, "tensorrt")
-    options = replace(options, forms=options.forms or FORMS, runtimes=options.runtimes or _installed_runtimes())
+    installed = ("onnxruntime", "openvino") if machine.openvino_version() else ("onnxruntime",)
+    options = replace(options, forms=options.forms or FORMS, runtimes=options.runtimes or installed)
     todo = candidates(options, recipes, options.runtimes)
     with tempfile.TemporaryDirectory(prefix="tmdeploy-optimize-") as scratch, \
             torch_threads(options.threads), LiveTable(todo, options.show_progress) as table:
@@ -100,15 +101,6 @@ def optimize(ckpt: Checkpoint, options: OptimizeOptions = OptimizeOptions()) -> 
         files = _stage_files(scratch, status, protos, decision)
         _commit(scratch, out, files, ckpt.path)
     return OptimizeResult(out, status, decision is not None)
-
-
-def _installed_runtimes() -> tuple[str, ...]:
-    """onnxruntime, and OpenVINO where its optional extra is installed."""
-    try:
-        import openvino  # noqa: F401
-    except ImportError:
-        return ("onnxruntime",)
-    return ("onnxruntime", "openvino")
 
 
 def _session(cand: Candidate, proto: onnx.ModelProto, threads: int | None):
@@ -207,8 +199,9 @@ def _reproduce_command(ckpt, cand: Candidate, check_options: CheckOptions, tol: 
         atol, rtol = float(f"{stats['max_abs_error'] * 1.01 + 1e-6:.3g}"), 0.0
         what = "the measured max abs error (INT8 is judged by top-1 agreement, which polygraphy does not check)"
     if cand.runtime == "openvino":
-        command = (f"tmdeploy check {shlex.quote(str(ckpt.path))} candidates/{cand.name}.onnx --runtime openvino "
-                   f"--data {shlex.quote(check_options.data)} --seed {check_options.seed} --atol {atol:g} --rtol {rtol:g}")
+        command = (f"tmdeploy check {shlex.quote(str(ckpt.path or 'CHECKPOINT'))} candidates/{cand.name}.onnx "
+                   f"--runtime openvino --data {shlex.quote(check_options.data)} --seed {check_options.seed} "
+                   f"--atol {atol:g} --rtol {rtol:g}")
         return {"command": command, "cwd": "the output folder", "tolerances": what,
                 "why_not_polygraphy": "polygraphy has no OpenVINO runner; this runs the same Comparator check "
                                       "with tmdeploy's OpenVinoRunner on the same held-out images"}
@@ -396,7 +389,8 @@ def _status(ckpt, options, todo, profile, decision, reference, data, recipes, re
         "options": {**opts, "int8_recipes": list(recipes)},
         "data": data,
         "candidates": [{"name": cand.name, "form": cand.form, "exporter": cand.exporter, "precision": cand.precision,
-                        "int8_recipe": cand.int8_recipe, "runtime": cand.runtime, "status": cand.status, "reason": cand.reason,
+                        "int8_recipe": cand.int8_recipe, "runtime": cand.runtime, "status": cand.status,
+                        "reason": cand.reason,
                         "default_export": cand.is_default, "size_mb": cand.size_mb, "build_s": cand.build_s,
                         "steps": [asdict(s) for s in cand.steps], "tolerance": cand.tolerance, "errors": cand.errors,
                         "accuracy": cand.accuracy, "latency": cand.latency, "reproduce": cand.reproduce}

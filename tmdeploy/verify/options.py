@@ -36,7 +36,8 @@ class CheckOptions:
             if self.device != "cpu":
                 raise UsageError("--runtime openvino runs on the CPU: leave out --device cuda")
             if self.localize:
-                raise UsageError("--localize runs onnxruntime on every intermediate tensor: not with --runtime openvino")
+                raise UsageError("--localize runs onnxruntime on every intermediate tensor: "
+                                 "not with --runtime openvino")
             from tmdeploy.optional import require
 
             require("openvino", "openvino", "OpenVINO")

@@ -73,8 +73,7 @@ class OpenVinoRunner(BaseRunner):
         graph = onnxfile.load(self.onnx_path).graph  # a file tmdeploy refuses is refused with the same message
         # the file's names, matched by position: OpenVINO may name a port after a Cast it inserted (FP16 graphs)
         self.input_names, self.output_names = [i.name for i in graph.input], [o.name for o in graph.output]
-        blob = open(self.onnx_path, "rb").read()
-        self.compiled = onnxfile.openvino_compiled(blob, what=str(self.onnx_path))
+        self.compiled = onnxfile.openvino_compiled(str(self.onnx_path), what=str(self.onnx_path))
         self.request = self.compiled.create_infer_request()
 
     def get_input_metadata_impl(self):
@@ -88,7 +87,8 @@ class OpenVinoRunner(BaseRunner):
         start = time.perf_counter()
         results = self.request.infer([np.ascontiguousarray(feed_dict[name]) for name in self.input_names])
         self.inference_time = time.perf_counter() - start
-        return OrderedDict((name, np.array(results[port])) for name, port in zip(self.output_names, self.compiled.outputs))
+        ports = self.compiled.outputs
+        return OrderedDict((name, np.array(results[port])) for name, port in zip(self.output_names, ports))
 
     def deactivate_impl(self):
         del self.request, self.compiled
