@@ -86,10 +86,12 @@ class OpenVinoSession:
 
         blob = proto.SerializeToString()
         self.artifact_bytes = len(blob)  # OpenVINO reads the .onnx file itself: it is what ships
-        self.request = openvino_compiled(blob, threads).create_infer_request()
+        compiled = openvino_compiled(blob, threads)
+        self.input_dtype = compiled.input(0).element_type.to_dtype()  # as OrtSession: what the graph takes
+        self.request = compiled.create_infer_request()
 
     def bind(self, x: np.ndarray) -> Callable[[], object]:
-        feed = np.ascontiguousarray(x, dtype=np.float32)
+        feed = np.ascontiguousarray(x, dtype=self.input_dtype)
         return lambda: self.request.infer({0: feed})[0]
 
     def fetch(self, output) -> np.ndarray:
