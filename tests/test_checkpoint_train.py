@@ -68,6 +68,17 @@ def test_nan_weights_are_refused_with_their_name():
         checkpoint.check_finite(state)
 
 
+def test_label_smoothing_is_a_recipe_option_checked_before_training():
+    from tmdeploy.cli import build_parser
+    from tmdeploy.cli.train_cmd import options
+
+    assert options(build_parser().parse_args(["train"])).label_smoothing == TrainConfig().label_smoothing
+    assert options(build_parser().parse_args(["train", "--label-smoothing", "0.2"])).label_smoothing == 0.2
+    for bad in (-0.1, 1.0):
+        with pytest.raises(UsageError, match="--label-smoothing"):
+            TrainConfig(label_smoothing=bad).validate()
+
+
 @pytest.mark.slow
 def test_default_recipe_on_digits_reaches_97_percent(trained):
     ckpt, result = trained("rn26-cls")

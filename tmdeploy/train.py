@@ -36,6 +36,7 @@ class TrainConfig:
     lr: float = 2e-3  # AdamW's peak learning rate, reached after the warm-up
     warmup_epochs: float = 1.0  # linear warm-up from lr/steps, then cosine decay to 0
     weight_decay: float = 0.05  # decoupled (AdamW); never applied to biases, norms, μ or τ
+    label_smoothing: float = 0.0  # ε of every cross-entropy term (torch's label_smoothing)
     aux_weight: float = 0.3  # λ of the auxiliary loss (docs/models.md); used only by models with per-patch logits
     image_size: int | None = None  # default: the data's own size (data.DEFAULT_IMAGE_SIZES)
     in_chans: int | None = None  # default: the data's own channels
@@ -52,6 +53,8 @@ class TrainConfig:
             raise UsageError(f"--warmup-epochs must be in [0, --epochs], got {self.warmup_epochs}")
         if not self.weight_decay >= 0:
             raise UsageError(f"--weight-decay must be at least 0, got {self.weight_decay}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise UsageError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
         if not 0.0 <= self.aux_weight < 1.0:
             raise UsageError(f"--aux-weight must be in [0, 1), got {self.aux_weight}")
         if self.image_size is not None and self.image_size < 8:
@@ -143,7 +146,7 @@ def train(config: TrainConfig, out: Path | None = None, show_progress: bool = Tr
             start, seen, loss_sum = time.perf_counter(), 0, 0.0
             for images, labels in loader:
                 logits, patch_logits = model.forward_with_patch_logits(data.normalize(images, split.mean, split.std))
-                loss = auxiliary_loss(logits, patch_logits if aux else None, labels, aux)
+                loss = auxiliary_loss(logits, patch_logits if aux else None, labels, aux, config.label_smoothing)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
