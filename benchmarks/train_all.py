@@ -85,7 +85,8 @@ def main() -> None:
         table.append(row)
     print_table("Every architecture on digits with the default recipe", header, table,
                 [caption(ort_threads=args.threads),
-                 f"Recipe: TrainConfig() — AdamW lr {recipe.lr}, weight decay {recipe.weight_decay}, batch "
+                 f"Recipe: TrainConfig() — AdamW lr {recipe.lr}, weight decay {recipe.weight_decay}, label smoothing "
+                 f"{recipe.label_smoothing}, batch "
                  f"{recipe.batch_size}, {recipe.warmup_epochs:g} warm-up epoch(s), cosine, {recipe.epochs} epochs, "
                  f"seed {recipe.seed}; digits at {h}×{w}, 360 held-out images (one image = 0.28 points).",
                  f"Training with {args.threads} thread(s). Latency: onnxruntime FP32 CPU, default export form, "

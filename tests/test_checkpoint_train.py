@@ -68,10 +68,21 @@ def test_nan_weights_are_refused_with_their_name():
         checkpoint.check_finite(state)
 
 
+def test_label_smoothing_is_a_recipe_option_checked_before_training():
+    from tmdeploy.cli import build_parser
+    from tmdeploy.cli.train_cmd import options
+
+    assert options(build_parser().parse_args(["train"])).label_smoothing == TrainConfig().label_smoothing
+    assert options(build_parser().parse_args(["train", "--label-smoothing", "0.2"])).label_smoothing == 0.2
+    for bad in (-0.1, 1.0):
+        with pytest.raises(UsageError, match="--label-smoothing"):
+            TrainConfig(label_smoothing=bad).validate()
+
+
 @pytest.mark.slow
 def test_default_recipe_on_digits_reaches_97_percent(trained):
     ckpt, result = trained("rn26-cls")
-    assert result.accuracy >= 0.97, result.history  # measured 99.2-99.4 % (benchmarks/train_all.py)
+    assert result.accuracy >= 0.97, result.history  # measured 99.17 % at 1 and 2 threads (benchmarks/train_all.py)
     assert [h["epoch"] for h in result.history] == list(range(1, TrainConfig().epochs + 1))
     assert ckpt.card.extra["train"]["seed"] == 0
     assert ckpt.card.input_size == (1, 16, 16)  # digits' default size
@@ -82,9 +93,9 @@ def test_default_recipe_on_digits_reaches_97_percent(trained):
 def test_statistics_free_network_trains_as_well_as_its_batchnorm_twin(trained):
     """The seed's claim, on real data: rn26-tm (no batch statistics anywhere) about as good as rn26.
 
-    Measured here: 99.17 % both. The bound is 2 points, not the 1 the benchmark reports, because rn26-tm's
-    accuracy for one seed moves by up to 1.1 points with the CPU's kernels (1 vs 2 threads): a 1-point
-    bound would pass or fail by machine.
+    Measured here: 98.89 % both. The bound is 2 points, not the 1 the benchmark reports, because a
+    template-matching network's accuracy for one seed moved by up to 1.1 points with the CPU's kernels
+    (1 vs 2 threads, before label smoothing; 0.28 points after): a 1-point bound could pass or fail by machine.
     """
     tm, bn = trained("rn26-tm")[1], trained("rn26")[1]
     assert tm.accuracy >= 0.97, tm.history
@@ -95,7 +106,7 @@ def test_statistics_free_network_trains_as_well_as_its_batchnorm_twin(trained):
 def test_same_seed_lands_within_a_point_at_another_thread_count(trained):
     """Other thread counts run other kernels and reduction orders (as other CPUs do); the recipe must not care.
 
-    Measured here for rn26-cls: 99.44 % at 1 thread, 99.72 % at 2 (one image of 360). The bound is three
+    Measured here for rn26-cls: 99.17 % at 1 thread and at 2. The bound is three
     images, because the same seed's runs diverge after the first epochs on any CPU and the test must hold
     on every machine; both runs must also clear the 97 % floor.
     """

@@ -239,6 +239,24 @@ def test_auxiliary_loss_hand_example():
         auxiliary_loss(torch.tensor(logits), None, torch.tensor(target), 1.5)
 
 
+def test_auxiliary_loss_smooths_every_cross_entropy_term():
+    """ε moves 1−ε of the target onto the label and ε/C onto every class, in the image and the patch terms."""
+    logits = torch.tensor([[1.0, 2.0, 0.0], [0.0, -1.0, 3.0]])
+    patches = torch.randn(2, 3, 2, 2, generator=torch.Generator().manual_seed(0))
+    target = torch.tensor([1, 2])
+    eps, lam = 0.1, 0.3
+
+    def smoothed(v, y):  # N×C logits
+        log_p = v.log_softmax(1)
+        return (-(1 - eps) * log_p[torch.arange(len(y)), y] - eps / 3 * log_p.sum(1)).mean()
+
+    patch_rows = patches.permute(0, 2, 3, 1).reshape(-1, 3)
+    expected = (1 - lam) * smoothed(logits, target) + lam * smoothed(patch_rows, target.repeat_interleave(4))
+    got = auxiliary_loss(logits, patches, target, lam, label_smoothing=eps)
+    assert got.item() == pytest.approx(expected.item(), rel=1e-6)
+    assert auxiliary_loss(logits, None, target, lam, eps).item() == pytest.approx(smoothed(logits, target).item())
+
+
 # --- registry and every architecture ------------------------------------------------------------
 
 def test_registry_lists_required_names_and_rejects_unknown():

@@ -6,6 +6,10 @@ SGD at lr 0.05 (the first recipe) swung between 35 % and 98 % on digits with sma
 AdamW with a one-epoch warm-up reached the same accuracy at 1 and 2 threads, for BatchNorm and
 template-matching networks alike. Zero-initialising the last BatchNorm of each residual branch was
 measured too and slowed these short runs (92.5 % against 98.6 % after 5 epochs), so it is not used.
+Label smoothing 0.1 lifted the weakest network, rn26-rescnet, from 97.78 / 99.17 / 98.89 % (seeds 0-2) to
+99.44 % for all three, raised the worst architecture at seed 0 from 97.78 % to 98.61 % (mean 99.20 → 99.22 %
+over the 16 measured both ways), and brought the template-matching networks' 1- and 2-thread runs closer
+(rn26-tm 0.56 → 0.28 points, rn26-tm-cls 1.11 → 0 points); README, "Every architecture with the default recipe".
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ class TrainConfig:
     lr: float = 2e-3  # AdamW's peak learning rate, reached after the warm-up
     warmup_epochs: float = 1.0  # linear warm-up from lr/steps, then cosine decay to 0
     weight_decay: float = 0.05  # decoupled (AdamW); never applied to biases, norms, μ or τ
+    label_smoothing: float = 0.1  # ε of every cross-entropy term (torch's label_smoothing)
     aux_weight: float = 0.3  # λ of the auxiliary loss (docs/models.md); used only by models with per-patch logits
     image_size: int | None = None  # default: the data's own size (data.DEFAULT_IMAGE_SIZES)
     in_chans: int | None = None  # default: the data's own channels
@@ -52,6 +57,8 @@ class TrainConfig:
             raise UsageError(f"--warmup-epochs must be in [0, --epochs], got {self.warmup_epochs}")
         if not self.weight_decay >= 0:
             raise UsageError(f"--weight-decay must be at least 0, got {self.weight_decay}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise UsageError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
         if not 0.0 <= self.aux_weight < 1.0:
             raise UsageError(f"--aux-weight must be in [0, 1), got {self.aux_weight}")
         if self.image_size is not None and self.image_size < 8:
@@ -143,7 +150,7 @@ def train(config: TrainConfig, out: Path | None = None, show_progress: bool = Tr
             start, seen, loss_sum = time.perf_counter(), 0, 0.0
             for images, labels in loader:
                 logits, patch_logits = model.forward_with_patch_logits(data.normalize(images, split.mean, split.std))
-                loss = auxiliary_loss(logits, patch_logits if aux else None, labels, aux)
+                loss = auxiliary_loss(logits, patch_logits if aux else None, labels, aux, config.label_smoothing)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()

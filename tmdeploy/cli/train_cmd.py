@@ -16,6 +16,8 @@ def register(sub) -> None:
     api_option(p, "--lr", TRAIN, type=float, help="AdamW's peak learning rate, reached after the warm-up")
     api_option(p, "--warmup-epochs", TRAIN, type=float, help="linear warm-up before the cosine decay")
     api_option(p, "--weight-decay", TRAIN, type=float, help="AdamW's decoupled weight decay (weights only)")
+    api_option(p, "--label-smoothing", TRAIN, type=float,
+               help="ε of every cross-entropy term: the label's target is 1−ε, the rest spread evenly")
     api_option(p, "--aux-weight", TRAIN, type=float,
                help="λ of the auxiliary per-patch loss (docs/models.md, class-semantic block)")
     api_option(p, "--image-size", TRAIN, type=int, shown="the data's own (digits 16, else 32)",
