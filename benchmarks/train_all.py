@@ -15,7 +15,6 @@ import argparse
 import time
 
 import numpy as np
-import torch
 from _common import caption, number, print_table
 
 from tmdeploy import models
@@ -23,6 +22,7 @@ from tmdeploy.bench.sessions import OrtSession
 from tmdeploy.bench.timing import Budget, measure, paired_ratio
 from tmdeploy.checkpoint import Checkpoint
 from tmdeploy.export import ExportOptions, to_model_proto
+from tmdeploy.threads import torch_threads
 from tmdeploy.train import TrainConfig, train
 
 BATCHES = (1, 32)
@@ -31,13 +31,9 @@ BASELINE = "rn26"
 
 def train_one(arch: str, threads: int) -> tuple[Checkpoint, float, float]:
     """(checkpoint, held-out top-1, training seconds) with the default recipe at ``threads`` threads."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
     start = time.perf_counter()
-    try:
+    with torch_threads(threads):
         result = train(TrainConfig(arch=arch), show_progress=False)
-    finally:
-        torch.set_num_threads(before)
     seconds = time.perf_counter() - start
     state = {k: v.detach().clone() for k, v in result.model.state_dict().items()}
     return Checkpoint(result.card, state), result.accuracy, seconds

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import tempfile
 import warnings
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
@@ -62,7 +62,7 @@ class Context:
         return to_model_proto(self.ckpt, ExportOptions())
 
     def _lower(self, precision: str, int8_target: str | None):
-        from tmdeploy.export.metadata import ModelMetadata, props, write
+        from tmdeploy.export.metadata import ModelMetadata, props
         from tmdeploy.export.precision import lower_precision
 
         fp32 = self.onnx("fp32")
@@ -70,10 +70,8 @@ class Context:
         target = {"int8_target": int8_target} if int8_target else {}
         with warnings.catch_warnings():  # one line per FP16-truncated weight: noise in a benchmark's output
             warnings.filterwarnings("ignore", message="the float32 number", module="onnxconverter_common")
-            lowered = lower_precision(fp32, precision, meta=meta, calib_data=self.calib_data, show_progress=False,
-                                      **target)
-        write(lowered, replace(meta, precision=precision))  # TensorRT 10 takes its builder flags from it
-        return lowered
+            return lower_precision(fp32, precision, meta=meta, calib_data=self.calib_data, show_progress=False,
+                                   **target)
 
 
 class TrtSession:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import tempfile
 from collections import Counter
+from functools import cached_property
 from pathlib import Path
 from typing import Callable
 
@@ -118,9 +119,15 @@ class OrtIoBindingSession(OrtSession):
     """onnxruntime on CUDA with IO binding: the input lives on the GPU and the output stays there."""
 
     def __init__(self, proto, cuda_options: dict | None = None) -> None:
-        super().__init__(proto, cuda_providers(cuda_options))
+        self.providers = cuda_providers(cuda_options)
+        super().__init__(proto, self.providers)
         onnxfile.require_provider(self.session, "cuda")
-        self.note = placement_note(node_placement(proto, cuda_providers(cuda_options)))
+        self.proto = proto
+
+    @cached_property
+    def note(self) -> str:
+        """Where the nodes ran: a profiling session of its own, so only made when a report asks."""
+        return placement_note(node_placement(self.proto, self.providers))
 
     def bind(self, x: np.ndarray) -> Callable[[], object]:
         import onnxruntime as ort
@@ -151,8 +158,10 @@ class OrtCudaGraphSession:
     def __init__(self, proto, cuda_options: dict | None = None) -> None:
         self.proto, self.cuda_options = proto, {**(cuda_options or {}), "enable_cuda_graph": "1"}
         self._per_shape: dict[tuple, tuple] = {}
-        self.note = placement_note(node_placement(proto, cuda_providers(cuda_options)))
+        self.providers = cuda_providers(cuda_options)
         self.artifact_bytes = proto.ByteSize()  # the .onnx file a deployment would ship
+
+    note = OrtIoBindingSession.note
 
     def _bound(self, shape: tuple):
         import onnxruntime as ort

@@ -32,7 +32,7 @@ from __future__ import annotations
 import tempfile
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +40,7 @@ import onnx
 
 from tmdeploy import data
 from tmdeploy.errors import TmdeployError, UsageError, first_line
-from tmdeploy.export.metadata import ModelMetadata
+from tmdeploy.export.metadata import ModelMetadata, write
 from tmdeploy.export.options import INT8_TARGETS, ExportOptions  # noqa: F401 (INT8_TARGETS: tests use it here)
 
 # ModelOpt AutoCast's default ``data_max``: 128× headroom under FP16's 65504 for inputs the
@@ -288,7 +288,8 @@ def lower_precision(model: onnx.ModelProto, precision: str, *, meta: ModelMetada
                     int8_target: str = "tensorrt", keep_fp32: Sequence[str] = (),
                     show_progress: bool = True, int8_recipe: Int8Recipe | None = None) -> onnx.ModelProto:
     """Dispatch on ``precision``; ``fp32`` returns ``model`` unchanged. Both lower precisions measure the
-    model on ``calib_data``'s training images: INT8 for its scales, FP16 for its value ranges."""
+    model on ``calib_data``'s training images: INT8 for its scales, FP16 for its value ranges. The lowered
+    graph carries ``meta`` with its own precision (TensorRT 10 takes its builder flags from it)."""
     ExportOptions(precision=precision, int8_target=int8_target, keep_fp32=tuple(keep_fp32)).validate()
     if precision == "fp32":
         return model
@@ -296,8 +297,11 @@ def lower_precision(model: onnx.ModelProto, precision: str, *, meta: ModelMetada
         raise UsageError(f"--precision {precision} needs calibration data (--calib-data)")
     calibration = calibration_inputs(meta, calib_data)
     if precision == "fp16":
-        return to_fp16(model, keep_fp32, calibration)
-    return to_int8(model, calibration, int8_target, show_progress, int8_recipe)
+        lowered = to_fp16(model, keep_fp32, calibration)
+    else:
+        lowered = to_int8(model, calibration, int8_target, show_progress, int8_recipe)
+    write(lowered, replace(meta, precision=precision))
+    return lowered
 
 
 def _split_keep_list(model: onnx.ModelProto, keep: Sequence[str]) -> tuple[list[str], list[str]]:

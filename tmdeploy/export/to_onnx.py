@@ -99,7 +99,7 @@ def to_model_proto(ckpt: Checkpoint, options: ExportOptions) -> onnx.ModelProto:
     graph.check_finite_values(proto)  # before calibration runs it: the values the FP32 graph really holds
     lowered = lowering.lower_precision(proto, options.precision, meta=meta, calib_data=calib_data,
                                        int8_target=options.int8_target, keep_fp32=options.keep_fp32)
-    return graph.check_finite_values(lowered)
+    return lowered if lowered is proto else graph.check_finite_values(lowered)  # FP32: checked just above
 
 
 def calibration_data(ckpt: Checkpoint, spec: str | None) -> str:

@@ -14,7 +14,7 @@ _STYLE = {"OK": "green", "FAILED": "red", "SKIPPED": "dim"}
 
 class LiveTable:
     def __init__(self, todo: list[Candidate], enabled: bool = True) -> None:
-        self.todo, self.enabled = todo, enabled
+        self.todo = todo
         self.running: dict[str, str] = {}  # candidate → the step it is in
         self.line = ""
         self._live = Live(console=Console(stderr=True), auto_refresh=False, transient=False) if enabled else None

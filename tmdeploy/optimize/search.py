@@ -34,12 +34,11 @@ from tmdeploy.bench.timing import Budget, Samples, error_line, latency_stats, me
 from tmdeploy.checkpoint import Checkpoint
 from tmdeploy.errors import UsageError
 from tmdeploy.export import ExportOptions, to_model_proto
-from tmdeploy.export.metadata import ModelMetadata, props, write
+from tmdeploy.export.metadata import ModelMetadata, props
 from tmdeploy.export.options import FORMS
 from tmdeploy.export.precision import INT8_RECIPES, lower_precision
 from tmdeploy.export.to_onnx import calibration_data
 from tmdeploy.fileio import atomic_write, check_output, json_text
-from tmdeploy.onnxfile import openvino_compiled
 from tmdeploy.optimize.candidates import FAILED, OK, SKIPPED, Candidate, candidates
 from tmdeploy.optimize.options import OptimizeOptions
 from tmdeploy.optimize.progress import LiveTable
@@ -90,24 +89,27 @@ def optimize(ckpt: Checkpoint, options: OptimizeOptions = OptimizeOptions()) -> 
         scratch = Path(scratch)
         test_set = held_out_images(ckpt, spec, options.seed, options.accuracy_limit)
         reference = _reference_predictions(ckpt, test_set, max(options.batches))
-        protos: dict[str, onnx.ModelProto] = {}
+        protos: dict[str, onnx.ModelProto] = {}  # each built candidate's graph, by name
+        graphs: dict[tuple, onnx.ModelProto] = {}  # exported and lowered graphs, shared between runtimes
+        sessions: dict[str, object] = {}  # one session per candidate, for its build, accuracy and timing
         for cand in todo:
-            _build(ckpt, cand, spec, options, scratch, protos, table)
+            _build(ckpt, cand, spec, options, scratch, protos, graphs, sessions, table)
             _parity(ckpt, cand, spec, options, scratch, table)
-            _accuracy(cand, protos, test_set, reference, options, table)
-        profile = _profile(ckpt, todo, protos, options, table)
+            _accuracy(cand, protos, sessions, test_set, reference, options, table)
+        profile = _profile(ckpt, todo, protos, sessions, options, table)
         decision = _decide(todo, options)
-        status = _status(ckpt, options, todo, profile, decision, reference, test_set[2], recipes, (picked, why))
+        status = _status(ckpt, options, todo, profile, decision, test_set[2], recipes, (picked, why))
         files = _stage_files(scratch, status, protos, decision)
         _commit(scratch, out, files, ckpt.path)
     return OptimizeResult(out, status, decision is not None)
 
 
-def _session(cand: Candidate, proto: onnx.ModelProto, threads: int | None):
-    """The bench stage's session for the candidate's runtime, so accuracy and timing run what ships."""
-    if cand.runtime == "openvino":
-        return OpenVinoSession(proto, threads)
-    return OrtSession(proto, ["CPUExecutionProvider"], threads)
+def _session(cand: Candidate, proto: onnx.ModelProto, threads: int | None, sessions: dict):
+    """The bench stage's session for the candidate's runtime, made once, so accuracy and timing run what ships."""
+    if cand.name not in sessions:
+        sessions[cand.name] = (OpenVinoSession(proto, threads, f"{cand.name}.onnx") if cand.runtime == "openvino"
+                               else OrtSession(proto, ["CPUExecutionProvider"], threads))
+    return sessions[cand.name]
 
 
 class _Quiet:
@@ -121,25 +123,27 @@ class _Quiet:
         logging.root.setLevel(self.level)
 
 
-def _build(ckpt, cand: Candidate, spec: str, options: OptimizeOptions, scratch: Path, protos: dict, table) -> None:
+def _build(ckpt, cand: Candidate, spec: str, options: OptimizeOptions, scratch: Path, protos: dict, graphs: dict,
+           sessions: dict, table) -> None:
     table.update(cand, "build")
     start = time.perf_counter()
     try:
-        fp32_key = f"{cand.form}-fp32-{cand.exporter}"
-        if fp32_key not in protos:
-            protos[fp32_key] = to_model_proto(ckpt, ExportOptions(tm_form=cand.form, exporter=cand.exporter))
-        proto = protos[fp32_key]
-        if cand.precision != "fp32":
-            meta = ModelMetadata.from_props(props(proto))
+        fp32_key = (cand.form, cand.exporter, "fp32", None)
+        if fp32_key not in graphs:
+            graphs[fp32_key] = to_model_proto(ckpt, ExportOptions(tm_form=cand.form, exporter=cand.exporter))
+        key = (cand.form, cand.exporter, cand.precision, cand.int8_recipe)
+        if key not in graphs:  # an FP16 graph serves onnxruntime and OpenVINO alike: lowered once
+            fp32 = graphs[fp32_key]
             with _Quiet():
-                proto = lower_precision(proto, cand.precision, meta=meta, calib_data=spec, show_progress=False,
-                                        int8_recipe=INT8_RECIPES[cand.int8_recipe] if cand.int8_recipe else None)
-            write(proto, replace(meta, precision=cand.precision))
+                graphs[key] = lower_precision(fp32, cand.precision, meta=ModelMetadata.from_props(props(fp32)),
+                                              calib_data=spec, show_progress=False,
+                                              int8_recipe=INT8_RECIPES[cand.int8_recipe] if cand.int8_recipe else None)
+        proto = graphs[key]
         path = scratch / "candidates" / f"{cand.name}.onnx"
         path.parent.mkdir(exist_ok=True)
         onnx.save(proto, str(path))
         if cand.runtime == "openvino":  # its build is OpenVINO's compile too: a file it cannot read fails here
-            openvino_compiled(proto.SerializeToString(), options.threads, f"{cand.name}.onnx")
+            _session(cand, proto, options.threads, sessions)
     except Exception as err:  # noqa: BLE001 - a candidate that cannot be built is a record, not the end
         cand.mark("build", FAILED, error_line(err), time.perf_counter() - start)
         table.update(cand)
@@ -215,15 +219,15 @@ def _reference_predictions(ckpt, test_set, chunk: int) -> np.ndarray:
     return predict_all(TorchSession(ckpt.build_model().float(), "cpu"), x, min(chunk, len(x))).argmax(axis=1)
 
 
-def _accuracy(cand: Candidate, protos: dict, test_set, reference: np.ndarray, options: OptimizeOptions,
-              table) -> None:
+def _accuracy(cand: Candidate, protos: dict, sessions: dict, test_set, reference: np.ndarray,
+              options: OptimizeOptions, table) -> None:
     if cand.step("build").status != OK:
         return cand.mark("accuracy", SKIPPED, "not built")
     table.update(cand, "accuracy")
     start = time.perf_counter()
     x, labels, _ = test_set
     try:
-        predicted = predict_all(_session(cand, protos[cand.name], options.threads), x,
+        predicted = predict_all(_session(cand, protos[cand.name], options.threads, sessions), x,
                                 min(max(options.batches), len(x))).argmax(axis=1)
     except Exception as err:  # noqa: BLE001
         cand.mark("accuracy", FAILED, error_line(err), time.perf_counter() - start)
@@ -245,7 +249,8 @@ def _accuracy(cand: Candidate, protos: dict, test_set, reference: np.ndarray, op
     table.update(cand)
 
 
-def _profile(ckpt, todo: list[Candidate], protos: dict, options: OptimizeOptions, table) -> list[dict]:
+def _profile(ckpt, todo: list[Candidate], protos: dict, built: dict, options: OptimizeOptions,
+             table) -> list[dict]:
     """Time the correct candidates (and the default export, the unit of the speed-ups) side by side, per
     batch size, in windows until two in a row agree within ``stable_within`` or the budget ends."""
     timed = [c for c in todo if c.correct()]
@@ -257,7 +262,7 @@ def _profile(ckpt, todo: list[Candidate], protos: dict, options: OptimizeOptions
     sessions = {}
     for cand in timed:
         try:
-            sessions[cand.name] = _session(cand, protos[cand.name], options.threads)
+            sessions[cand.name] = _session(cand, protos[cand.name], options.threads, built)
         except Exception as err:  # noqa: BLE001
             cand.mark("profile", FAILED, error_line(err))
     records = []
@@ -377,7 +382,7 @@ def _environment(options: OptimizeOptions, recipe: tuple[str, str]) -> dict:
     return info
 
 
-def _status(ckpt, options, todo, profile, decision, reference, data, recipes, recipe) -> dict:
+def _status(ckpt, options, todo, profile, decision, data, recipes, recipe) -> dict:
     opts = {k: (list(v) if isinstance(v, tuple) else str(v) if isinstance(v, Path) else v)
             for k, v in asdict(options).items() if k != "show_progress"}
     c, h, w = ckpt.card.input_size
