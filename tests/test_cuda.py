@@ -70,7 +70,8 @@ def test_onnxruntime_cuda_io_binding_and_cuda_graph_match_the_cpu(small_ckpt):
 def test_check_on_the_cuda_provider_passes_at_the_precision_tolerances(trained, tmp_path, precision):
     ckpt, _ = trained("rn26-tm")
     onnx_path = export_onnx(ckpt, tmp_path / f"{precision}.onnx", ExportOptions(precision=precision))
-    report = check(ckpt, onnx_path, CheckOptions(device="cuda", data="digits", batches=(64,), iterations=2))
+    # 320 test images: at 99.5 % one flip may happen (128 images would demand every one)
+    report = check(ckpt, onnx_path, CheckOptions(device="cuda", data="digits", batches=(64,), iterations=5))
     assert report.device == "cuda" and report.passed, report.to_markdown()
     assert report.outputs["logits"]["top1_agreement"] >= 0.995
 

@@ -219,6 +219,8 @@ def test_int8_qdq_agrees_with_fp32(exported, tmp_path, arch, target, record_prop
     print(f"{arch} int8 ({target}): top-1 agreement with FP32 on {len(x)} digits test images {agreement:.2%}")
     assert agreement >= MIN_INT8_AGREEMENT
 
+    # 352 of the 360 test images, not 66: at 98 % the check then allows 7 flips, not 1 (a 99.2 % model flips
+    # ~3 per 360, which on other CPUs' kernels could land two in a small sample by chance)
     report = check(ckpt, _save(int8, meta, "int8", tmp_path / f"{arch}.int8.onnx"),
-                   CheckOptions(data="digits", batches=(1, 32)))
+                   CheckOptions(data="digits", batches=(32,), iterations=11))
     assert report.passed, report.to_markdown()
