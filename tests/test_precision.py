@@ -178,6 +178,51 @@ def _zero_points(model: onnx.ModelProto) -> dict[str, np.ndarray]:
             for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")}
 
 
+def _ort_optimized(model: onnx.ModelProto, path) -> onnx.ModelProto:
+    """The graph onnxruntime runs, after its QDQ fusions (extended level: no CPU-specific layouts)."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    options.optimized_model_filepath = str(path)
+    ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return onnx.load(str(path))
+
+
+@pytest.mark.parametrize("arch", ["rn26", "rn26-tm"])
+def test_onnxruntime_int8_runs_conv_relu_and_residual_adds_without_requantizing(tiny, tmp_path, arch):
+    """Each Conv+Relu shares one scale, so onnxruntime fuses it into one QLinearConv with no
+    DequantizeLinear → QuantizeLinear between them; with ``ort-shortcuts`` the residual Adds become QLinearAdds
+    while the RMS norm's ``+ ε`` and the soft-max's sums stay float."""
+    fp32 = to_model_proto(tiny(arch), ExportOptions())
+    meta = metadata.ModelMetadata.from_props(metadata.props(fp32))
+    residual = precision.residual_add_nodes(fp32)
+    by_name = {n.name: n for n in fp32.graph.node}
+    blocks = {n.name.rsplit("/", 1)[0] for n in fp32.graph.node if n.op_type == "Conv" and "/shortcut/" not in n.name}
+    assert residual and all(by_name[n].op_type == "Add" for n in residual)
+    assert not residual & set(precision.softmax_nodes(fp32))
+    assert not any("/norm/" in n for n in residual)
+    assert len(blocks) > len(residual)  # one residual join per block, several convs per block
+
+    for recipe in ("onnxruntime", "ort-shortcuts"):
+        int8 = precision.lower_precision(fp32, "int8", meta=meta, calib_data="digits", show_progress=False,
+                                         int8_recipe=precision.INT8_RECIPES[recipe])
+        made_by = {o: n.op_type for n in int8.graph.node for o in n.output}
+        assert not [n.name for n in int8.graph.node  # each Relu after a Conv became that conv's clamp
+                    if n.op_type == "Relu" and made_by.get(n.input[0]) in ("Conv", "DequantizeLinear")]
+        run = _ort_optimized(int8, tmp_path / f"{arch}-{recipe}.onnx")
+        produced_by = {o: n for n in run.graph.node for o in n.output}
+        ops = [n.op_type for n in run.graph.node]
+        assert ops.count("QLinearConv") == [n.op_type for n in fp32.graph.node].count("Conv")
+        requantized = [n.name for n in run.graph.node if n.op_type == "QuantizeLinear"
+                       and produced_by.get(n.input[0]) is not None
+                       and produced_by[n.input[0]].op_type == "DequantizeLinear"]
+        assert not requantized, requantized
+        quantized_outputs = {n.input[0] for n in int8.graph.node if n.op_type == "QuantizeLinear"}
+        quantized_adds = {n.name for n in int8.graph.node if n.op_type == "Add" and n.output[0] in quantized_outputs}
+        if recipe == "ort-shortcuts":
+            assert quantized_adds == residual
+            assert ops.count("QLinearAdd") == len(residual)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("target", precision.INT8_TARGETS)
 @pytest.mark.parametrize("arch", ["rn26-tm", "rn26-cls"])
