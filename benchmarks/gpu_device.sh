@@ -6,6 +6,8 @@
 #   tests         pytest tests/test_cuda.py
 #   bench ARCH    tmdeploy bench --device cuda, batch 1, 32 and 256, every backend but max-autotune (below)
 #   check ARCH    tmdeploy check --device cuda of FP32 and FP16 exports on the digits test split
+#   optimize ARCH tmdeploy optimize --target cuda (status.json, report.md, latency.png, model.onnx; not the
+#                 candidates' files, which would outgrow what a call returns)
 #   tm-cost       benchmarks/gpu_tm_cost.py --profile (rn26-tm ÷ rn26 per configuration)
 # Results go to /tmp/gpu and, at the end, into one archive under $OUT (a call returns at most 8 files).
 set -uo pipefail
@@ -49,6 +51,11 @@ while [ $# -gt 0 ]; do
             limited python3 -m tmdeploy check runs/$arch.pt $RESULTS/$arch-$precision.onnx --device cuda --data digits \
                 --batch 64 --iterations 5 --report-dir $RESULTS 2>&1 | tee -a $RESULTS/check-$arch.log
         done; rm -f $RESULTS/*.onnx ;;
+    optimize)
+        arch=$1; shift; log "optimize $arch"
+        limited python3 -m tmdeploy optimize runs/$arch.pt --target cuda --quiet --out $RESULTS/optimize-$arch \
+            2>&1 | tee $RESULTS/optimize-$arch.log | tail -40
+        rm -rf $RESULTS/optimize-$arch/candidates ;;
     tm-cost)
         log tm-cost
         limited python3 benchmarks/gpu_tm_cost.py runs/rn26.pt runs/rn26-tm.pt --profile --json $RESULTS/tm-cost.json \

@@ -1,5 +1,5 @@
 """The CUDA paths: event timing, CUDA graphs, onnxruntime's CUDA provider (IO binding, its CUDA graph),
-``check --device cuda`` and ``bench --device cuda``.
+``check --device cuda``, ``bench --device cuda`` and ``optimize --target cuda``.
 
 Skipped on machines without a GPU (CI); benchmarks/gpu_device.sh runs this file on a lent H100/H200.
 The onnxruntime tests also need onnxruntime-gpu, which replaces the CPU wheel.
@@ -7,7 +7,14 @@ The onnxruntime tests also need onnxruntime-gpu, which replaces the CPU wheel.
 
 from __future__ import annotations
 
+import json
+import os
+import shlex
+import subprocess
+import sys
+
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 import torch
@@ -15,7 +22,9 @@ import torch
 from tmdeploy.bench import BenchOptions, run
 from tmdeploy.bench.cuda import CudaGraphSession, OrtCudaGraphSession, OrtIoBindingSession, event_timer
 from tmdeploy.bench.sessions import OrtSession, TorchSession
+from tmdeploy.cli import main
 from tmdeploy.export import ExportOptions, export_onnx, to_model_proto
+from tmdeploy.optimize.search import CHOICE_KEY
 from tmdeploy.verify import CheckOptions, check
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
@@ -90,3 +99,51 @@ def test_bench_on_cuda_runs_every_gpu_backend_and_judges_them_against_cpu_pytorc
         assert all(s["p50_ms"] > 0 for s in b.latency)
         assert b.agreement >= (0.95 if b.precision == "int8" else 0.98), (b.name, b.agreement)
     assert "convolutions" in result.backend("ort-int8").note  # says in what arithmetic the QDQ graph ran
+
+
+def _polygraphy(command: str, cwd) -> subprocess.CompletedProcess:
+    """A reproduce line as a user would run it: its VAR=value prefix in the environment, polygraphy's CLI."""
+    words = shlex.split(command)
+    env = dict(os.environ)
+    while "=" in words[0]:
+        key, _, value = words.pop(0).partition("=")
+        env[key] = value
+    assert words[0] == "polygraphy", command
+    main = "import sys; from polygraphy.tools import main; sys.argv[0] = 'polygraphy'; sys.exit(main())"
+    return subprocess.run([sys.executable, "-c", main, *words[1:]], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+@needs_ort_cuda
+def test_optimize_on_cuda_picks_the_fastest_passing_candidate_and_names_its_provider_settings(small_ckpt, tmp_path):
+    out = tmp_path / "out"
+    assert main(["optimize", str(small_ckpt.path), "--target", "cuda", "--quick", "--batch", "1,8", "--window-s",
+                 "0.05", "--profile-s", "4", "--accuracy-limit", "64", "--quiet", "--out", str(out)]) == 0
+    status = json.loads((out / "status.json").read_text(), parse_constant=lambda name: pytest.fail(name))
+    by_name = {c["name"]: c for c in status["candidates"]}
+    default = status["candidates"][0]
+    assert default["name"] == "normalized-fp32" and default["default_export"] and default["status"] == "OK", default
+    assert (default["provider"], default["provider_options"]) == ("CUDAExecutionProvider", {"use_tf32": "0"})
+    for name in ("normalized-fp32-cuda-graph", "normalized-fp32-cuda-graph-nhwc"):
+        assert by_name[name]["status"] == "OK", by_name[name]
+    for name in ("normalized-fp16", "normalized-fp16-cuda-graph"):  # an untrained model's FP16 may flip a class
+        assert by_name[name]["steps"][0]["status"] == "OK" and by_name[name]["errors"], by_name[name]
+    assert by_name["normalized-int8-tensorrt"]["status"] == "SKIPPED"  # the CUDA provider's INT8: never tried
+    for c in status["candidates"]:
+        assert c["runtime"] != "openvino"
+        if c["status"] == "OK":
+            assert [s["batch"] for s in c["latency"]] == [1, 8] and all(s["p50_ms"] > 0 for s in c["latency"])
+    env = status["environment"]
+    assert env["gpu"] == torch.cuda.get_device_name() and env["cuda"] and env["onnxruntime_cuda"]
+    passing = {c["name"]: c["latency"][0]["p50_ms"] for c in status["candidates"] if c["status"] == "OK"}
+    decision = status["decision"]
+    assert decision["chosen"] == min(passing, key=passing.get)
+    meta = {p.key: p.value for p in onnx.load(str(out / "model.onnx")).metadata_props}
+    choice = json.loads(meta[CHOICE_KEY])
+    assert choice["chosen"] == decision["chosen"]
+    assert choice["provider_options"] == by_name[decision["chosen"]]["provider_options"]
+    # the FP32 line re-checks parity on the CUDA provider without tmdeploy, TF32 off by NVIDIA's variable
+    line = default["reproduce"]["command"]
+    assert line.startswith("NVIDIA_TF32_OVERRIDE=0 polygraphy run ") and "--providers cuda" in line
+    done = _polygraphy(line, out)
+    assert done.returncode == 0 and "PASSED" in done.stdout + done.stderr, done.stdout[-2000:] + done.stderr[-2000:]

@@ -56,12 +56,16 @@ def export_accepts(option: str) -> bool:
     return option in sub.choices["export"]._option_string_actions
 
 
-def check_on_cuda_without_provider(d, i):
-    import onnxruntime
+def on_cuda_without_provider(command: str, *argv: str):
+    """A case running ``command`` on the checkpoint on CUDA; skipped where onnxruntime has the CUDA provider."""
+    def case(d, i):
+        import onnxruntime
 
-    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
-        pytest.skip("this onnxruntime has the CUDA provider")
-    return ["check", link(i, d), "model.onnx", "--device", "cuda"]
+        if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+            pytest.skip("this onnxruntime has the CUDA provider")
+        return [command, link(i, d), *argv]
+
+    return case
 
 
 class Payload:
@@ -316,7 +320,10 @@ CASES = [
          "cut.onnx is not a valid ONNX file"),
     Case("check-bad-batch", lambda d, i: ["check", link(i, d), "model.onnx", "--batch", "1,x"], 2,
          "--batch takes comma-separated integers, got '1,x'"),
-    Case("check-cuda-without-onnxruntime-gpu", check_on_cuda_without_provider, 1,
+    Case("check-cuda-without-onnxruntime-gpu", on_cuda_without_provider("check", "model.onnx", "--device", "cuda"), 1,
+         ("this onnxruntime has no CUDAExecutionProvider", "onnxruntime-gpu")),
+    Case("optimize-cuda-without-onnxruntime-gpu",
+         on_cuda_without_provider("optimize", "--target", "cuda", "--out", "out"), 1,
          ("this onnxruntime has no CUDAExecutionProvider", "onnxruntime-gpu")),
     # --debug, before or after the command: the traceback, then the same one line
     Case("debug-before", lambda d, i: ["--debug", *export("missing.pt")], 1, "checkpoint not found: missing.pt",

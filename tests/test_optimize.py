@@ -134,6 +134,8 @@ def test_an_accuracy_floor_nothing_meets_exits_1_and_keeps_the_old_model(tiny_tm
     (["--int8-recipes", "magic"], "unknown --int8-recipes 'magic'"),
     (["--min-agreement", "2"], "--min-agreement must be in"),
     (["--target", "tpu"], "unknown --target 'tpu'"),
+    (["--target", "cuda", "--runtimes", "openvino"], "OpenVINO is a CPU runtime"),
+    (["--runtimes", "tensorrt"], "unknown --runtimes 'tensorrt'"),
 ])
 def test_bad_options_are_one_line_and_exit_2_before_anything_runs(tiny_tm, tmp_path, capsys, argv, match):
     out = tmp_path / "out"
@@ -151,8 +153,71 @@ def test_bad_inputs_are_one_line_errors_that_change_nothing(tiny_tm, tmp_path, c
     assert main(["optimize", str(tmp_path / "missing.pt"), "--out", str(tmp_path / "o")]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("tmdeploy: error:") and len(err.splitlines()) == 1 and not (tmp_path / "o").exists()
-    with pytest.raises(TmdeployError, match="--target cuda is not implemented"):
+
+
+def _cuda_usable() -> bool:
+    import onnxruntime as ort
+    import torch
+
+    return "CUDAExecutionProvider" in ort.get_available_providers() and torch.cuda.is_available()
+
+
+@pytest.mark.skipif(_cuda_usable(), reason="CUDA candidates can run here (tests/test_cuda.py runs them)")
+def test_target_cuda_without_a_usable_cuda_provider_is_one_line_and_exit_1(tiny_tm, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["optimize", str(tiny_tm.path), "--target", "cuda", "--out", str(out)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert ("CUDAExecutionProvider" in err and "onnxruntime-gpu" in err) or "no CUDA device" in err, err
+    assert not out.exists()
+    with pytest.raises(TmdeployError):
         OptimizeOptions(target="cuda").validate()
+
+
+def test_cuda_candidates_default_first_int8_only_where_tensorrt_runs_it():
+    from tmdeploy.optimize.candidates import CUDA_INT8, RUNTIMES, candidates
+
+    options = OptimizeOptions(target="cuda", forms=("normalized", "folded-padded"))
+    todo = candidates(options, ("tensorrt",), tuple(RUNTIMES["cuda"]))
+    by_name = {c.name: c for c in todo}
+    assert len(by_name) == len(todo)
+    default = todo[0]
+    assert default.name == "normalized-fp32" and default.is_default and sum(c.is_default for c in todo) == 1
+    assert (default.provider, default.provider_options) == ("CUDAExecutionProvider", {"use_tf32": "0"})
+    for form in options.forms:
+        for precision in ("fp32", "fp16"):
+            for suffix in ("", "-cuda-graph", "-cuda-graph-nhwc", "-ort-trt", "-trt"):
+                assert not by_name[f"{form}-{precision}{suffix}"].skipped
+    assert by_name["folded-padded-fp16-cuda-graph-nhwc"].provider_options == {
+        "use_tf32": "0", "enable_cuda_graph": "1", "prefer_nhwc": "1"}
+    assert by_name["normalized-fp32-ort-trt"].provider == "TensorrtExecutionProvider"
+    assert by_name["normalized-fp32-trt"].provider is None
+    int8 = [c for c in todo if c.precision == "int8"]
+    on_cuda_provider = [c for c in int8 if c.provider == "CUDAExecutionProvider"]
+    assert [c.name for c in on_cuda_provider] == ["normalized-int8-tensorrt", "folded-padded-int8-tensorrt"]
+    assert all(c.skipped == CUDA_INT8 for c in on_cuda_provider)  # listed with the reason, never built
+    assert {c.runtime for c in int8 if not c.skipped} == {"onnxruntime-tensorrt", "tensorrt"}
+    # without TensorRT: onnxruntime's provider is not offered, tmdeploy's engine is listed SKIPPED with why
+    without = tuple(n for n in RUNTIMES["cuda"] if n != "onnxruntime-tensorrt")
+    todo = candidates(options, ("tensorrt",), without, {"tensorrt": "TensorRT is not installed"})
+    assert not [c for c in todo if c.runtime == "onnxruntime-tensorrt"]
+    engines = [c for c in todo if c.runtime == "tensorrt"]
+    assert len(engines) == 6 and all(c.skipped == "TensorRT is not installed" for c in engines)
+
+
+def test_the_cuda_runtimes_offered_are_the_ones_present():
+    import importlib.util
+
+    import onnxruntime as ort
+
+    from tmdeploy.optimize.search import _runtimes
+
+    names, missing = _runtimes("cuda")
+    has_trt_provider = "TensorrtExecutionProvider" in ort.get_available_providers()
+    assert ("onnxruntime-tensorrt" in names) == has_trt_provider
+    assert names[:3] == ("onnxruntime", "onnxruntime-cuda-graph", "onnxruntime-cuda-graph-nhwc")
+    assert "tensorrt" in names and ("tensorrt" in missing) == (importlib.util.find_spec("tensorrt") is None)
+    assert "openvino" not in names
 
 
 def _timed(name: str, *stats) -> Candidate:

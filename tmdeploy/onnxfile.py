@@ -18,31 +18,41 @@ from tmdeploy.errors import TmdeployError, first_line
 
 CPU = ("CPUExecutionProvider",)
 CUDA = "CUDAExecutionProvider"
+TENSORRT = "TensorrtExecutionProvider"
+# onnxruntime's CUDA convolutions default to TF32 (10-bit mantissa), which moved FP32 logits by up to 2.4e-3 on
+# an H100: FP32 parity, and an FP32 deployment that keeps it, means FP32 arithmetic
+CUDA_FP32 = {"use_tf32": "0"}
 
 
-def providers(device: str, cuda_options: dict | None = None) -> list:
-    """onnxruntime's providers for ``device``: on CUDA, with the CPU as fallback for nodes CUDA lacks.
+def providers(device: str, cuda_options: dict | None = None, tensorrt_options: dict | None = None) -> list:
+    """onnxruntime's providers for ``device``: on CUDA, with the CPU as fallback for nodes CUDA lacks, and
+    with ``tensorrt_options``, TensorRT's provider first (CUDA runs what TensorRT does not take).
 
-    TmdeployError when this onnxruntime has no CUDA provider (the CPU-only wheel), naming the install step.
+    TmdeployError when this onnxruntime has no CUDA (or TensorRT) provider, naming the install step.
     """
     if device == "cpu":
         return list(CPU)
     import onnxruntime as ort
 
-    if CUDA not in ort.get_available_providers():
+    available = ort.get_available_providers()
+    if CUDA not in available:
         from tmdeploy.optional import install_hint
 
         raise TmdeployError(f"this onnxruntime has no {CUDA}: {install_hint('onnxruntime-gpu')}")
+    if tensorrt_options is not None and TENSORRT not in available:
+        raise TmdeployError(f"this onnxruntime has no {TENSORRT}")
     if hasattr(ort, "preload_dlls"):  # onnxruntime >= 1.21: CUDA/cuDNN from the nvidia-* wheels torch uses
         ort.preload_dlls()
-    return [(CUDA, cuda_options or {}), *CPU]
+    tensorrt = [] if tensorrt_options is None else [(TENSORRT, tensorrt_options)]
+    return [*tensorrt, (CUDA, cuda_options or {}), *CPU]
 
 
-def require_provider(sess, device: str):
-    """``sess``, once sure it runs on ``device``: onnxruntime falls back to the CPU with only a log line."""
-    if device == "cuda" and sess.get_providers()[0] != CUDA:
-        raise TmdeployError(f"onnxruntime could not enable {CUDA} (a CUDA or cuDNN library is missing: "
-                            f"python -c 'import onnxruntime; onnxruntime.preload_dlls()' names it)")
+def require_provider(sess, device: str, provider: str = CUDA):
+    """``sess``, once sure ``provider`` leads on ``device``: onnxruntime falls back with only a log line."""
+    if device == "cuda" and sess.get_providers()[0] != provider:
+        why = ("TensorRT's libnvinfer is not found" if provider == TENSORRT else "a CUDA or cuDNN library is "
+               "missing: python -c 'import onnxruntime; onnxruntime.preload_dlls()' names it")
+        raise TmdeployError(f"onnxruntime could not enable {provider} ({why})")
     return sess
 
 

@@ -77,15 +77,16 @@ class Context:
 class TrtSession:
     """A TensorRT engine run by polygraphy's TrtRunner; inputs and outputs stay on the GPU."""
 
-    def __init__(self, proto, ctx: Context, name: str) -> None:
+    def __init__(self, proto, workdir: Path, batches: tuple[int, ...], name: str) -> None:
+        """Built into ``workdir/name.plan`` (with its sidecar) for every batch size in ``batches``."""
         import onnx
 
         from tmdeploy.engines.profiles import BatchProfile
         from tmdeploy.engines.tensorrt import INPUT_NAME, build_engine, open_engine
 
-        onnx_path = ctx.workdir / f"{name}.onnx"
+        onnx_path = workdir / f"{name}.onnx"
         onnx.save(proto, str(onnx_path))
-        profile = BatchProfile(min(ctx.batches), max(ctx.batches), max(ctx.batches))
+        profile = BatchProfile(min(batches), max(batches), max(batches))
         engine = build_engine(onnx_path, batch=profile)
         self.artifact_bytes = Path(engine).stat().st_size
         self.runner, _ = open_engine(engine)
@@ -167,7 +168,8 @@ def _trt(precision: str, ctx: Context) -> Session:
         import_tensorrt()
     except TmdeployError as err:
         raise Skip(str(err)) from None
-    return TrtSession(ctx.onnx(precision, "tensorrt" if precision == "int8" else None), ctx, f"trt-{precision}")
+    return TrtSession(ctx.onnx(precision, "tensorrt" if precision == "int8" else None), ctx.workdir, ctx.batches,
+                      f"trt-{precision}")
 
 
 @dataclass(frozen=True)

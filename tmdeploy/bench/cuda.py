@@ -71,10 +71,11 @@ class CudaGraphSession(TorchSession):
         return call
 
 
-def cuda_providers(cuda_options: dict | None = None) -> list:
-    """onnxruntime's CUDA provider (CPU fallback after it), or Skip where this onnxruntime has none."""
+def cuda_providers(cuda_options: dict | None = None, tensorrt_options: dict | None = None) -> list:
+    """onnxruntime's CUDA provider (CPU fallback after it; TensorRT's before it with ``tensorrt_options``),
+    or Skip where this onnxruntime has none."""
     try:
-        return onnxfile.providers("cuda", cuda_options)
+        return onnxfile.providers("cuda", cuda_options, tensorrt_options)
     except TmdeployError as err:
         raise Skip(str(err)) from None
 
@@ -116,12 +117,14 @@ def placement_note(placement: Counter) -> str:
 
 
 class OrtIoBindingSession(OrtSession):
-    """onnxruntime on CUDA with IO binding: the input lives on the GPU and the output stays there."""
+    """onnxruntime on CUDA with IO binding: the input lives on the GPU and the output stays there.
 
-    def __init__(self, proto, cuda_options: dict | None = None) -> None:
-        self.providers = cuda_providers(cuda_options)
+    With ``tensorrt_options``, onnxruntime's TensorRT provider runs what it takes, and CUDA the rest."""
+
+    def __init__(self, proto, cuda_options: dict | None = None, tensorrt_options: dict | None = None) -> None:
+        self.providers = cuda_providers(cuda_options, tensorrt_options)
         super().__init__(proto, self.providers)
-        onnxfile.require_provider(self.session, "cuda")
+        onnxfile.require_provider(self.session, "cuda", self.providers[0][0])
         self.proto = proto
 
     @cached_property

@@ -13,7 +13,8 @@ def register(sub) -> None:
     p = sub.add_parser("optimize", help="the fastest deployment that keeps accuracy, chosen by measurement "
                                         "(exit 0: a candidate passed, 1: none did)")
     add_checkpoint_args(p)
-    api_option(p, "--target", OPT, choices=TARGETS, help="where the model will run")
+    api_option(p, "--target", OPT, choices=TARGETS,
+               help="where the model will run (cuda: onnxruntime's CUDA provider, its CUDA graph, TensorRT)")
     api_option(p, "--strategy", OPT, nargs="+", metavar="NAME [MS]", choices=STRATEGIES,
                help="how to choose: min-latency, max-throughput, or max-throughput-under-latency MS")
     api_option(p, "--batch", OPT, "batches", help="batch sizes to time")
@@ -22,11 +23,13 @@ def register(sub) -> None:
     api_option(p, "--min-top1", OPT, type=float, shown="none", help="absolute top-1 floor (fraction)")
     api_option(p, "--forms", OPT, shown="all (--quick: the default form)", help="comma-separated TM export forms")
     api_option(p, "--precisions", OPT, help="comma-separated precisions")
-    api_option(p, "--int8-recipes", OPT, shown="the onnxruntime recipes this CPU's features call for, and tensorrt",
+    api_option(p, "--int8-recipes", OPT, shown="cpu: the onnxruntime recipes this CPU's features call for, and "
+                                               "tensorrt; cuda: tensorrt",
                help="comma-separated INT8 recipes")
     api_option(p, "--exporters", OPT, help="comma-separated torch.onnx exporters")
-    api_option(p, "--runtimes", OPT, shown="onnxruntime, and openvino when installed",
-               help="comma-separated runtimes that run the files (onnxruntime, openvino)")
+    api_option(p, "--runtimes", OPT, shown="cpu: onnxruntime, and openvino when installed; cuda: all present",
+               help="comma-separated runtimes that run the files (cpu: onnxruntime, openvino; cuda: onnxruntime, "
+                    "onnxruntime-cuda-graph, onnxruntime-cuda-graph-nhwc, onnxruntime-tensorrt, tensorrt)")
     api_option(p, "--data", OPT, help="held-out (test split) and calibration (train split) data; auto: the data the "
                                       "checkpoint was trained on")
     api_option(p, "--accuracy-limit", OPT, type=int, shown="all (--quick: 256)", help="at most this many test images")

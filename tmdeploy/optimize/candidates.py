@@ -1,20 +1,57 @@
-"""The candidates ``tmdeploy optimize`` tries on a CPU, and what is recorded about each.
+"""The candidates ``tmdeploy optimize`` tries on a target, and what is recorded about each.
 
 A candidate is one ONNX file: a TM export form, an exporter, and a precision (with its INT8 recipe), and
-the runtime that runs it (onnxruntime, or OpenVINO reading the same FP32 or FP16 file). Each goes through
-the steps build → parity → accuracy → profile; a step that cannot be taken is SKIPPED or FAILED with its
-reason, and the candidate is eligible only when all of them are OK.
+the runtime that runs it (:data:`RUNTIMES`: on the CPU, onnxruntime or OpenVINO reading the same FP32 or FP16
+file; on CUDA, onnxruntime's CUDA provider with IO binding or with its own CUDA graph, onnxruntime's TensorRT
+provider, or a TensorRT engine built from the file). Each goes through the steps build → parity → accuracy →
+profile; a step that cannot be taken is SKIPPED or FAILED with its reason, and the candidate is eligible only
+when all of them are OK.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from tmdeploy import onnxfile
 from tmdeploy.export.options import DEFAULT_FORM
 from tmdeploy.optimize.options import OptimizeOptions
 
 STEPS = ("build", "parity", "accuracy", "profile")
 OK, FAILED, SKIPPED = "OK", "FAILED", "SKIPPED"
+# measured on an H100 (README, "On a GPU"): no QDQ pair was fused into an integer kernel
+CUDA_INT8 = ("onnxruntime's CUDA provider runs QDQ convolutions in float (INT8 rounding at worse than FP32 speed, "
+             "measured on an H100): INT8 on a GPU is TensorRT's job")
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """What runs a candidate's file, and the settings a deployment must use to get the speed measured."""
+
+    name: str  # the --runtimes value
+    suffix: str | None  # in candidate names
+    provider: str | None  # onnxruntime's execution provider; None: not onnxruntime
+    provider_options: dict = field(default_factory=dict)
+    int8: bool = True  # runs INT8 (QDQ) files
+    int8_skipped: str = ""  # where it does not: listed SKIPPED with this reason (else left out)
+
+
+_GRAPH = {**onnxfile.CUDA_FP32, "enable_cuda_graph": "1"}
+RUNTIMES = {
+    "cpu": {r.name: r for r in (
+        Runtime("onnxruntime", None, onnxfile.CPU[0]),
+        Runtime("openvino", "openvino", None, int8=False),
+    )},
+    "cuda": {r.name: r for r in (
+        Runtime("onnxruntime", None, onnxfile.CUDA, onnxfile.CUDA_FP32, int8=False, int8_skipped=CUDA_INT8),
+        Runtime("onnxruntime-cuda-graph", "cuda-graph", onnxfile.CUDA, _GRAPH, int8=False),
+        # channels-last convolutions: the fastest onnxruntime configuration for rn26-tm on the H100
+        # (benchmarks/gpu_tm_cost.py, folded-padded form)
+        Runtime("onnxruntime-cuda-graph-nhwc", "cuda-graph-nhwc", onnxfile.CUDA, {**_GRAPH, "prefer_nhwc": "1"},
+                int8=False),
+        Runtime("onnxruntime-tensorrt", "ort-trt", onnxfile.TENSORRT),
+        Runtime("tensorrt", "trt", None),
+    )},
+}
 
 
 @dataclass
@@ -33,6 +70,9 @@ class Candidate:
     precision: str
     int8_recipe: str | None = None
     runtime: str = "onnxruntime"
+    provider: str | None = onnxfile.CPU[0]  # onnxruntime's execution provider; None: another runtime
+    provider_options: dict = field(default_factory=dict)  # what a deployment sets to run it as timed
+    skipped: str = ""  # why it is not tried here (its runtime is missing, or cannot run it well)
     steps: list[Step] = field(default_factory=lambda: [Step(s) for s in STEPS])
     size_mb: float | None = None
     build_s: float | None = None
@@ -63,25 +103,35 @@ class Candidate:
 
     @property
     def is_default(self) -> bool:
-        """The default FP32 export, which every speed-up is measured against."""
+        """The default FP32 export on the target's plain onnxruntime, which every speed-up is measured against."""
         return (self.form, self.exporter, self.precision, self.runtime) == (DEFAULT_FORM, "torchscript", "fp32",
                                                                             "onnxruntime")
 
 
-def candidates(options: OptimizeOptions, int8_recipes: tuple[str, ...], runtimes: tuple[str, ...]) -> list[Candidate]:
-    """Every candidate ``options`` ask for on ``runtimes``, the default FP32 export first (it is the unit of
-    the speed-ups). OpenVINO runs the FP32 and FP16 files; the INT8 recipes are onnxruntime's and TensorRT's."""
-    out = [Candidate(f"{DEFAULT_FORM}-fp32", DEFAULT_FORM, "torchscript", "fp32")]
-    for runtime in runtimes:
+def candidates(options: OptimizeOptions, int8_recipes: tuple[str, ...], runtimes: tuple[str, ...],
+               missing: dict[str, str] | None = None) -> list[Candidate]:
+    """Every candidate ``options`` ask for on ``runtimes`` of ``options.target``, the default FP32 export first
+    (it is the unit of the speed-ups). A runtime in ``missing`` (name → why) is listed SKIPPED with its
+    reason, and so are the INT8 files of a runtime that runs INT8 badly (:data:`CUDA_INT8`)."""
+    table = RUNTIMES[options.target]
+    out = [_candidate(DEFAULT_FORM, "torchscript", "fp32", None, table["onnxruntime"], missing)]
+    for runtime in map(table.get, runtimes):
         for exporter in options.exporters:
             for form in options.forms:
                 for precision in options.precisions:
-                    if runtime == "openvino" and precision == "int8":
+                    if precision == "int8" and not runtime.int8 and not runtime.int8_skipped:
                         continue
                     for recipe in int8_recipes if precision == "int8" else (None,):
-                        name = "-".join(filter(None, (form, precision, recipe,
-                                                      None if exporter == "torchscript" else exporter,
-                                                      None if runtime == "onnxruntime" else runtime)))
-                        if name != out[0].name:
-                            out.append(Candidate(name, form, exporter, precision, recipe, runtime))
+                        cand = _candidate(form, exporter, precision, recipe, runtime, missing)
+                        if cand.name != out[0].name:
+                            out.append(cand)
     return out
+
+
+def _candidate(form: str, exporter: str, precision: str, recipe: str | None, runtime: Runtime,
+               missing: dict[str, str] | None) -> Candidate:
+    name = "-".join(filter(None, (form, precision, recipe, None if exporter == "torchscript" else exporter,
+                                  runtime.suffix)))
+    skipped = (missing or {}).get(runtime.name) or (runtime.int8_skipped if precision == "int8" else "")
+    return Candidate(name, form, exporter, precision, recipe, runtime.name, runtime.provider,
+                     dict(runtime.provider_options), skipped)

@@ -10,9 +10,8 @@ from tmdeploy.errors import TmdeployError, UsageError, check_choice
 from tmdeploy.export.options import DEFAULT_FORM, EXPORTERS, FORMS, PRECISIONS
 from tmdeploy.fileio import check_output
 from tmdeploy.values import MAX_BATCH, MAX_SECONDS, MAX_SEED, MAX_THREADS, check_option
-from tmdeploy.verify.options import RUNTIMES
 
-TARGETS = ("cpu",)  # cuda: onnxruntime's CUDA provider, CUDA graphs and TensorRT are not candidates yet
+TARGETS = ("cpu", "cuda")  # what runs there: tmdeploy.optimize.candidates.RUNTIMES
 STRATEGIES = ("min-latency", "max-throughput", "max-throughput-under-latency")
 # the recipe names of tmdeploy.export.precision.INT8_RECIPES (that module imports torch; this one must not)
 INT8_RECIPE_NAMES = ("tensorrt", "onnxruntime", "ort-reduce-range", "ort-per-tensor", "ort-qoperator",
@@ -32,10 +31,13 @@ class OptimizeOptions:
     min_top1: float | None = None  # an absolute top-1 floor (fraction) as well; None: none
     forms: tuple[str, ...] | None = None  # TM export forms; None: all (--quick: the default form)
     precisions: tuple[str, ...] = PRECISIONS
-    # INT8 recipes; None: the ones this CPU's features call for (tmdeploy.bench.machine.int8_recipes) and tensorrt
+    # INT8 recipes; None: on the CPU, the ones its features call for (tmdeploy.bench.machine.int8_recipes) and
+    # tensorrt; on CUDA, tensorrt (INT8 on a GPU is TensorRT's)
     int8_recipes: tuple[str, ...] | None = None
     exporters: tuple[str, ...] = ("torchscript",)  # dynamo gives the same graph in ~10 s per export
-    # what runs the files; None: onnxruntime, and OpenVINO (its FP32 and FP16 files) when it is installed
+    # what runs the files (tmdeploy.optimize.candidates.RUNTIMES); None: on the CPU, onnxruntime, and OpenVINO
+    # (its FP32 and FP16 files) when it is installed; on CUDA, every one, onnxruntime's TensorRT provider
+    # where this onnxruntime has it
     runtimes: tuple[str, ...] | None = None
     # accuracy on its test split, calibration on its train split; "auto": the data the checkpoint was trained on
     data: str = "auto"
@@ -62,8 +64,8 @@ class OptimizeOptions:
                        window_s=min(self.window_s, 0.2), profile_s=min(self.profile_s, 10.0))
 
     def validate(self) -> None:
-        if self.target == "cuda":
-            raise TmdeployError("--target cuda is not implemented yet: optimize tries CPU candidates only")
+        from tmdeploy.optimize.candidates import RUNTIMES  # it imports this module
+
         check_choice(self.target, TARGETS, "--target")
         check_choice(self.strategy, STRATEGIES, "--strategy")
         if (self.strategy == "max-throughput-under-latency") != (self.latency_ms is not None):
@@ -78,10 +80,12 @@ class OptimizeOptions:
         check_option("--min-agreement", self.min_agreement, 0.0, 1.0)
         if self.min_top1 is not None:
             check_option("--min-top1", self.min_top1, 0.0, 1.0)
+        if self.target == "cuda" and "openvino" in (self.runtimes or ()):
+            raise UsageError("--runtimes openvino: OpenVINO is a CPU runtime, not a --target cuda candidate")
         for option, values, choices in (("--forms", self.forms, FORMS), ("--precisions", self.precisions, PRECISIONS),
                                         ("--int8-recipes", self.int8_recipes, INT8_RECIPE_NAMES),
                                         ("--exporters", self.exporters, EXPORTERS),
-                                        ("--runtimes", self.runtimes, RUNTIMES)):
+                                        ("--runtimes", self.runtimes, tuple(RUNTIMES[self.target]))):
             if values is not None and not values:
                 raise UsageError(f"{option} needs at least one of: {', '.join(choices)}")
             for value in values or ():
@@ -108,6 +112,19 @@ class OptimizeOptions:
             data.check_spec(self.data)
         if self.out is not None:
             _check_out_dir(Path(self.out))
+        if self.target == "cuda":
+            _check_cuda()
+
+
+def _check_cuda() -> None:
+    """One line, before anything runs, where CUDA candidates cannot run: the CPU-only onnxruntime, no GPU."""
+    import torch
+
+    from tmdeploy import onnxfile
+
+    onnxfile.providers("cuda")  # names the onnxruntime-gpu install step
+    if not torch.cuda.is_available():  # CUDA-event timing and TensorRT's inputs are torch's
+        raise TmdeployError("--target cuda: PyTorch sees no CUDA device on this machine")
 
 
 def _check_out_dir(out: Path) -> None:

@@ -4,7 +4,8 @@
 checks its parity against PyTorch with the verify stage (polygraphy's Comparator, at the precision's
 tolerances, on held-out images, run by the candidate's runtime), measures top-1 and agreement on the whole
 held-out split, times the correct ones side by side with the bench stage's interleaved timing in windows
-until two agree (slow ones screened out after the first), and picks the best by the strategy. It writes the
+until two agree (slow ones screened out after the first; on CUDA with CUDA events), and picks the best by the
+strategy. On CUDA the sessions are the bench stage's (:mod:`tmdeploy.bench.cuda`). It writes the
 choice as ``model.onnx`` and every record as ``status.json`` into the output folder; the report stage renders that
 file (``report.md``, the plot). All files are made in scratch space first and copied into the folder, each
 atomically, only when the run has finished, so a run that fails or is interrupted changes no file there.
@@ -24,10 +25,11 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+from polygraphy.common import TensorMetadata
 
-from tmdeploy import __version__
+from tmdeploy import __version__, onnxfile
 from tmdeploy.bench import machine
-from tmdeploy.bench.backends import predict_all
+from tmdeploy.bench.backends import TrtSession, predict_all
 from tmdeploy.bench.sessions import OpenVinoSession, OrtSession, TorchSession
 from tmdeploy.bench.suite import held_out_images
 from tmdeploy.bench.timing import Budget, Samples, error_line, latency_stats, measure, paired_ratio, wall_timer
@@ -37,18 +39,21 @@ from tmdeploy.export import ExportOptions, to_model_proto
 from tmdeploy.export.metadata import ModelMetadata, props
 from tmdeploy.export.options import FORMS
 from tmdeploy.export.precision import INT8_RECIPES, lower_precision
-from tmdeploy.export.to_onnx import calibration_data
+from tmdeploy.export.to_onnx import INPUT_NAME, calibration_data
 from tmdeploy.fileio import atomic_write, check_output, json_text
-from tmdeploy.optimize.candidates import FAILED, OK, SKIPPED, Candidate, candidates
+from tmdeploy.optimize.candidates import FAILED, OK, RUNTIMES, SKIPPED, Candidate, candidates
 from tmdeploy.optimize.options import OptimizeOptions
 from tmdeploy.optimize.progress import LiveTable
 from tmdeploy.threads import torch_threads
 from tmdeploy.verify.options import CheckOptions
 from tmdeploy.verify.parity import check
+from tmdeploy.verify.runners import SessionRunner
 
 STATUS_FORMAT = "1"
 CHOICE_KEY = "tmdeploy_optimize"  # the metadata entry of model.onnx naming the choice
 REPRO = ("repro/inputs.json", "repro/reference.json")  # polygraphy's --load-inputs / --load-outputs files
+GPU_INT8 = (("tensorrt",), "on a GPU INT8 is TensorRT's: its recipe, for its engine and onnxruntime's "
+                           "TensorRT provider")
 log = logging.getLogger(__name__)
 
 
@@ -79,11 +84,11 @@ def optimize(ckpt: Checkpoint, options: OptimizeOptions = OptimizeOptions()) -> 
     for name in ("model.onnx", "status.json"):
         check_output(out / name, ckpt.path, option="--out")
     spec = calibration_data(ckpt, None if options.data == "auto" else options.data)
-    picked, why = machine.int8_recipes()
-    recipes = options.int8_recipes or (*picked, "tensorrt")
-    installed = ("onnxruntime", "openvino") if machine.openvino_version() else ("onnxruntime",)
+    picked, why = machine.int8_recipes() if options.target == "cpu" else GPU_INT8
+    recipes = options.int8_recipes or tuple(dict.fromkeys((*picked, "tensorrt")))
+    installed, missing = _runtimes(options.target)
     options = replace(options, forms=options.forms or FORMS, runtimes=options.runtimes or installed)
-    todo = candidates(options, recipes, options.runtimes)
+    todo = candidates(options, recipes, options.runtimes, missing)
     with tempfile.TemporaryDirectory(prefix="tmdeploy-optimize-") as scratch, \
             torch_threads(options.threads), LiveTable(todo, options.show_progress) as table:
         scratch = Path(scratch)
@@ -92,11 +97,15 @@ def optimize(ckpt: Checkpoint, options: OptimizeOptions = OptimizeOptions()) -> 
         protos: dict[str, onnx.ModelProto] = {}  # each built candidate's graph, by name
         graphs: dict[tuple, onnx.ModelProto] = {}  # exported and lowered graphs, shared between runtimes
         sessions: dict[str, object] = {}  # one session per candidate, for its build, accuracy and timing
-        for cand in todo:
-            _build(ckpt, cand, spec, options, scratch, protos, graphs, sessions, table)
-            _parity(ckpt, cand, spec, options, scratch, table)
-            _accuracy(cand, protos, sessions, test_set, reference, options, table)
-        profile = _profile(ckpt, todo, protos, sessions, options, table)
+        try:
+            for cand in todo:
+                _build(ckpt, cand, spec, options, scratch, protos, graphs, sessions, table)
+                _parity(ckpt, cand, spec, options, scratch, sessions, table)
+                _accuracy(cand, protos, sessions, test_set, reference, options, scratch, table)
+            profile = _profile(ckpt, todo, protos, sessions, options, scratch, table)
+        finally:
+            for session in sessions.values():
+                session.close()
         decision = _decide(todo, options)
         status = _status(ckpt, options, todo, profile, decision, test_set[2], recipes, (picked, why))
         files = _stage_files(scratch, status, protos, decision)
@@ -104,12 +113,58 @@ def optimize(ckpt: Checkpoint, options: OptimizeOptions = OptimizeOptions()) -> 
     return OptimizeResult(out, status, decision is not None)
 
 
-def _session(cand: Candidate, proto: onnx.ModelProto, threads: int | None, sessions: dict):
-    """The bench stage's session for the candidate's runtime, made once, so accuracy and timing run what ships."""
+def _runtimes(target: str) -> tuple[tuple[str, ...], dict[str, str]]:
+    """The runtimes tried by default on ``target``, and those listed SKIPPED, with why: OpenVINO where it is
+    installed; onnxruntime's TensorRT provider where this onnxruntime has it; tmdeploy's TensorRT engine
+    always, SKIPPED where the tensorrt module does not import."""
+    if target == "cpu":
+        return ("onnxruntime", "openvino") if machine.openvino_version() else ("onnxruntime",), {}
+    import onnxruntime as ort
+
+    from tmdeploy.engines.tensorrt import import_tensorrt
+    from tmdeploy.errors import TmdeployError
+
+    names = tuple(RUNTIMES["cuda"])
+    missing = {}
+    if onnxfile.TENSORRT not in ort.get_available_providers():
+        names = tuple(n for n in names if n != "onnxruntime-tensorrt")
+        missing["onnxruntime-tensorrt"] = f"this onnxruntime has no {onnxfile.TENSORRT}"
+    try:
+        import_tensorrt()
+    except TmdeployError as err:
+        missing["tensorrt"] = str(err)
+    return names, missing
+
+
+def _session(cand: Candidate, proto: onnx.ModelProto, options: OptimizeOptions, scratch: Path, sessions: dict):
+    """The bench stage's session for the candidate's runtime and provider settings, made once, so parity (where
+    polygraphy cannot run it), accuracy and timing run what ships."""
     if cand.name not in sessions:
-        sessions[cand.name] = (OpenVinoSession(proto, threads, f"{cand.name}.onnx") if cand.runtime == "openvino"
-                               else OrtSession(proto, ["CPUExecutionProvider"], threads))
+        sessions[cand.name] = _open(cand, proto, options, scratch)
     return sessions[cand.name]
+
+
+def _open(cand: Candidate, proto: onnx.ModelProto, options: OptimizeOptions, scratch: Path):
+    if cand.runtime == "openvino":
+        return OpenVinoSession(proto, options.threads, f"{cand.name}.onnx")
+    if cand.provider == onnxfile.CPU[0]:
+        return OrtSession(proto, list(onnxfile.CPU), options.threads)
+    if cand.runtime == "tensorrt":  # the engine beside the candidate's file, for every batch size it is given
+        batches = (*options.batches, *CheckOptions().batches)
+        return TrtSession(proto, scratch / "candidates", batches, cand.name)
+    from tmdeploy.bench.cuda import OrtCudaGraphSession, OrtIoBindingSession
+
+    if cand.provider == onnxfile.TENSORRT:
+        return OrtIoBindingSession(proto, onnxfile.CUDA_FP32, cand.provider_options)
+    if cand.provider_options.get("enable_cuda_graph") == "1":
+        return OrtCudaGraphSession(proto, _plain(cand.provider_options))
+    return OrtIoBindingSession(proto, cand.provider_options)
+
+
+def _plain(provider_options: dict) -> dict:
+    """The options without onnxruntime's CUDA graph, which needs IO-bound fixed addresses: what polygraphy's
+    runner and CLI can run; a graph replays the same kernels."""
+    return {k: v for k, v in provider_options.items() if k != "enable_cuda_graph"}
 
 
 class _Quiet:
@@ -125,6 +180,9 @@ class _Quiet:
 
 def _build(ckpt, cand: Candidate, spec: str, options: OptimizeOptions, scratch: Path, protos: dict, graphs: dict,
            sessions: dict, table) -> None:
+    if cand.skipped:
+        cand.mark("build", SKIPPED, cand.skipped)
+        return table.update(cand)
     table.update(cand, "build")
     start = time.perf_counter()
     try:
@@ -142,19 +200,20 @@ def _build(ckpt, cand: Candidate, spec: str, options: OptimizeOptions, scratch: 
         path = scratch / "candidates" / f"{cand.name}.onnx"
         path.parent.mkdir(exist_ok=True)
         onnx.save(proto, str(path))
-        if cand.runtime == "openvino":  # its build is OpenVINO's compile too: a file it cannot read fails here
-            _session(cand, proto, options.threads, sessions)
+        if cand.provider != onnxfile.CPU[0]:  # its build is OpenVINO's compile, the CUDA session, the engine too
+            _session(cand, proto, options, scratch, sessions)
     except Exception as err:  # noqa: BLE001 - a candidate that cannot be built is a record, not the end
         cand.mark("build", FAILED, error_line(err), time.perf_counter() - start)
         table.update(cand)
         return
     protos[cand.name] = proto
     cand.build_s = time.perf_counter() - start
-    cand.size_mb = path.stat().st_size / 1e6
+    cand.size_mb = (sessions[cand.name].artifact_bytes if cand.runtime == "tensorrt" else path.stat().st_size) / 1e6
     cand.mark("build", OK, "", cand.build_s)
 
 
-def _parity(ckpt, cand: Candidate, spec: str, options: OptimizeOptions, scratch: Path, table) -> None:
+def _parity(ckpt, cand: Candidate, spec: str, options: OptimizeOptions, scratch: Path, sessions: dict,
+            table) -> None:
     if cand.step("build").status != OK:
         return cand.mark("parity", SKIPPED, "not built")
     table.update(cand, "parity")
@@ -163,12 +222,19 @@ def _parity(ckpt, cand: Candidate, spec: str, options: OptimizeOptions, scratch:
     first = not reference.exists()  # the inputs and PyTorch's outputs are the same for every candidate
     # held-out images, not random tensors: INT8 scales are calibrated for images, and on N(0, 1) noise
     # rn26-tm's INT8 graphs agreed with PyTorch on 81% of inputs while agreeing on 100% of digits test images
+    on_cuda = options.target == "cuda"
     check_options = CheckOptions(data=spec, seed=options.seed, atol=options.atol, rtol=options.rtol,
                                  save_inputs=inputs if first else None, save_outputs=reference if first else None,
-                                 runtime=cand.runtime)
+                                 runtime="openvino" if cand.runtime == "openvino" else "onnxruntime",
+                                 device=options.target, cuda_options=_plain(cand.provider_options) if on_cuda else None)
     path = scratch / "candidates" / f"{cand.name}.onnx"
+    runner = None
+    if cand.provider in (None, onnxfile.TENSORRT) and cand.runtime != "openvino":  # TensorRT: the timed session
+        c, h, w = ckpt.card.input_size
+        runner = SessionRunner(sessions[cand.name], TensorMetadata().add(INPUT_NAME, np.float32, (-1, c, h, w)),
+                               "logits", name=cand.runtime)
     try:
-        report = check(ckpt, path, check_options)
+        report = check(ckpt, path, check_options, runner)
     except Exception as err:  # noqa: BLE001
         cand.mark("parity", FAILED, error_line(err), time.perf_counter() - start)
         return table.update(cand)
@@ -191,8 +257,8 @@ def _parity_reason(tol: dict, stats: dict) -> str:
 
 def _reproduce_command(ckpt, cand: Candidate, check_options: CheckOptions, tol: dict, stats: dict) -> dict:
     """The CLI line, run in the output folder, that re-checks this file's logits against PyTorch's: polygraphy's
-    own, without tmdeploy, for onnxruntime; for OpenVINO, which polygraphy cannot run, the same check by
-    ``tmdeploy check --runtime openvino``.
+    own, without tmdeploy, for onnxruntime (on CUDA: its CUDA or TensorRT provider) and TensorRT engines; for
+    OpenVINO, which polygraphy cannot run, the same check by ``tmdeploy check --runtime openvino``.
 
     FP32/FP16 use the precision's tolerances. INT8 is judged by top-1 agreement, which polygraphy does not
     check: its line bounds the errors at the measured maximum instead, a regression check.
@@ -209,9 +275,23 @@ def _reproduce_command(ckpt, cand: Candidate, check_options: CheckOptions, tol: 
         return {"command": command, "cwd": "the output folder", "tolerances": what,
                 "why_not_polygraphy": "polygraphy has no OpenVINO runner; this runs the same Comparator check "
                                       "with tmdeploy's OpenVinoRunner on the same held-out images"}
-    command = (f"polygraphy run candidates/{cand.name}.onnx --onnxrt --load-inputs {REPRO[0]} "
-               f"--load-outputs {REPRO[1]} --atol {atol:g} --rtol {rtol:g}")
-    return {"command": command, "cwd": "the output folder", "tolerances": what}
+    loads = f"--load-inputs {REPRO[0]} --load-outputs {REPRO[1]} --atol {atol:g} --rtol {rtol:g}"
+    if cand.runtime == "tensorrt":  # the engine itself, as built and timed
+        return {"command": f"polygraphy run candidates/{cand.name}.plan --trt {loads}", "cwd": "the output folder",
+                "tolerances": what}
+    if cand.provider == onnxfile.CPU[0]:
+        return {"command": f"polygraphy run candidates/{cand.name}.onnx --onnxrt {loads}",
+                "cwd": "the output folder", "tolerances": what}
+    # polygraphy's CLI takes no provider options: NVIDIA's libraries read this variable instead of use_tf32=0
+    providers = "tensorrt cuda" if cand.provider == onnxfile.TENSORRT else "cuda"
+    command = (f"NVIDIA_TF32_OVERRIDE=0 polygraphy run candidates/{cand.name}.onnx --onnxrt --providers {providers} "
+               f"{loads}")
+    out = {"command": command, "cwd": "the output folder", "tolerances": what}
+    unset = sorted(set(_plain(cand.provider_options)) - set(onnxfile.CUDA_FP32))
+    if unset:
+        out["note"] = (f"polygraphy's CLI cannot set {', '.join(unset)}: this line runs the file in the CUDA "
+                       f"provider's default layout; the parity step ran it with {', '.join(unset)}")
+    return out
 
 
 def _reference_predictions(ckpt, test_set, chunk: int) -> np.ndarray:
@@ -220,14 +300,14 @@ def _reference_predictions(ckpt, test_set, chunk: int) -> np.ndarray:
 
 
 def _accuracy(cand: Candidate, protos: dict, sessions: dict, test_set, reference: np.ndarray,
-              options: OptimizeOptions, table) -> None:
+              options: OptimizeOptions, scratch: Path, table) -> None:
     if cand.step("build").status != OK:
         return cand.mark("accuracy", SKIPPED, "not built")
     table.update(cand, "accuracy")
     start = time.perf_counter()
     x, labels, _ = test_set
     try:
-        predicted = predict_all(_session(cand, protos[cand.name], options.threads, sessions), x,
+        predicted = predict_all(_session(cand, protos[cand.name], options, scratch, sessions), x,
                                 min(max(options.batches), len(x))).argmax(axis=1)
     except Exception as err:  # noqa: BLE001
         cand.mark("accuracy", FAILED, error_line(err), time.perf_counter() - start)
@@ -249,7 +329,7 @@ def _accuracy(cand: Candidate, protos: dict, sessions: dict, test_set, reference
     table.update(cand)
 
 
-def _profile(ckpt, todo: list[Candidate], protos: dict, built: dict, options: OptimizeOptions,
+def _profile(ckpt, todo: list[Candidate], protos: dict, built: dict, options: OptimizeOptions, scratch: Path,
              table) -> list[dict]:
     """Time the correct candidates (and the default export, the unit of the speed-ups) side by side, per
     batch size, in windows until two in a row agree within ``stable_within`` or the budget ends."""
@@ -262,15 +342,21 @@ def _profile(ckpt, todo: list[Candidate], protos: dict, built: dict, options: Op
     sessions = {}
     for cand in timed:
         try:
-            sessions[cand.name] = _session(cand, protos[cand.name], options.threads, built)
+            sessions[cand.name] = _session(cand, protos[cand.name], options, scratch, built)
         except Exception as err:  # noqa: BLE001
             cand.mark("profile", FAILED, error_line(err))
     records = []
     per_batch = options.profile_s / len(options.batches)
     for batch in options.batches:
         x = np.random.default_rng(options.seed).standard_normal((batch, *ckpt.card.input_size)).astype(np.float32)
-        live = [c for c in timed if c.name in sessions and c.step("profile").status != FAILED]
-        calls = {c.name: sessions[c.name].bind(x) for c in live}
+        calls = {}
+        for cand in timed:
+            if cand.name in sessions and cand.step("profile").status != FAILED:
+                try:
+                    calls[cand.name] = sessions[cand.name].bind(x)
+                except Exception as err:  # noqa: BLE001 - an engine without this batch size, say
+                    cand.mark("profile", FAILED, f"batch {batch}: {error_line(err)}")
+        live = [c for c in timed if c.name in calls]
         records.append(_stable_windows(calls, batch, per_batch, options, live, table))
     for cand in timed:
         if cand.step("profile").status != FAILED:
@@ -281,6 +367,9 @@ def _profile(ckpt, todo: list[Candidate], protos: dict, built: dict, options: Op
 def _stable_windows(calls: dict, batch: int, budget_s: float, options: OptimizeOptions, live: list[Candidate],
                     table) -> dict:
     budget = Budget(min_time=options.window_s, min_iterations=5, min_rounds=3, warmup=2)
+    timer = wall_timer
+    if options.target == "cuda":  # GPU time, as `bench --device cuda` measures it
+        from tmdeploy.bench.cuda import event_timer as timer
     start = time.perf_counter()
     windows: list[dict[str, Samples]] = []
     change = None
@@ -288,7 +377,7 @@ def _stable_windows(calls: dict, batch: int, budget_s: float, options: OptimizeO
     screened: dict[str, Samples] = {}  # left out of later windows: their first window is their record
     while calls:
         table.status(f"timing batch {batch}: window {len(windows) + 1}, {len(calls)} candidates")
-        windows.append(measure(calls, budget, wall_timer, deadline=start + budget_s))
+        windows.append(measure(calls, budget, timer, deadline=start + budget_s))
         for name, s in windows[-1].items():
             if s.error:
                 next(c for c in live if c.name == name).mark("profile", FAILED, f"batch {batch}: {s.error}")
@@ -370,16 +459,33 @@ def _decide(todo: list[Candidate], options: OptimizeOptions) -> dict | None:
             "p99_ms": stats["p99_ms"], "throughput": stats["throughput"],
             "speedup_vs_default": stats.get("speedup_vs_default"),
             "form": best.form, "precision": best.precision, "int8_recipe": best.int8_recipe, "exporter": best.exporter,
-            "runtime": best.runtime}
+            "runtime": best.runtime, "provider": best.provider, "provider_options": best.provider_options,
+            "engine": f"candidates/{best.name}.plan" if best.runtime == "tensorrt" else None}
 
 
 def _environment(options: OptimizeOptions, recipe: tuple[str, str]) -> dict:
+    """The machine and library versions; on CUDA also the GPU, and the CUDA builds of torch and onnxruntime."""
     import polygraphy
 
-    info = machine.describe("cpu", options.threads)
+    info = machine.describe(options.target, options.threads)
     info.update({"onnx": onnx.__version__, "polygraphy": polygraphy.__version__, "numpy": np.__version__,
                  "tmdeploy": __version__, "int8_recipes_for_this_cpu": {"recipes": list(recipe[0]), "why": recipe[1]}})
+    if options.target == "cuda":
+        import onnxruntime as ort
+        from onnxruntime.capi import build_and_package_info as ort_build
+
+        info.update({"onnxruntime_package": ort_build.package_name,
+                     "onnxruntime_cuda": getattr(ort_build, "cuda_version", None),
+                     "onnxruntime_providers": ort.get_available_providers(), "tensorrt": _tensorrt_version()})
     return info
+
+
+def _tensorrt_version() -> str | None:
+    try:
+        import tensorrt
+    except ImportError:
+        return None
+    return tensorrt.__version__
 
 
 def _status(ckpt, options, todo, profile, decision, data, recipes, recipe) -> dict:
@@ -394,7 +500,8 @@ def _status(ckpt, options, todo, profile, decision, data, recipes, recipe) -> di
         "options": {**opts, "int8_recipes": list(recipes)},
         "data": data,
         "candidates": [{"name": cand.name, "form": cand.form, "exporter": cand.exporter, "precision": cand.precision,
-                        "int8_recipe": cand.int8_recipe, "runtime": cand.runtime, "status": cand.status,
+                        "int8_recipe": cand.int8_recipe, "runtime": cand.runtime, "provider": cand.provider,
+                        "provider_options": cand.provider_options, "status": cand.status,
                         "reason": cand.reason,
                         "default_export": cand.is_default, "size_mb": cand.size_mb, "build_s": cand.build_s,
                         "steps": [asdict(s) for s in cand.steps], "tolerance": cand.tolerance, "errors": cand.errors,
@@ -414,7 +521,8 @@ def _stage_files(scratch: Path, status: dict, protos: dict, decision: dict | Non
         model.CopyFrom(protos[decision["chosen"]])
         entry = model.metadata_props.add()
         entry.key, entry.value = CHOICE_KEY, json.dumps({k: decision[k] for k in (
-            "chosen", "runtime", "strategy", "latency_ms", "batch", "p50_ms", "throughput", "speedup_vs_default")})
+            "chosen", "runtime", "provider", "provider_options", "engine", "strategy", "latency_ms", "batch", "p50_ms",
+            "throughput", "speedup_vs_default")})
         onnx.save(model, str(scratch / "model.onnx"))
         files.append("model.onnx")
     (scratch / "status.json").write_text(json_text(status))

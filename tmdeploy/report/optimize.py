@@ -28,6 +28,19 @@ def _errors(cand: dict) -> list[str]:
     return [f"{number(e['max_abs_error'])} / {number(e['p99_abs_error'])}", bound]
 
 
+def _runs_on(decision: dict) -> str:
+    """How the choice must be run to be as fast as measured (older status files name no provider)."""
+    if decision.get("runtime") == "openvino":
+        return ", to be run by OpenVINO."
+    if decision.get("engine"):
+        return f", with its TensorRT engine `{decision['engine']}`."
+    options = decision.get("provider_options")
+    if decision.get("provider") and decision["provider"] != "CPUExecutionProvider":
+        settings = ", ".join(f"{k}={v}" for k, v in (options or {}).items())
+        return f", to be run by onnxruntime's {decision['provider']}" + (f" with {settings}." if settings else ".")
+    return "."
+
+
 def to_markdown(status: dict) -> str:
     model, options, decision = status["model"], status["options"], status["decision"]
     batches = options["batches"]
@@ -36,7 +49,8 @@ def to_markdown(status: dict) -> str:
     lines = [f"# Optimize: {model['arch']} ({size} input, {model['classes']} classes)", "",
              f"- Machine: {machine.summary(status['environment'])}; CPU flags: "
              f"{', '.join(status['environment']['cpu_flags']) or 'none known'}",
-             f"- INT8 recipes tried: {', '.join(options['int8_recipes'])} (this CPU's picks: "
+             f"- INT8 recipes tried: {', '.join(options['int8_recipes'])} "
+             f"(this {'GPU' if status['environment'].get('gpu') else 'CPU'}'s picks: "
              f"{', '.join(status['environment']['int8_recipes_for_this_cpu']['recipes'])} — "
              f"{status['environment']['int8_recipes_for_this_cpu']['why']})",
              f"- Accuracy on {data['spec']} ({data['split']} split, {data['samples']} images): at most "
@@ -51,8 +65,7 @@ def to_markdown(status: dict) -> str:
         lines += [f"**Choice: `{decision['chosen']}`** at batch {decision['batch']}: "
                   f"p50 {number(decision['p50_ms'])} ms, {decision['throughput']:,.0f} images/s"
                   + (f", {speedup:.2f}× the default FP32 export" if speedup else "")
-                  + ". Written as `model.onnx`"
-                  + (", to be run by OpenVINO." if decision.get("runtime") == "openvino" else "."), ""]
+                  + ". Written as `model.onnx`" + _runs_on(decision), ""]
     else:
         lines += ["**No candidate passed**: no model.onnx was written (exit status 1).", ""]
     header = ["candidate", "precision", "status", "size MB", "build s", "max / p99 abs error", "tolerance", "top-1",
@@ -112,7 +125,8 @@ def latency_figure(status: dict):
     ax.set_yticks(range(len(timed)), [c["name"] for c, _ in timed], fontsize=8)
     ax.invert_yaxis()
     ax.set_xlabel(f"p50 latency at batch {batch}, ms (green: the choice, grey: the default export)")
-    ax.set_title(f"{status['model']['arch']} on {status['environment']['cpu']}", fontsize=10)
+    env = status["environment"]
+    ax.set_title(f"{status['model']['arch']} on {env.get('gpu') or env['cpu']}", fontsize=10)
     return figure
 
 

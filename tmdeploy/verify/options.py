@@ -27,6 +27,7 @@ class CheckOptions:
     save_outputs: Path | None = None
     localize: bool = False
     device: str = "cpu"  # the PyTorch reference always runs on the CPU
+    cuda_options: dict | None = None  # onnxruntime CUDA provider options on top of FP32 arithmetic (optimize's)
     runtime: str = "onnxruntime"
 
     def validate(self) -> None:

@@ -104,14 +104,17 @@ def make_feeds(meta: metadata.ModelMetadata, options: CheckOptions) -> tuple[lis
     return feeds, source
 
 
-def check(ckpt: Checkpoint, onnx_path, options: CheckOptions = CheckOptions()) -> CheckReport:
-    """Run the checkpoint and the ONNX file side by side and compare every output."""
+def check(ckpt: Checkpoint, onnx_path, options: CheckOptions = CheckOptions(), runner=None) -> CheckReport:
+    """Run the checkpoint and the ONNX file side by side and compare every output.
+
+    ``runner``: a polygraphy runner to judge instead of the one ``options`` name (optimize's TensorRT
+    candidates, which onnxruntime and OpenVINO cannot run); ``onnx_path`` still gives the metadata."""
     # polygraphy's per-iteration log, and numpy's warnings on NaN/Inf outputs: the report says it all
     with G_LOGGER.verbosity(G_LOGGER.CRITICAL), np.errstate(all="ignore"):
-        return _check(ckpt, onnx_path, options)
+        return _check(ckpt, onnx_path, options, runner)
 
 
-def _check(ckpt: Checkpoint, onnx_path, options: CheckOptions) -> CheckReport:
+def _check(ckpt: Checkpoint, onnx_path, options: CheckOptions, runner=None) -> CheckReport:
     options.validate()
     onnx_path = Path(onnx_path)
     meta = metadata.read(onnx_path)
@@ -131,8 +134,9 @@ def _check(ckpt: Checkpoint, onnx_path, options: CheckOptions) -> CheckReport:
     reference = _reference_module(ckpt, meta)
     torch_runner = TorchRunner(reference, TensorMetadata().add(INPUT_NAME, dtype, shape), meta.outputs)
     with torch_threads(1):  # small batches: more threads only wait on each other, badly so on a shared machine
-        runner = (OpenVinoRunner(onnx_path) if options.runtime == "openvino"
-                  else onnxrt_runner(onnx_path, device=options.device))
+        if runner is None:
+            runner = (OpenVinoRunner(onnx_path) if options.runtime == "openvino"
+                      else onnxrt_runner(onnx_path, device=options.device, cuda_options=options.cuda_options))
         results = Comparator.run([torch_runner, runner], data_loader=feeds)
     (ref_name, ref_iters), (_, onnx_iters) = list(results.items())
     outputs = {}

@@ -47,15 +47,43 @@ class TorchRunner(BaseRunner):
         pass
 
 
-def onnxrt_runner(onnx_path, mark_all: bool = False, name="onnxruntime", device: str = "cpu") -> OnnxrtRunner:
-    """polygraphy's onnxruntime runner on ``device``; ``mark_all`` also returns every intermediate tensor."""
-    # onnxruntime's CUDA convolutions default to TF32 (10-bit mantissa): FP32 parity means FP32 arithmetic
-    providers = onnxfile.providers(device, {"use_tf32": "0"} if device == "cuda" else None)
+def onnxrt_runner(onnx_path, mark_all: bool = False, name="onnxruntime", device: str = "cpu",
+                  cuda_options: dict | None = None) -> OnnxrtRunner:
+    """polygraphy's onnxruntime runner on ``device``; ``mark_all`` also returns every intermediate tensor.
+
+    On CUDA in FP32 arithmetic (``onnxfile.CUDA_FP32``), with ``cuda_options`` on top (a candidate's layout)."""
+    providers = onnxfile.providers(device, {**onnxfile.CUDA_FP32, **(cuda_options or {})} if device == "cuda" else None)
     if not mark_all:  # the session through tmdeploy's loader: a file it refuses is one clear error
         return OnnxrtRunner(onnxfile.require_provider(onnxfile.session(onnx_path, providers), device), name=name)
     onnxfile.load(onnx_path)
     source = BytesFromOnnx(ModifyOutputs(OnnxFromPath(str(onnx_path)), outputs=constants.MARK_ALL))
     return OnnxrtRunner(SessionFromOnnx(source, providers=providers), name=name)
+
+
+class SessionRunner(BaseRunner):
+    """Runs a session that ``tmdeploy bench`` times (``bind``/``fetch``: a TensorRT engine, onnxruntime's
+    TensorRT provider) inside polygraphy's Comparator, so the parity check judges exactly what is timed."""
+
+    def __init__(self, session, input_metadata: TensorMetadata, output_name: str, name="session"):
+        super().__init__(name=name, prefix="session-runner")
+        self.session, self.input_metadata, self.output_name = session, input_metadata, output_name
+
+    def activate_impl(self):
+        pass
+
+    def get_input_metadata_impl(self):
+        return self.input_metadata
+
+    def infer_impl(self, feed_dict):
+        (x,) = feed_dict.values()
+        call = self.session.bind(np.ascontiguousarray(x))
+        start = time.perf_counter()
+        output = call()
+        self.inference_time = time.perf_counter() - start
+        return OrderedDict([(self.output_name, self.session.fetch(output))])
+
+    def deactivate_impl(self):
+        pass
 
 
 class OpenVinoRunner(BaseRunner):
