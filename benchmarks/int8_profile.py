@@ -1,0 +1,96 @@
+"""Benchmark: where an INT8 graph's time goes on onnxruntime CPU, next to its FP32 graph, per op type.
+
+It answers why INT8 gains less on rn26-tm than on rn26: the integer kernels (QLinearConv, QLinearAdd) speed
+up both alike, but the template-matching blocks' RMS norm and soft-max stay float ops on float tensors,
+between DequantizeLinear and QuantizeLinear, and run in onnxruntime's channels-last layout there (its
+integer convolutions are channels-last), where a per-pixel value broadcast over the channels is applied a
+span of C values at a time instead of H×W. The times are onnxruntime's own profile (``enable_profiling``),
+summed per op type and divided by the runs; profiling adds a little to every node, so the totals sit above
+``benchmarks/int8_recipes.py``'s latencies, whose ratios are the speed claim. Seeded untrained weights
+(speed does not depend on the values), calibrated on digits upsampled to ``--size``.
+
+    PYTHONPATH=. python benchmarks/int8_profile.py [--size 32] [--batch 32] [--threads 1] [--runs 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+from _common import caption, number, print_table, untrained
+
+from tmdeploy.export import ExportOptions, to_model_proto
+from tmdeploy.export.metadata import ModelMetadata, props
+from tmdeploy.export.precision import INT8_RECIPES, lower_precision
+
+ARCHS = ("rn26-tm", "rn26")
+INTEGER_OPS = ("QLinearConv", "QLinearAdd")
+QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
+FLOAT_CONV_OPS = ("Conv", "ReorderInput", "ReorderOutput")  # FP32 convolutions in their blocked layout
+
+
+def op_times(proto, x: np.ndarray, threads: int, runs: int, warmup: int = 3) -> Counter:
+    """Milliseconds per run spent in each op type, from onnxruntime's profile of the runs after ``warmup``."""
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory(prefix="tmdeploy-profile-") as tmp:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.enable_profiling, options.profile_file_prefix = True, str(Path(tmp) / "profile")
+        session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        feed = {session.get_inputs()[0].name: x}
+        for _ in range(warmup + runs):
+            session.run(None, feed)
+        events = json.loads(Path(session.end_profiling()).read_text())
+    timed = sorted(e["ts"] for e in events if e.get("cat") == "Session" and e["name"] == "model_run")[warmup:]
+    per_run = Counter()
+    for event in events:
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time") and event["ts"] >= timed[0]:
+            per_run[event["args"]["op_name"]] += event["dur"] / 1e3 / runs
+    return per_run
+
+
+def group(times: Counter) -> dict[str, float]:
+    integer = sum(times[op] for op in INTEGER_OPS)
+    qdq = sum(times[op] for op in QDQ_OPS)
+    conv = sum(times[op] for op in FLOAT_CONV_OPS)
+    return {"integer kernels": integer, "quantize/dequantize": qdq, "float convolutions": conv,
+            "other float ops": sum(times.values()) - integer - qdq - conv, "total": sum(times.values())}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--size", type=int, default=32)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--runs", type=int, default=20)
+    args = parser.parse_args()
+    logging.root.setLevel(logging.ERROR)  # onnxruntime.quantization's pre-processing advice, once per graph
+    x = np.random.default_rng(0).standard_normal((args.batch, 1, args.size, args.size)).astype(np.float32)
+    for arch in ARCHS:
+        fp32 = to_model_proto(untrained(arch, 1, args.size), ExportOptions())
+        int8 = lower_precision(fp32, "int8", meta=ModelMetadata.from_props(props(fp32)), calib_data="digits",
+                               int8_recipe=INT8_RECIPES["onnxruntime"], show_progress=False)
+        times = {"FP32": op_times(fp32, x, args.threads, args.runs), "INT8": op_times(int8, x, args.threads, args.runs)}
+        groups = {name: group(t) for name, t in times.items()}
+        ops = sorted(set(times["FP32"]) | set(times["INT8"]), key=lambda op: -times["INT8"][op] - times["FP32"][op])
+        rows = [[op, number(times["FP32"][op]), number(times["INT8"][op])] for op in ops if
+                max(times["FP32"][op], times["INT8"][op]) >= 0.05]
+        rows += [[f"**{name}**", number(groups["FP32"][name]), number(groups["INT8"][name])] for name in groups["INT8"]]
+        print_table(
+            f"{arch}: onnxruntime CPU profile, ms per run, batch {args.batch}, 1×{args.size}×{args.size}",
+            ["op type", "FP32", "INT8 (onnxruntime recipe)"], rows,
+            [f"integer kernels {groups['INT8']['integer kernels'] / groups['INT8']['total']:.0%} of INT8's time; "
+             f"float ops and their quantize/dequantize "
+             f"{1 - groups['INT8']['integer kernels'] / groups['INT8']['total']:.0%}",
+             caption(ort_threads=args.threads)],
+        )
+
+
+if __name__ == "__main__":
+    main()
