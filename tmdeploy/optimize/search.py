@@ -38,7 +38,7 @@ from tmdeploy.errors import UsageError
 from tmdeploy.export import ExportOptions, to_model_proto
 from tmdeploy.export.metadata import ModelMetadata, props
 from tmdeploy.export.options import FORMS
-from tmdeploy.export.precision import INT8_RECIPES, lower_precision
+from tmdeploy.export.precision import INT8_RECIPES, calibration_inputs, lower_precision
 from tmdeploy.export.to_onnx import INPUT_NAME, calibration_data
 from tmdeploy.fileio import atomic_write, check_output, json_text
 from tmdeploy.optimize.candidates import FAILED, OK, RUNTIMES, SKIPPED, Candidate, candidates
@@ -97,9 +97,10 @@ def optimize(ckpt: Checkpoint, options: OptimizeOptions = OptimizeOptions()) -> 
         protos: dict[str, onnx.ModelProto] = {}  # each built candidate's graph, by name
         graphs: dict[tuple, onnx.ModelProto] = {}  # exported and lowered graphs, shared between runtimes
         sessions: dict[str, object] = {}  # one session per candidate, for its build, accuracy and timing
+        calibration = _calibration_loader(spec)
         try:
             for cand in todo:
-                _build(ckpt, cand, spec, options, scratch, protos, graphs, sessions, table)
+                _build(ckpt, cand, calibration, options, scratch, protos, graphs, sessions, table)
                 _parity(ckpt, cand, spec, options, scratch, sessions, table)
                 _accuracy(cand, protos, sessions, test_set, reference, options, scratch, table)
             profile = _profile(ckpt, todo, protos, sessions, options, scratch, table)
@@ -178,7 +179,20 @@ class _Quiet:
         logging.root.setLevel(self.level)
 
 
-def _build(ckpt, cand: Candidate, spec: str, options: OptimizeOptions, scratch: Path, protos: dict, graphs: dict,
+def _calibration_loader(spec: str):
+    """``meta`` → ``spec``'s calibration images in that graph's input format, loaded once per format: every
+    form is lowered to FP16 and to several INT8 recipes from the same images."""
+    loaded: dict[tuple, np.ndarray] = {}
+
+    def calibration(meta: ModelMetadata) -> np.ndarray:
+        if meta.input_format() not in loaded:
+            loaded[meta.input_format()] = calibration_inputs(meta, spec)
+        return loaded[meta.input_format()]
+
+    return calibration
+
+
+def _build(ckpt, cand: Candidate, calibration, options: OptimizeOptions, scratch: Path, protos: dict, graphs: dict,
            sessions: dict, table) -> None:
     if cand.skipped:
         cand.mark("build", SKIPPED, cand.skipped)
@@ -192,9 +206,10 @@ def _build(ckpt, cand: Candidate, spec: str, options: OptimizeOptions, scratch: 
         key = (cand.form, cand.exporter, cand.precision, cand.int8_recipe)
         if key not in graphs:  # an FP16 graph serves onnxruntime and OpenVINO alike: lowered once
             fp32 = graphs[fp32_key]
+            meta = ModelMetadata.from_props(props(fp32))
             with _Quiet():
-                graphs[key] = lower_precision(fp32, cand.precision, meta=ModelMetadata.from_props(props(fp32)),
-                                              calib_data=spec, show_progress=False,
+                graphs[key] = lower_precision(fp32, cand.precision, meta=meta, calibration=calibration(meta),
+                                              show_progress=False,
                                               int8_recipe=INT8_RECIPES[cand.int8_recipe] if cand.int8_recipe else None)
         proto = graphs[key]
         path = scratch / "candidates" / f"{cand.name}.onnx"
