@@ -46,7 +46,7 @@ from tmdeploy.optimize.options import OptimizeOptions
 from tmdeploy.optimize.progress import LiveTable
 from tmdeploy.threads import torch_threads
 from tmdeploy.verify.options import CheckOptions
-from tmdeploy.verify.parity import check
+from tmdeploy.verify.parity import References, check
 from tmdeploy.verify.runners import SessionRunner
 
 STATUS_FORMAT = "1"
@@ -98,10 +98,11 @@ def optimize(ckpt: Checkpoint, options: OptimizeOptions = OptimizeOptions()) -> 
         graphs: dict[tuple, onnx.ModelProto] = {}  # exported and lowered graphs, shared between runtimes
         sessions: dict[str, object] = {}  # one session per candidate, for its build, accuracy and timing
         calibration = _calibration_loader(spec)
+        references = References(ckpt)  # PyTorch's outputs on the parity images, computed for the first candidate
         try:
             for cand in todo:
                 _build(ckpt, cand, calibration, options, scratch, protos, graphs, sessions, table)
-                _parity(ckpt, cand, spec, options, scratch, sessions, table)
+                _parity(ckpt, cand, spec, options, scratch, sessions, references, table)
                 _accuracy(cand, protos, sessions, test_set, reference, options, scratch, table)
             profile = _profile(ckpt, todo, protos, sessions, options, scratch, table)
         finally:
@@ -228,7 +229,7 @@ def _build(ckpt, cand: Candidate, calibration, options: OptimizeOptions, scratch
 
 
 def _parity(ckpt, cand: Candidate, spec: str, options: OptimizeOptions, scratch: Path, sessions: dict,
-            table) -> None:
+            references: References, table) -> None:
     if cand.step("build").status != OK:
         return cand.mark("parity", SKIPPED, "not built")
     table.update(cand, "parity")
@@ -249,7 +250,7 @@ def _parity(ckpt, cand: Candidate, spec: str, options: OptimizeOptions, scratch:
         runner = SessionRunner(sessions[cand.name], TensorMetadata().add(INPUT_NAME, np.float32, (-1, c, h, w)),
                                "logits", name=cand.runtime)
     try:
-        report = check(ckpt, path, check_options, runner)
+        report = check(ckpt, path, check_options, runner, references)
     except Exception as err:  # noqa: BLE001
         cand.mark("parity", FAILED, error_line(err), time.perf_counter() - start)
         return table.update(cand)
