@@ -16,7 +16,7 @@ from tmdeploy.export import FORMS, ExportOptions, export_onnx, graph
 from tmdeploy.export.options import EXPORTERS
 from tmdeploy.export.metadata import read
 from tmdeploy.export.to_onnx import DeployModule
-from tmdeploy.verify import CheckOptions, check
+from tmdeploy.verify import CheckOptions, References, check, parity
 
 TM_FORBIDDEN = {"Concat", "Slice", "Expand", "Shape", "BatchNormalization"}
 
@@ -127,6 +127,18 @@ def test_every_architecture_exports_and_passes_check(tmp_path, arch, exporter):
     path = export_onnx(ckpt, tmp_path / f"{arch}.onnx", ExportOptions(exporter=exporter))
     report = check(ckpt, path, CheckOptions(batches=(1, 7), iterations=1))
     assert report.passed, report.to_markdown()
+
+
+def test_checks_sharing_references_run_pytorch_once(tmp_path, monkeypatch):
+    ckpt = _random_checkpoint(tmp_path, "rn26")
+    path = export_onnx(ckpt, tmp_path / "m.onnx", ExportOptions())
+    options = CheckOptions(batches=(2,), iterations=1)
+    alone = check(ckpt, path, options)
+    made, reference = [], parity._reference
+    monkeypatch.setattr(parity, "_reference", lambda *args: made.append(args) or reference(*args))
+    references = References(ckpt)
+    shared = [check(ckpt, path, options, references=references) for _ in range(2)]
+    assert len(made) == 1 and shared[0].outputs == shared[1].outputs == alone.outputs
 
 
 @pytest.mark.parametrize("exporter", EXPORTERS)

@@ -13,7 +13,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from tmdeploy import runtime
+from tmdeploy import onnxfile, runtime
 from tmdeploy.errors import TmdeployError, UsageError
 from tmdeploy.export.metadata import ModelMetadata
 from tmdeploy.export.metadata import write as write_metadata
@@ -261,3 +261,16 @@ def test_loading_an_engine_without_tensorrt_names_the_install_step(tmp_path):
     assert "\n" not in str(err.value)
     with pytest.raises(TmdeployError, match="engine file not found"):
         runtime.load(tmp_path / "missing.plan")
+
+
+def test_a_provider_onnxruntime_dropped_is_one_error_naming_it():
+    class Session:  # what onnxruntime gives when a CUDA library is missing: the CPU alone, and a log line
+        def get_providers(self):
+            return ["CPUExecutionProvider"]
+
+    session = Session()
+    assert onnxfile.require_providers(session, ["CPUExecutionProvider"]) is session
+    with pytest.raises(TmdeployError, match=r"could not enable CUDAExecutionProvider \(a CUDA or cuDNN library"):
+        onnxfile.require_providers(session, [("CUDAExecutionProvider", {"use_tf32": "0"}), "CPUExecutionProvider"])
+    with pytest.raises(TmdeployError, match=r"could not enable OpenVINOExecutionProvider for m\.onnx \(see its log"):
+        onnxfile.require_providers(session, ["OpenVINOExecutionProvider"], " for m.onnx")

@@ -47,12 +47,19 @@ def providers(device: str, cuda_options: dict | None = None, tensorrt_options: d
     return [*tensorrt, (CUDA, cuda_options or {}), *CPU]
 
 
-def require_provider(sess, device: str, provider: str = CUDA):
-    """``sess``, once sure ``provider`` leads on ``device``: onnxruntime falls back with only a log line."""
-    if device == "cuda" and sess.get_providers()[0] != provider:
-        why = ("TensorRT's libnvinfer is not found" if provider == TENSORRT else "a CUDA or cuDNN library is "
-               "missing: python -c 'import onnxruntime; onnxruntime.preload_dlls()' names it")
-        raise TmdeployError(f"onnxruntime could not enable {provider} ({why})")
+_WHY_NOT_ENABLED = {TENSORRT: "TensorRT's libnvinfer is not found",
+                    CUDA: "a CUDA or cuDNN library is missing: python -c 'import onnxruntime; "
+                          "onnxruntime.preload_dlls()' names it"}
+
+
+def require_providers(sess, providers, where: str = ""):
+    """``sess``, once sure it runs every one of ``providers`` (names or (name, options) pairs, as the session
+    was asked for them): onnxruntime drops one it cannot enable with only a log line and runs on the rest."""
+    names = [p[0] if isinstance(p, tuple) else p for p in providers]
+    dropped = [name for name in names if name not in sess.get_providers()]
+    if dropped:
+        why = _WHY_NOT_ENABLED.get(dropped[0], "see its log above")
+        raise TmdeployError(f"onnxruntime could not enable {', '.join(dropped)}{where} ({why})")
     return sess
 
 

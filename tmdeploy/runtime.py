@@ -30,7 +30,7 @@ from tmdeploy.errors import TmdeployError, UsageError
 from tmdeploy.export import metadata
 from tmdeploy.optional import install_hint
 
-PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")  # preference order
+PROVIDERS = (onnxfile.TENSORRT, onnxfile.CUDA, *onnxfile.CPU)  # preference order
 GPU_PROVIDERS = PROVIDERS[:2]
 PROVIDER_ALIASES = {"tensorrt": PROVIDERS[0], "trt": PROVIDERS[0], "cuda": PROVIDERS[1], "cpu": PROVIDERS[2]}
 
@@ -83,10 +83,8 @@ def _load_onnx(path: Path, providers, device) -> "Predictor":
         raise TmdeployError(f"device={device} needs a GPU provider, but onnxruntime would run on {', '.join(names)}")
     options = [{"device_id": device} if device is not None and n in GPU_PROVIDERS else {} for n in names]
     session = onnxfile.session(path, names, options)
-    if providers is not None:
-        dropped = [n for n in names if n not in session.get_providers()]
-        if dropped:
-            raise TmdeployError(f"onnxruntime could not enable {', '.join(dropped)} for {path} (see its log above)")
+    if providers is not None:  # asked for by name: running without one is an error, not a fallback
+        onnxfile.require_providers(session, names, f" for {path}")
     backend = _OrtBackend(session)
     _check_graph_input(path, meta, backend.input_shape, backend.input_type)
     _check_graph_outputs(path, meta, {o.name: o.shape for o in session.get_outputs()})

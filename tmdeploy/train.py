@@ -47,28 +47,20 @@ class TrainConfig:
     seed: int = 0
 
     def validate(self) -> None:
-        if self.epochs < 1:
-            raise UsageError(f"--epochs must be at least 1, got {self.epochs}")
-        if self.batch_size < 1:
-            raise UsageError(f"--batch-size must be at least 1, got {self.batch_size}")
+        check_option("--epochs", self.epochs, 1, MAX_ITERATIONS)
+        check_option("--batch-size", self.batch_size, 1, MAX_BATCH)
         if not self.lr > 0:
             raise UsageError(f"--lr must be positive, got {self.lr}")
+        check_option("--lr", self.lr, 0.0, 10.0)
         if not 0.0 <= self.warmup_epochs <= self.epochs:
             raise UsageError(f"--warmup-epochs must be in [0, --epochs], got {self.warmup_epochs}")
-        if not self.weight_decay >= 0:
-            raise UsageError(f"--weight-decay must be at least 0, got {self.weight_decay}")
+        check_option("--weight-decay", self.weight_decay, 0.0, 10.0)
         if not 0.0 <= self.label_smoothing < 1.0:
             raise UsageError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
         if not 0.0 <= self.aux_weight < 1.0:
             raise UsageError(f"--aux-weight must be in [0, 1), got {self.aux_weight}")
-        if self.image_size is not None and self.image_size < 8:
-            raise UsageError(f"--image-size must be at least 8, got {self.image_size}")
         if self.image_size is not None:  # bounded before any image is resized to it
             check_option("--image-size", self.image_size, 8, MAX_IMAGE_SIZE)
-        check_option("--epochs", self.epochs, 1, MAX_ITERATIONS)
-        check_option("--batch-size", self.batch_size, 1, MAX_BATCH)
-        check_option("--lr", self.lr, 0.0, 10.0)
-        check_option("--weight-decay", self.weight_decay, 0.0, 10.0)
         check_option("--seed", self.seed, 0, MAX_SEED)
         if self.in_chans is not None:
             check_option("--in-chans", self.in_chans, 1, MAX_CHANNELS)

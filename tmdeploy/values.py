@@ -51,6 +51,14 @@ MAX_ITERATIONS = 1_000_000
 MAX_SECONDS = 24 * 3600.0
 
 
+def check_batches(batches) -> None:
+    """``--batch`` as every command takes it: one or more integers, each in 1..MAX_BATCH."""
+    if not batches or any(isinstance(b, bool) or not isinstance(b, int) for b in batches):
+        raise UsageError(f"--batch needs positive batch sizes, got {batches}")
+    for b in batches:
+        check_option("--batch", b, 1, MAX_BATCH)
+
+
 def check_option(option: str, value, low, high) -> None:
     """UsageError unless ``low <= value <= high`` (NaN and booleans never pass): every free number an
     option accepts gets bounds, checked before anything is sized by it."""

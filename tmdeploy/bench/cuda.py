@@ -124,7 +124,7 @@ class OrtIoBindingSession(OrtSession):
     def __init__(self, proto, cuda_options: dict | None = None, tensorrt_options: dict | None = None) -> None:
         self.providers = cuda_providers(cuda_options, tensorrt_options)
         super().__init__(proto, self.providers)
-        onnxfile.require_provider(self.session, "cuda", self.providers[0][0])
+        onnxfile.require_providers(self.session, self.providers)
         self.proto = proto
 
     @cached_property
@@ -169,8 +169,9 @@ class OrtCudaGraphSession:
     def _bound(self, shape: tuple):
         import onnxruntime as ort
 
-        ort_session = OrtSession(self.proto, cuda_providers(self.cuda_options))
-        session = onnxfile.require_provider(ort_session.session, "cuda")
+        providers = cuda_providers(self.cuda_options)
+        ort_session = OrtSession(self.proto, providers)
+        session = onnxfile.require_providers(ort_session.session, providers)
         value = ort.OrtValue.ortvalue_from_shape_and_type(shape, ort_session.input_dtype, "cuda", 0)
         logits = session.get_outputs()[0]
         out_shape = [shape[0] if not isinstance(d, int) else d for d in logits.shape]

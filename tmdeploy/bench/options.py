@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from tmdeploy.bench.backends import NAMES
 from tmdeploy.bench.timing import Budget
 from tmdeploy.errors import TmdeployError, UsageError, check_choice
-from tmdeploy.values import MAX_BATCH, MAX_ITERATIONS, MAX_SECONDS, MAX_SEED, MAX_THREADS, check_option
+from tmdeploy.values import MAX_ITERATIONS, MAX_SECONDS, MAX_SEED, MAX_THREADS, check_batches, check_option
 from tmdeploy.verify.options import DEVICES
 
 
@@ -33,10 +33,7 @@ class BenchOptions:
 
     def validate(self) -> None:
         check_choice(self.device, DEVICES, "--device")
-        if not self.batches or any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in self.batches):
-            raise UsageError(f"--batch needs positive batch sizes, got {self.batches}")
-        for b in self.batches:
-            check_option("--batch", b, 1, MAX_BATCH)
+        check_batches(self.batches)
         unknown = [n for n in self.backends or () if n not in NAMES]
         if unknown or self.backends == ():
             raise UsageError(f"unknown backend '{unknown[0] if unknown else ''}'; choose from: {', '.join(NAMES)}")

@@ -45,6 +45,11 @@ class ModelMetadata:
         c, h, w = self.input_size
         return (h, w, c) if self.layout == "NHWC" else (c, h, w)
 
+    def input_format(self) -> tuple:
+        """All that :meth:`graph_input` reads, hashable: inputs made for one graph serve every graph of the same
+        format, so optimize prepares its calibration images and parity inputs once per format, not per graph."""
+        return (tuple(self.input_size), self.layout, self.preprocess, tuple(self.mean), tuple(self.std))
+
     def graph_input(self, images, *, raw: bool = False, check_finite: bool = True) -> np.ndarray:
         """``images`` as this graph takes them, checked (rank, shape, channels, dtype, finite values).
 

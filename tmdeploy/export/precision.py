@@ -309,16 +309,21 @@ def calibration_inputs(meta: ModelMetadata, data_spec: str, count: int = 256, se
 
 def lower_precision(model: onnx.ModelProto, precision: str, *, meta: ModelMetadata, calib_data: str | None = None,
                     int8_target: str = "tensorrt", keep_fp32: Sequence[str] = (),
-                    show_progress: bool = True, int8_recipe: Int8Recipe | None = None) -> onnx.ModelProto:
+                    show_progress: bool = True, int8_recipe: Int8Recipe | None = None,
+                    calibration: np.ndarray | None = None) -> onnx.ModelProto:
     """Dispatch on ``precision``; ``fp32`` returns ``model`` unchanged. Both lower precisions measure the
     model on ``calib_data``'s training images: INT8 for its scales, FP16 for its value ranges. The lowered
-    graph carries ``meta`` with its own precision (TensorRT 10 takes its builder flags from it)."""
+    graph carries ``meta`` with its own precision (TensorRT 10 takes its builder flags from it).
+
+    ``calibration``: those images as :func:`calibration_inputs` gives them, for a caller that lowers one
+    graph many times (optimize) and so loads them once; ``calib_data`` is then not read."""
     ExportOptions(precision=precision, int8_target=int8_target, keep_fp32=tuple(keep_fp32)).validate()
     if precision == "fp32":
         return model
-    if calib_data is None:
-        raise UsageError(f"--precision {precision} needs calibration data (--calib-data)")
-    calibration = calibration_inputs(meta, calib_data)
+    if calibration is None:
+        if calib_data is None:
+            raise UsageError(f"--precision {precision} needs calibration data (--calib-data)")
+        calibration = calibration_inputs(meta, calib_data)
     if precision == "fp16":
         lowered = to_fp16(model, keep_fp32, calibration)
     else:

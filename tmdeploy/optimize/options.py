@@ -9,7 +9,7 @@ from pathlib import Path
 from tmdeploy.errors import TmdeployError, UsageError, check_choice
 from tmdeploy.export.options import DEFAULT_FORM, EXPORTERS, FORMS, PRECISIONS
 from tmdeploy.fileio import check_output
-from tmdeploy.values import MAX_BATCH, MAX_SECONDS, MAX_SEED, MAX_THREADS, check_option
+from tmdeploy.values import MAX_SECONDS, MAX_SEED, MAX_THREADS, check_batches, check_option
 
 TARGETS = ("cpu", "cuda")  # what runs there: tmdeploy.optimize.candidates.RUNTIMES
 STRATEGIES = ("min-latency", "max-throughput", "max-throughput-under-latency")
@@ -72,10 +72,7 @@ class OptimizeOptions:
             raise UsageError("a latency bound (MS) goes with --strategy max-throughput-under-latency, and only there")
         if self.latency_ms is not None:
             check_option("--strategy max-throughput-under-latency MS", self.latency_ms, 1e-3, MAX_SECONDS * 1e3)
-        if not self.batches or any(isinstance(b, bool) or not isinstance(b, int) for b in self.batches):
-            raise UsageError(f"--batch needs positive batch sizes, got {self.batches}")
-        for b in self.batches:
-            check_option("--batch", b, 1, MAX_BATCH)
+        check_batches(self.batches)
         check_option("--max-top1-drop", self.max_top1_drop, 0.0, 100.0)
         check_option("--min-agreement", self.min_agreement, 0.0, 1.0)
         if self.min_top1 is not None:

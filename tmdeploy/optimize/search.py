@@ -38,7 +38,7 @@ from tmdeploy.errors import UsageError
 from tmdeploy.export import ExportOptions, to_model_proto
 from tmdeploy.export.metadata import ModelMetadata, props
 from tmdeploy.export.options import FORMS
-from tmdeploy.export.precision import INT8_RECIPES, lower_precision
+from tmdeploy.export.precision import INT8_RECIPES, calibration_inputs, lower_precision
 from tmdeploy.export.to_onnx import INPUT_NAME, calibration_data
 from tmdeploy.fileio import atomic_write, check_output, json_text
 from tmdeploy.optimize.candidates import FAILED, OK, RUNTIMES, SKIPPED, Candidate, candidates
@@ -46,7 +46,7 @@ from tmdeploy.optimize.options import OptimizeOptions
 from tmdeploy.optimize.progress import LiveTable
 from tmdeploy.threads import torch_threads
 from tmdeploy.verify.options import CheckOptions
-from tmdeploy.verify.parity import check
+from tmdeploy.verify.parity import References, check
 from tmdeploy.verify.runners import SessionRunner
 
 STATUS_FORMAT = "1"
@@ -97,10 +97,12 @@ def optimize(ckpt: Checkpoint, options: OptimizeOptions = OptimizeOptions()) -> 
         protos: dict[str, onnx.ModelProto] = {}  # each built candidate's graph, by name
         graphs: dict[tuple, onnx.ModelProto] = {}  # exported and lowered graphs, shared between runtimes
         sessions: dict[str, object] = {}  # one session per candidate, for its build, accuracy and timing
+        calibration = _calibration_loader(spec)
+        references = References(ckpt)  # PyTorch's outputs on the parity images, computed for the first candidate
         try:
             for cand in todo:
-                _build(ckpt, cand, spec, options, scratch, protos, graphs, sessions, table)
-                _parity(ckpt, cand, spec, options, scratch, sessions, table)
+                _build(ckpt, cand, calibration, options, scratch, protos, graphs, sessions, table)
+                _parity(ckpt, cand, spec, options, scratch, sessions, references, table)
                 _accuracy(cand, protos, sessions, test_set, reference, options, scratch, table)
             profile = _profile(ckpt, todo, protos, sessions, options, scratch, table)
         finally:
@@ -178,7 +180,20 @@ class _Quiet:
         logging.root.setLevel(self.level)
 
 
-def _build(ckpt, cand: Candidate, spec: str, options: OptimizeOptions, scratch: Path, protos: dict, graphs: dict,
+def _calibration_loader(spec: str):
+    """``meta`` → ``spec``'s calibration images in that graph's input format, loaded once per format: every
+    form is lowered to FP16 and to several INT8 recipes from the same images."""
+    loaded: dict[tuple, np.ndarray] = {}
+
+    def calibration(meta: ModelMetadata) -> np.ndarray:
+        if meta.input_format() not in loaded:
+            loaded[meta.input_format()] = calibration_inputs(meta, spec)
+        return loaded[meta.input_format()]
+
+    return calibration
+
+
+def _build(ckpt, cand: Candidate, calibration, options: OptimizeOptions, scratch: Path, protos: dict, graphs: dict,
            sessions: dict, table) -> None:
     if cand.skipped:
         cand.mark("build", SKIPPED, cand.skipped)
@@ -192,9 +207,10 @@ def _build(ckpt, cand: Candidate, spec: str, options: OptimizeOptions, scratch: 
         key = (cand.form, cand.exporter, cand.precision, cand.int8_recipe)
         if key not in graphs:  # an FP16 graph serves onnxruntime and OpenVINO alike: lowered once
             fp32 = graphs[fp32_key]
+            meta = ModelMetadata.from_props(props(fp32))
             with _Quiet():
-                graphs[key] = lower_precision(fp32, cand.precision, meta=ModelMetadata.from_props(props(fp32)),
-                                              calib_data=spec, show_progress=False,
+                graphs[key] = lower_precision(fp32, cand.precision, meta=meta, calibration=calibration(meta),
+                                              show_progress=False,
                                               int8_recipe=INT8_RECIPES[cand.int8_recipe] if cand.int8_recipe else None)
         proto = graphs[key]
         path = scratch / "candidates" / f"{cand.name}.onnx"
@@ -213,7 +229,7 @@ def _build(ckpt, cand: Candidate, spec: str, options: OptimizeOptions, scratch: 
 
 
 def _parity(ckpt, cand: Candidate, spec: str, options: OptimizeOptions, scratch: Path, sessions: dict,
-            table) -> None:
+            references: References, table) -> None:
     if cand.step("build").status != OK:
         return cand.mark("parity", SKIPPED, "not built")
     table.update(cand, "parity")
@@ -234,7 +250,7 @@ def _parity(ckpt, cand: Candidate, spec: str, options: OptimizeOptions, scratch:
         runner = SessionRunner(sessions[cand.name], TensorMetadata().add(INPUT_NAME, np.float32, (-1, c, h, w)),
                                "logits", name=cand.runtime)
     try:
-        report = check(ckpt, path, check_options, runner)
+        report = check(ckpt, path, check_options, runner, references)
     except Exception as err:  # noqa: BLE001
         cand.mark("parity", FAILED, error_line(err), time.perf_counter() - start)
         return table.update(cand)

@@ -7,5 +7,6 @@ from tmdeploy.optional import lazy_exports
 
 __getattr__, __all__ = lazy_exports(__name__, {
     "CheckOptions": "tmdeploy.verify.options",
-    **{name: "tmdeploy.verify.parity" for name in ("CheckReport", "check", "make_feeds", "write_report")},
+    **{name: "tmdeploy.verify.parity" for name in ("CheckReport", "References", "check", "make_feeds",
+                                                     "write_report")},
 })

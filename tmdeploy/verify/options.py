@@ -8,7 +8,7 @@ from pathlib import Path
 
 from tmdeploy.errors import UsageError, check_choice
 from tmdeploy.fileio import check_output
-from tmdeploy.values import MAX_BATCH, MAX_ITERATIONS, MAX_SEED, check_option
+from tmdeploy.values import MAX_ITERATIONS, MAX_SEED, check_batches, check_option
 
 DEVICES = ("cpu", "cuda")  # where onnxruntime runs the graph: its CPU or its CUDA provider
 RUNTIMES = ("onnxruntime", "openvino")  # what runs the ONNX file (OpenVINO: the optional extra, on the CPU)
@@ -46,12 +46,7 @@ class CheckOptions:
             from tmdeploy import onnxfile
 
             onnxfile.providers("cuda")
-        if not self.batches or any(b < 1 for b in self.batches):
-            raise UsageError(f"--batch needs positive batch sizes, got {','.join(map(str, self.batches))}")
-        if self.iterations < 1:
-            raise UsageError(f"--iterations must be at least 1, got {self.iterations}")
-        for b in self.batches:
-            check_option("--batch", b, 1, MAX_BATCH)
+        check_batches(self.batches)
         check_option("--iterations", self.iterations, 1, MAX_ITERATIONS)
         check_option("--seed", self.seed, 0, MAX_SEED)
         for option, value, high in (("--atol", self.atol, math.inf), ("--rtol", self.rtol, math.inf),

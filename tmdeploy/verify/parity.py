@@ -104,17 +104,56 @@ def make_feeds(meta: metadata.ModelMetadata, options: CheckOptions) -> tuple[lis
     return feeds, source
 
 
-def check(ckpt: Checkpoint, onnx_path, options: CheckOptions = CheckOptions(), runner=None) -> CheckReport:
+@dataclass
+class Reference:
+    """The PyTorch side of a check: its inputs, where they came from, the module and its outputs on them."""
+
+    feeds: list[dict]
+    source: str
+    module: DeployModule
+    results: RunResults  # the module's outputs on ``feeds``, one runner's
+
+
+class References:
+    """The PyTorch side of checks on ``ckpt``, made once per input format and inputs: optimize checks every
+    candidate on the same images, and PyTorch need not run them again for each one."""
+
+    def __init__(self, ckpt: Checkpoint) -> None:
+        self.ckpt = ckpt
+        self._made: dict[tuple, Reference] = {}
+
+    def get(self, meta: metadata.ModelMetadata, options: CheckOptions) -> Reference:
+        key = (meta.input_format(), tuple(meta.outputs), options.data, options.seed, tuple(options.batches),
+               options.iterations)
+        if key not in self._made:
+            self._made[key] = _reference(self.ckpt, meta, options)
+        return self._made[key]
+
+
+def _reference(ckpt: Checkpoint, meta: metadata.ModelMetadata, options: CheckOptions) -> Reference:
+    feeds, source = make_feeds(meta, options)
+    c, h, w = meta.input_size
+    dtype, shape = (np.uint8, (-1, h, w, c)) if meta.preprocess == "baked" else (np.float32, (-1, c, h, w))
+    module = _reference_module(ckpt, meta)
+    torch_runner = TorchRunner(module, TensorMetadata().add(INPUT_NAME, dtype, shape), meta.outputs)
+    return Reference(feeds, source, module, Comparator.run([torch_runner], data_loader=feeds))
+
+
+def check(ckpt: Checkpoint, onnx_path, options: CheckOptions = CheckOptions(), runner=None,
+          references: References | None = None) -> CheckReport:
     """Run the checkpoint and the ONNX file side by side and compare every output.
 
     ``runner``: a polygraphy runner to judge instead of the one ``options`` name (optimize's TensorRT
-    candidates, which onnxruntime and OpenVINO cannot run); ``onnx_path`` still gives the metadata."""
+    candidates, which onnxruntime and OpenVINO cannot run); ``onnx_path`` still gives the metadata.
+    ``references``: PyTorch's side kept from earlier checks of ``ckpt`` (optimize's candidates)."""
+    if references is not None and references.ckpt is not ckpt:
+        raise ValueError("references: made for another checkpoint")
     # polygraphy's per-iteration log, and numpy's warnings on NaN/Inf outputs: the report says it all
     with G_LOGGER.verbosity(G_LOGGER.CRITICAL), np.errstate(all="ignore"):
-        return _check(ckpt, onnx_path, options, runner)
+        return _check(ckpt, onnx_path, options, runner, references if references is not None else References(ckpt))
 
 
-def _check(ckpt: Checkpoint, onnx_path, options: CheckOptions, runner=None) -> CheckReport:
+def _check(ckpt: Checkpoint, onnx_path, options: CheckOptions, runner, references: References) -> CheckReport:
     options.validate()
     onnx_path = Path(onnx_path)
     meta = metadata.read(onnx_path)
@@ -128,17 +167,14 @@ def _check(ckpt: Checkpoint, onnx_path, options: CheckOptions, runner=None) -> C
         warnings.append("the checkpoint is not the one this ONNX file was exported from (sha256 differs)")
     if list(meta.input_size) != list(ckpt.card.input_size):
         raise TmdeployError(f"input sizes differ: ONNX {meta.input_size}, checkpoint {list(ckpt.card.input_size)}")
-    feeds, source = make_feeds(meta, options)
-    c, h, w = meta.input_size
-    dtype, shape = (np.uint8, (-1, h, w, c)) if meta.preprocess == "baked" else (np.float32, (-1, c, h, w))
-    reference = _reference_module(ckpt, meta)
-    torch_runner = TorchRunner(reference, TensorMetadata().add(INPUT_NAME, dtype, shape), meta.outputs)
     with torch_threads(1):  # small batches: more threads only wait on each other, badly so on a shared machine
+        reference = references.get(meta, options)
         if runner is None:
             runner = (OpenVinoRunner(onnx_path) if options.runtime == "openvino"
                       else onnxrt_runner(onnx_path, device=options.device, cuda_options=options.cuda_options))
-        results = Comparator.run([torch_runner, runner], data_loader=feeds)
-    (ref_name, ref_iters), (_, onnx_iters) = list(results.items())
+        results = Comparator.run([runner], data_loader=reference.feeds)
+    ((_, ref_iters),) = reference.results.items()
+    ((_, onnx_iters),) = results.items()
     outputs = {}
     for name in meta.outputs:
         stats = output_stats(name, [it[name] for it in ref_iters], [it[name] for it in onnx_iters], tol)
@@ -146,18 +182,18 @@ def _check(ckpt: Checkpoint, onnx_path, options: CheckOptions, runner=None) -> C
         outputs[name] = stats
     passed = all(s["passed"] for s in outputs.values())
     if options.save_inputs:
-        atomic_write(Path(options.save_inputs), lambda tmp: save_json(feeds, str(tmp), description="inputs"))
+        atomic_write(Path(options.save_inputs),
+                     lambda tmp: save_json(reference.feeds, str(tmp), description="inputs"))
     if options.save_outputs:
-        only_reference = RunResults([(ref_name, ref_iters)])
-        atomic_write(Path(options.save_outputs), lambda tmp: only_reference.save(str(tmp)))
+        atomic_write(Path(options.save_outputs), lambda tmp: reference.results.save(str(tmp)))
     divergence = None
     if options.localize and not passed:
         from tmdeploy.verify.localize import first_divergence
 
-        divergence = first_divergence(reference, onnx_path, feeds[0], tol, options.device)
+        divergence = first_divergence(reference.module, onnx_path, reference.feeds[0], tol, options.device)
     return CheckReport(
         onnx=str(onnx_path), checkpoint=str(ckpt.path or ""), precision=meta.precision, tolerance=asdict(tol),
-        passed=passed, outputs=outputs, inputs=source, batches=list(options.batches), warnings=warnings,
+        passed=passed, outputs=outputs, inputs=reference.source, batches=list(options.batches), warnings=warnings,
         divergence=divergence, device=options.device, runtime=options.runtime,
     )
 

@@ -54,7 +54,7 @@ def onnxrt_runner(onnx_path, mark_all: bool = False, name="onnxruntime", device:
     On CUDA in FP32 arithmetic (``onnxfile.CUDA_FP32``), with ``cuda_options`` on top (a candidate's layout)."""
     providers = onnxfile.providers(device, {**onnxfile.CUDA_FP32, **(cuda_options or {})} if device == "cuda" else None)
     if not mark_all:  # the session through tmdeploy's loader: a file it refuses is one clear error
-        return OnnxrtRunner(onnxfile.require_provider(onnxfile.session(onnx_path, providers), device), name=name)
+        return OnnxrtRunner(onnxfile.require_providers(onnxfile.session(onnx_path, providers), providers), name=name)
     onnxfile.load(onnx_path)
     source = BytesFromOnnx(ModifyOutputs(OnnxFromPath(str(onnx_path)), outputs=constants.MARK_ALL))
     return OnnxrtRunner(SessionFromOnnx(source, providers=providers), name=name)
