@@ -263,12 +263,11 @@ def test_loading_an_engine_without_tensorrt_names_the_install_step(tmp_path):
         runtime.load(tmp_path / "missing.plan")
 
 
-def test_a_provider_onnxruntime_dropped_is_one_error_naming_it():
-    class Session:  # what onnxruntime gives when a CUDA library is missing: the CPU alone, and a log line
-        def get_providers(self):
-            return ["CPUExecutionProvider"]
-
-    session = Session()
+def test_a_provider_onnxruntime_dropped_is_one_error_naming_it(tmp_path):
+    # a real CPU session is what onnxruntime hands back when a CUDA library is missing: the CPU alone
+    path = tmp_path / "m.onnx"
+    write_model(path)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     assert onnxfile.require_providers(session, ["CPUExecutionProvider"]) is session
     with pytest.raises(TmdeployError, match=r"could not enable CUDAExecutionProvider \(a CUDA or cuDNN library"):
         onnxfile.require_providers(session, [("CUDAExecutionProvider", {"use_tf32": "0"}), "CPUExecutionProvider"])

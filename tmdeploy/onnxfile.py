@@ -41,10 +41,18 @@ def providers(device: str, cuda_options: dict | None = None, tensorrt_options: d
         raise TmdeployError(f"this onnxruntime has no {CUDA}: {install_hint('onnxruntime-gpu')}")
     if tensorrt_options is not None and TENSORRT not in available:
         raise TmdeployError(f"this onnxruntime has no {TENSORRT}")
-    if hasattr(ort, "preload_dlls"):  # onnxruntime >= 1.21: CUDA/cuDNN from the nvidia-* wheels torch uses
-        ort.preload_dlls()
+    preload_gpu_libraries()
     tensorrt = [] if tensorrt_options is None else [(TENSORRT, tensorrt_options)]
     return [*tensorrt, (CUDA, cuda_options or {}), *CPU]
+
+
+def preload_gpu_libraries() -> None:
+    """Load CUDA and cuDNN from the nvidia-* wheels torch uses (onnxruntime >= 1.21) before a GPU session:
+    without it onnxruntime-gpu finds them only on the system's library path, and drops CUDA when they are not."""
+    import onnxruntime as ort
+
+    if hasattr(ort, "preload_dlls"):
+        ort.preload_dlls()
 
 
 _WHY_NOT_ENABLED = {TENSORRT: "TensorRT's libnvinfer is not found",

@@ -81,6 +81,8 @@ def _load_onnx(path: Path, providers, device) -> "Predictor":
     names = resolve_providers(providers, ort.get_available_providers(), ort.get_all_providers())
     if device is not None and not set(names) & set(GPU_PROVIDERS):
         raise TmdeployError(f"device={device} needs a GPU provider, but onnxruntime would run on {', '.join(names)}")
+    if set(names) & set(GPU_PROVIDERS):  # as check, bench and optimize do before their CUDA sessions
+        onnxfile.preload_gpu_libraries()
     options = [{"device_id": device} if device is not None and n in GPU_PROVIDERS else {} for n in names]
     session = onnxfile.session(path, names, options)
     if providers is not None:  # asked for by name: running without one is an error, not a fallback
