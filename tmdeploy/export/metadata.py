@@ -127,7 +127,10 @@ def props(model: onnx.ModelProto) -> dict[str, str]:
 def read(path) -> ModelMetadata:
     """Read the metadata of an ONNX file without loading its weights, checked against the graph it describes."""
     model = onnxfile.load(path)
-    meta = ModelMetadata.from_props(props(model))
+    try:
+        meta = ModelMetadata.from_props(props(model))
+    except TmdeployError as err:  # name the file: a command may read several
+        raise TmdeployError(f"{path}: {err}") from err
     check_graph(model, meta, path)
     return meta
 
