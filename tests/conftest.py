@@ -42,3 +42,13 @@ def tiny(tmp_path_factory):
         return cache[(arch, size)]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def big_checkpoint(tmp_path_factory):
+    """rn26 with a 50,000-class head: the ONNX file is ~55 MB, so writing it takes a while to interrupt."""
+    torch.manual_seed(0)
+    n = 50_000
+    model = models.create("rn26", num_classes=n, in_chans=1)
+    card = checkpoint.card_for(model, [f"c{i}" for i in range(n)], [0.5], [0.25], input_size=(1, 16, 16))
+    return checkpoint.save(tmp_path_factory.mktemp("big") / "big.pt", model, card)

@@ -347,7 +347,7 @@ def test_repository_options_are_validated(tmp_path, onnx_file, kwargs, message):
 
 def test_repository_refuses_graphs_triton_cannot_batch(tmp_path):
     fixed = write_model(tmp_path / "fixed.onnx", batch=4)
-    with pytest.raises(TmdeployError, match="'images' has a fixed batch size 4"):
+    with pytest.raises(TmdeployError, match="the graph's batch axis is fixed at 4"):
         triton.write_model_repository(fixed, tmp_path / "repo")
     with pytest.raises(UsageError, match=r"expected an \.onnx file or a TensorRT engine \(\.plan, \.engine\)"):
         triton.write_model_repository(tmp_path / "model.pt", tmp_path / "repo")

@@ -65,7 +65,7 @@ def test_cli_reports_bad_options_as_usage_errors(tmp_path, capsys):
     assert main(["serve", str(model), "--name", "../x"]) == 2
     assert main(["serve", str(tmp_path / "absent.onnx")]) == 1
     err = capsys.readouterr().err.splitlines()
-    assert err == ["tmdeploy: error: max_batch_size 0: expected a positive integer",
+    assert err == ["tmdeploy: error: max_batch_size 0: expected an integer in 1..4096, the exported graphs' batch limit",
                    "tmdeploy: error: model name '../x': use letters, digits, '.', '_' and '-' (not starting with '.')",
                    f"tmdeploy: error: ONNX file not found: {tmp_path / 'absent.onnx'}"]
 

@@ -13,6 +13,7 @@ import copy
 import json
 import math
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -27,7 +28,8 @@ import onnx
 import pytest
 import torch
 from onnx import numpy_helper
-from test_errors import ENV, big_checkpoint, partly_written, snapshot, temp_files, tmdeploy  # noqa: F401 (a fixture)
+from helpers import (ENV, ESC, MISMATCHED_GRAPHS, mismatched_graph, one_line_error, partly_written, snapshot, temp_files,
+                     tmdeploy)
 from test_runtime import write_model
 
 from tmdeploy import checkpoint, data, models, onnxfile, runtime
@@ -40,7 +42,6 @@ from tmdeploy.verify import CheckReport
 from tmdeploy.verify.stats import DEFAULT_TOLERANCES
 
 CLASSES = ["cat", "dog", "bird"]
-ESC = "\x1b"
 
 
 @pytest.fixture(scope="module")
@@ -64,16 +65,6 @@ def save_with(path: Path, work: Path, state_changes=None, **card_changes) -> Pat
     state.update(state_changes or {})
     torch.save({**checkpoint._card_to_dict(replace(loaded.card, **card_changes)), "state_dict": state}, path)
     return path
-
-
-def one_line_error(result, status: int, *expected: str) -> None:
-    context = f"argv {result.args[3:]}\nstdout:\n{result.stdout[-1500:]}\nstderr:\n{result.stderr[-2500:]}"
-    lines = result.stderr.splitlines()
-    assert result.returncode == status, context
-    assert len(lines) == 1 and lines[0].startswith("tmdeploy: error: "), context
-    assert "internal error" not in lines[0] and "Traceback" not in result.stderr, context
-    assert all(e in lines[0] for e in expected), context
-    assert ESC not in result.stderr, context
 
 
 def run_all(jobs: dict) -> dict:
@@ -190,6 +181,17 @@ def test_onnx_load_failures_are_one_clean_line_everywhere(work, tmp_path):
             runtime.load(path)
     with pytest.raises(TmdeployError, match="no outputs"):
         onnxfile.load(files["no-outputs"][0])  # info's loader
+
+
+@pytest.mark.parametrize("name", MISMATCHED_GRAPHS)
+def test_metadata_that_does_not_describe_the_graph_is_refused_by_every_reader(tmp_path, name):
+    """runtime.load (so serve), Triton repositories and the parity check read metadata through metadata.read,
+    which checks it against the graph: none of them fails later inside onnxruntime or polygraphy."""
+    path = mismatched_graph(tmp_path / "bad.onnx", name)
+    message = MISMATCHED_GRAPHS[name][1]
+    for read in (runtime.load, triton.model_signature, metadata.read):
+        with pytest.raises(TmdeployError, match=re.escape(message)):
+            read(path)
 
 
 # ---- terminal-safe text ---------------------------------------------------------------------------------

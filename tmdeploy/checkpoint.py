@@ -20,7 +20,8 @@ from torch import nn
 from tmdeploy import __version__, models
 from tmdeploy.errors import TmdeployError, UsageError, first_line
 from tmdeploy.fileio import atomic_write, file_sha256
-from tmdeploy.values import MAX_CHANNELS, MAX_CLASSES, check_option, input_size_problem, normalization_problem
+from tmdeploy.values import (MAX_CHANNELS, MAX_CLASSES, check_option, input_size_problem, normalization_problem,
+                             plain_list)
 
 FORMAT = "tmdeploy-checkpoint"
 FORMAT_VERSION = 1
@@ -81,6 +82,11 @@ class Checkpoint:
                     f"checkpoint does not fit {self.card.arch}: tensor '{name}' has shape {shape}, "
                     f"the architecture needs {tuple(tensor.shape)}"
                 )
+            if got.is_floating_point() != tensor.is_floating_point() or got.is_complex():
+                # loading would cast it silently: a complex weight loses its imaginary part, an integer one
+                # escapes the finite-values check
+                raise TmdeployError(f"checkpoint does not fit {self.card.arch}: tensor '{name}' is {got.dtype}, "
+                                    f"the architecture needs {tensor.dtype}")
         unexpected = sorted(set(self.state_dict) - set(expected))
         if unexpected:
             raise TmdeployError(f"checkpoint does not fit {self.card.arch}: unexpected tensor '{unexpected[0][:100]}'")
@@ -121,6 +127,10 @@ def save(path, model: nn.Module, card: ModelCard) -> Path:
 def load(path, arch: str | None = None, num_classes: int | None = None, in_chans: int | None = None) -> Checkpoint:
     """Load a checkpoint safely. A bare state_dict needs ``arch`` (and takes ``num_classes``/``in_chans``)."""
     path = Path(path)
+    if num_classes is not None:  # bounded even where the file's card makes them unused: bad input is never ignored
+        check_option("--num-classes", num_classes, 1, MAX_CLASSES)
+    if in_chans is not None:
+        check_option("--in-chans", in_chans, 1, MAX_CHANNELS)
     if not path.exists():
         raise TmdeployError(f"checkpoint not found: {path}")
     if path.is_dir():
@@ -258,14 +268,19 @@ def _card_from_dict(meta: dict, path: Path) -> ModelCard:
     if not isinstance(meta, dict):
         raise TmdeployError(f"{path}: checkpoint metadata is not a mapping")
     version = meta.get("format_version", FORMAT_VERSION)
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise TmdeployError(f"{path}: checkpoint format version {version!r} is newer than this tmdeploy supports")
+    if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= FORMAT_VERSION:
+        raise TmdeployError(f"{path}: checkpoint format version {version!r:.50} is not one this tmdeploy reads "
+                            f"(1..{FORMAT_VERSION})")
     try:
         for key in ("class_names", "input_size", "mean", "std"):
             if not isinstance(meta[key], (list, tuple)):
                 raise TypeError(f"{key} is a {type(meta[key]).__name__}, not a list")
-        if not all(isinstance(c, (str, int)) and not isinstance(c, bool) for c in meta["class_names"]):
+        if not plain_list(meta["class_names"], (str, int)):
             raise TypeError("class_names must be strings")
+        if not plain_list(meta["input_size"], int):
+            raise TypeError(f"input_size must be integers, got {meta['input_size']!r:.100}")
+        if not (plain_list(meta["mean"], (int, float)) and plain_list(meta["std"], (int, float))):
+            raise TypeError("mean and std must be numbers")
         card = ModelCard(
             arch=str(meta["arch"]),
             arch_kwargs=dict(meta.get("arch_kwargs") or {}),
@@ -308,10 +323,6 @@ def _bare_card(state: dict, arch: str, num_classes: int | None, in_chans: int | 
     """Card for a bare state_dict: classes and channels default to what the weights imply."""
     if arch not in models.list_models():
         raise UsageError(f"unknown architecture '{arch}'; choose one of: {', '.join(models.list_models())}")
-    if num_classes is not None:
-        check_option("--num-classes", num_classes, 1, MAX_CLASSES)
-    if in_chans is not None:
-        check_option("--in-chans", in_chans, 1, MAX_CHANNELS)
     if num_classes is None:
         num_classes = _infer_num_classes(state)
     if in_chans is None:

@@ -14,7 +14,7 @@ from tmdeploy import checkpoint
 from tmdeploy.bench import BenchOptions
 from tmdeploy.bench import run as run_bench
 from tmdeploy.export import ExportOptions, export_onnx
-from tmdeploy.fileio import atomic_write
+from tmdeploy.fileio import atomic_write, check_output_dir
 from tmdeploy.report import write_report as write_bench_report
 from tmdeploy.train import TrainConfig, train
 from tmdeploy.verify import CheckOptions, check, write_report
@@ -28,7 +28,9 @@ def run_demo(out_dir: Path, config: TrainConfig | None = None, show_progress: bo
     ``config`` defaults to ``TrainConfig()`` on digits: the demo trains exactly as `tmdeploy train` does.
     """
     config = config or TrainConfig()
-    out_dir = Path(out_dir)
+    config.validate()  # before the folder is made or a step announced: a bad option changes nothing
+    out_dir = check_output_dir(out_dir, ("ckpt.pt", "model.onnx", "model_uint8.onnx", "summary.json"),
+                               option="--out-dir")
     out_dir.mkdir(parents=True, exist_ok=True)
     steps: dict[str, float] = {}
 

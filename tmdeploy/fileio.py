@@ -55,6 +55,17 @@ def check_output(path, *sources, option: str | None = None) -> Path:
     return path
 
 
+def check_output_dir(directory, names=(), *sources, option: str | None = None) -> Path:
+    """Refuse an output folder that exists and is not a directory (a file, ``/dev/null``), or whose files
+    ``names`` :func:`check_output` refuses; called before the work starts, so nothing runs to fail at the end."""
+    directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise UsageError(f"{option + ' ' if option else ''}{directory} exists and is not a directory")
+    for name in names:
+        check_output(directory / name, *sources, option=option)
+    return directory
+
+
 def temp_prefix(name: str, directory) -> str:
     """``.NAME.`` for temporary files beside ``NAME``, cut so the whole temporary name fits NAME_MAX."""
     try:

@@ -87,10 +87,7 @@ def _load_onnx(path: Path, providers, device) -> "Predictor":
     session = onnxfile.session(path, names, options)
     if providers is not None:  # asked for by name: running without one is an error, not a fallback
         onnxfile.require_providers(session, names, f" for {path}")
-    backend = _OrtBackend(session)
-    _check_graph_input(path, meta, backend.input_shape, backend.input_type)
-    _check_graph_outputs(path, meta, {o.name: o.shape for o in session.get_outputs()})
-    return Predictor(backend, meta, providers=session.get_providers())
+    return Predictor(_OrtBackend(session), meta, providers=session.get_providers())
 
 
 def _load_engine(path: Path, device) -> "Predictor":
@@ -104,31 +101,11 @@ def _load_engine(path: Path, device) -> "Predictor":
                      providers=["TensorRT"], batch_range=(batch["min"], batch["max"]))
 
 
-def _check_graph_input(path: Path, meta: metadata.ModelMetadata, graph_shape, graph_type: str) -> None:
-    """The metadata must describe the graph's real input: it is what every check here relies on."""
-    expected = (meta.sample_shape, f"tensor({'uint8' if meta.input_dtype == 'uint8' else 'float'})")
-    if (tuple(graph_shape[1:]), graph_type) != expected:
-        raise TmdeployError(f"{path}: the metadata describes input {metadata.batch_shape(expected[0])} {expected[1]}, "
-                            f"but the graph takes {list(graph_shape)} {graph_type}")
-
-
-def _check_graph_outputs(path: Path, meta: metadata.ModelMetadata, graph_outputs: dict) -> None:
-    """The outputs the metadata names must be the graph's, and ``logits`` must have one column per class name."""
-    missing = [name for name in meta.outputs if name not in graph_outputs]
-    if missing:
-        raise TmdeployError(f"{path}: the metadata names output(s) {', '.join(missing)}, but the graph has "
-                            f"{', '.join(graph_outputs) or 'none'}")
-    shape = graph_outputs["logits"] or []  # a dimension the graph leaves open is not checked
-    if len(shape) == 2 and isinstance(shape[1], int) and shape[1] != len(meta.class_names):
-        raise TmdeployError(f"{path}: the metadata names {len(meta.class_names)} classes, but the graph's logits "
-                            f"have shape {list(shape)}")
-
-
 class _OrtBackend:
     def __init__(self, session) -> None:
         self.session = session
         (graph_input,) = session.get_inputs()
-        self.input_name, self.input_shape, self.input_type = graph_input.name, graph_input.shape, graph_input.type
+        self.input_name = graph_input.name
         self.output_names = [o.name for o in session.get_outputs()]
 
     def run(self, x: np.ndarray) -> dict[str, np.ndarray]:

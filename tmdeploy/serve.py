@@ -61,6 +61,10 @@ class ServeOptions:
         for port in (self.port, self.grpc_port, self.metrics_port):
             if port is not None and (isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535):
                 raise UsageError(f"port {port!r}: expected an integer in 1..65535")
+        for what, port in zip(("gRPC", "metrics"), self.ports[1:]):  # PORT+1, PORT+2 unless given
+            if port > 65535:
+                raise UsageError(f"port {self.port}: the {what} port would be {port}, beyond 65535 (the server "
+                                 f"needs PORT, PORT+1 and PORT+2); choose a lower --port")
         if self.name is not None:
             model_name("model", self.name)
 

@@ -35,6 +35,13 @@ def normalization_problem(mean, std, dtype=np.float32) -> str | None:
     return None
 
 
+def plain_list(value, kind, length=None) -> bool:
+    """Whether ``value`` is a list of ``kind`` (never booleans, which Python counts as ints), of ``length`` if
+    given: checked before any cast, which would turn 16.7 into 16, "0.5" into 0.5 and True into 1."""
+    return (isinstance(value, (list, tuple)) and all(isinstance(v, kind) and not isinstance(v, bool) for v in value)
+            and (length is None or len(value) == length))
+
+
 def input_size_problem(size) -> str | None:
     """Why ``size`` (C, H, W) is not an input size tmdeploy accepts, or None."""
     try:
@@ -42,7 +49,7 @@ def input_size_problem(size) -> str | None:
     except (TypeError, ValueError, OverflowError):
         return f"input_size must be three integers (C, H, W), got {size!r:.100}"
     if not 1 <= c <= MAX_CHANNELS or not (1 <= h <= MAX_IMAGE_SIZE and 1 <= w <= MAX_IMAGE_SIZE):
-        return (f"input_size {[c, h, w]} is out of range: channels 1..{MAX_CHANNELS}, "
+        return (f"input_size {[c, h, w]!s:.100} is out of range: channels 1..{MAX_CHANNELS}, "
                 f"height and width 1..{MAX_IMAGE_SIZE}")
     return None
 MAX_SEED = 2**32 - 1  # numpy's and torch's seeds alike

@@ -49,12 +49,14 @@ def run(args) -> int:
     from tmdeploy.bench import run as bench
     from tmdeploy.bench.suite import floor_failures
     from tmdeploy.errors import TmdeployError
-    from tmdeploy.report import to_markdown, write_report
+    from tmdeploy.fileio import check_output_dir
+    from tmdeploy.report import FILES, to_markdown, write_report
 
     bench_options = options(args)
     bench_options.validate()  # before the (slow) checkpoint load and export, so a bad option fails at once
-    result = bench(load_checkpoint(args), bench_options)
     directory = args.report_dir or args.checkpoint.with_name(f"{args.checkpoint.stem}-bench")
+    check_output_dir(directory, FILES.values(), args.checkpoint, option="--report-dir")
+    result = bench(load_checkpoint(args), bench_options)
     paths = write_report(result, directory)
     print(to_markdown(result.to_dict()), end="")
     print("report: " + ", ".join(str(p) for p in paths.values()))

@@ -38,7 +38,9 @@ def options(args):
 
 def run(args) -> int:
     from tmdeploy.errors import UsageError
+    from tmdeploy.fileio import check_output, check_output_dir
     from tmdeploy.verify import check, write_report
+    from tmdeploy.verify.parity import report_names
 
     if args.onnx is None:
         if args.checkpoint.suffix == ".onnx":
@@ -46,8 +48,14 @@ def run(args) -> int:
         raise UsageError("check needs an ONNX file: tmdeploy check CHECKPOINT MODEL.onnx")
     check_options = options(args)
     check_options.validate()
+    report_dir = args.report_dir or args.onnx.parent
+    inputs = (args.checkpoint, args.onnx)  # no output may overwrite them, by any name
+    check_output_dir(report_dir, report_names(args.onnx.stem), *inputs, option="--report-dir")
+    for option, path in (("--save-inputs", check_options.save_inputs), ("--save-outputs", check_options.save_outputs)):
+        if path is not None:
+            check_output(path, *inputs, option=option)
     report = check(load_checkpoint(args), args.onnx, check_options)
-    json_path, md_path = write_report(report, args.report_dir or args.onnx.parent, args.onnx.stem)
+    json_path, md_path = write_report(report, report_dir, args.onnx.stem)
     print(report.to_markdown(), end="")
     print(f"report: {json_path}, {md_path}")
     return 0 if report.passed else 1

@@ -60,13 +60,15 @@ def run(args) -> int:
     from tmdeploy.errors import UsageError
     from tmdeploy.export import export_onnx
     from tmdeploy.export.options import AUTO_FORM
-    from tmdeploy.fileio import check_output
+    from tmdeploy.fileio import check_output, check_output_dir
 
     export, target = options(args)
     export.validate()  # before the (slow) checkpoint load and export, so a bad option fails at once
     target.validate()
     batch = target.profile()
-    if args.out is not None and target.format != "triton":  # a Triton --out is the repository directory
+    if args.out is not None and target.format == "triton":  # a Triton --out is the repository directory
+        check_output_dir(args.out, option="--out")
+    elif args.out is not None:
         check_output(args.out, args.checkpoint, option="--out")
     onnx_out = args.out
     if target.format == "trt" and args.out is not None:  # the ONNX file goes beside the engine, not the checkpoint

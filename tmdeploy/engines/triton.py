@@ -23,10 +23,12 @@ from tmdeploy.errors import TmdeployError, UsageError
 from tmdeploy.export import metadata
 from tmdeploy.fileio import file_sha256, temp_prefix
 from tmdeploy.optional import require
+from tmdeploy.values import MAX_BATCH, MAX_SECONDS
 
 PLATFORMS = {".onnx": "onnxruntime_onnx", **{suffix: "tensorrt_plan" for suffix in trt_engine.ENGINE_SUFFIXES}}
 FILE_NAMES = {"onnxruntime_onnx": "model.onnx", "tensorrt_plan": "model.plan"}  # Triton's default_model_filename
 DEFAULT_MAX_BATCH = 256
+MAX_QUEUE_DELAY_US = int(MAX_SECONDS * 1e6)  # a day; Triton's config holds larger numbers, but fails on them
 LABELS_FILE = "labels.txt"
 # ONNX element type → (numpy dtype name, Triton data type): the types tmdeploy graphs take and give.
 _TYPES = {onnx.TensorProto.FLOAT: ("float32", "TYPE_FP32"), onnx.TensorProto.UINT8: ("uint8", "TYPE_UINT8")}
@@ -113,8 +115,9 @@ def check_batching(max_batch_size: int, preferred_batch_sizes, max_queue_delay_u
     def positive(value):
         return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
-    if not positive(max_batch_size):
-        raise UsageError(f"max_batch_size {max_batch_size!r}: expected a positive integer")
+    if not positive(max_batch_size) or max_batch_size > MAX_BATCH:
+        raise UsageError(f"max_batch_size {max_batch_size!r}: expected an integer in 1..{MAX_BATCH}, the exported "
+                         f"graphs' batch limit")
     if batch_range is not None and max_batch_size > batch_range[1]:
         raise UsageError(f"max_batch_size {max_batch_size} exceeds the engine's profile maximum {batch_range[1]}")
     if batch_range is not None and batch_range[0] != 1:
@@ -123,8 +126,8 @@ def check_batching(max_batch_size: int, preferred_batch_sizes, max_queue_delay_u
     for size in preferred_batch_sizes or ():
         if not positive(size) or size > max_batch_size:
             raise UsageError(f"preferred batch size {size!r}: expected an integer in 1..{max_batch_size}")
-    if not isinstance(max_queue_delay_us, int) or max_queue_delay_us < 0:
-        raise UsageError(f"max_queue_delay_us {max_queue_delay_us!r}: expected an integer >= 0")
+    if not isinstance(max_queue_delay_us, int) or not 0 <= max_queue_delay_us <= MAX_QUEUE_DELAY_US:
+        raise UsageError(f"max_queue_delay_us {max_queue_delay_us!r}: expected an integer in 0..{MAX_QUEUE_DELAY_US}")
     if not positive(instance_count):
         raise UsageError(f"instance_count {instance_count!r}: expected a positive integer")
 

@@ -13,10 +13,13 @@ import onnx
 
 from tmdeploy import onnxfile
 from tmdeploy.errors import TmdeployError, first_line
-from tmdeploy.values import input_size_problem, normalization_problem
+from tmdeploy.export.options import PRECISIONS
+from tmdeploy.values import input_size_problem, normalization_problem, plain_list
 
 METADATA_FORMAT = "1"
 _JSON_FIELDS = {"class_names", "input_size", "mean", "std", "outputs"}
+# (preprocess, layout, input_dtype): normalized float N×C×H×W, or raw uint8 N×H×W×C pixels
+_INPUT_FORMS = {("none", "NCHW", "float32"), ("baked", "NHWC", "uint8")}
 _RANGE_TOLERANCE = 1e-3  # raw floats this far outside [0, 1] are rounding, further is another scale
 
 
@@ -90,27 +93,28 @@ class ModelMetadata:
 
 
 def _validate(meta: ModelMetadata) -> None:
-    def ok_list(value, kind, length=None):
-        return isinstance(value, list) and all(isinstance(v, kind) and not isinstance(v, bool) for v in value) and (
-            length is None or len(value) == length
-        )
-
-    if not ok_list(meta.class_names, str) or not meta.class_names:
+    if not plain_list(meta.class_names, str) or not meta.class_names:
         raise TmdeployError("the ONNX file's tmdeploy metadata is malformed: class_names must be a list of strings")
-    if not ok_list(meta.input_size, int, 3) or min(meta.input_size) < 1:
+    if not plain_list(meta.input_size, int, 3) or min(meta.input_size) < 1:
         raise TmdeployError("the ONNX file's tmdeploy metadata is malformed: input_size must be [C, H, W]")
     problem = input_size_problem(meta.input_size)
     if problem:
         raise TmdeployError(f"the ONNX file's tmdeploy metadata is malformed: {problem}")
     channels = meta.input_size[0]
-    if not ok_list(meta.mean, (int, float), channels) or not ok_list(meta.std, (int, float), channels):
+    if not plain_list(meta.mean, (int, float), channels) or not plain_list(meta.std, (int, float), channels):
         raise TmdeployError("the ONNX file's tmdeploy metadata is malformed: mean/std need one number per channel")
     problem = normalization_problem(meta.mean, meta.std)  # as the runtime applies them: in float32
     if problem:
         raise TmdeployError(f"the ONNX file's tmdeploy metadata is malformed: {problem}")
-    if meta.preprocess not in ("none", "baked") or meta.layout not in ("NCHW", "NHWC"):
-        raise TmdeployError("the ONNX file's tmdeploy metadata is malformed: unknown preprocess or layout")
-    if not ok_list(meta.outputs, str) or "logits" not in meta.outputs or len(set(meta.outputs)) != len(meta.outputs):
+    if (meta.preprocess, meta.layout, meta.input_dtype) not in _INPUT_FORMS:
+        raise TmdeployError(f"the ONNX file's tmdeploy metadata is malformed: preprocess {meta.preprocess!r:.30}, "
+                            f"layout {meta.layout!r:.30} and input_dtype {meta.input_dtype!r:.30} do not go together")
+    if meta.tmdeploy_format != METADATA_FORMAT:
+        raise TmdeployError(f"the ONNX file's tmdeploy metadata is format {meta.tmdeploy_format!r:.30}; this tmdeploy "
+                            f"reads format {METADATA_FORMAT}")
+    if meta.precision not in PRECISIONS:
+        raise TmdeployError(f"the ONNX file's tmdeploy metadata is malformed: unknown precision {meta.precision!r:.30}")
+    if not plain_list(meta.outputs, str) or "logits" not in meta.outputs or len(set(meta.outputs)) != len(meta.outputs):
         raise TmdeployError("the ONNX file's tmdeploy metadata is malformed: outputs must be a list of distinct "
                             "names with 'logits' among them")
 
@@ -126,8 +130,48 @@ def props(model: onnx.ModelProto) -> dict[str, str]:
 
 
 def read(path) -> ModelMetadata:
-    """Read the metadata of an ONNX file without loading its weights."""
-    return ModelMetadata.from_props(props(onnxfile.load(path)))
+    """Read the metadata of an ONNX file without loading its weights, checked against the graph it describes."""
+    model = onnxfile.load(path)
+    try:
+        meta = ModelMetadata.from_props(props(model))
+    except TmdeployError as err:  # name the file: a command may read several
+        raise TmdeployError(f"{path}: {err}") from err
+    check_graph(model, meta, path)
+    return meta
+
+
+def check_graph(model: onnx.ModelProto, meta: ModelMetadata, path) -> None:
+    """The metadata must describe the graph's real input and outputs: the runtime feeds what it says and the
+    parity check compares what it names, so a mismatch would fail inside onnxruntime or polygraphy instead."""
+    initializers = {t.name for t in model.graph.initializer}
+    inputs = [v for v in model.graph.input if v.name not in initializers]
+    if len(inputs) != 1:
+        raise TmdeployError(f"{path}: the graph takes {len(inputs)} inputs "
+                            f"({', '.join(v.name[:50] for v in inputs[:5]) or 'none'}); a tmdeploy model takes one")
+    tensor = inputs[0].type.tensor_type
+    dims = [d.dim_value if d.HasField("dim_value") else d.dim_param or "?" for d in tensor.shape.dim]
+    graph_type = onnx.TensorProto.DataType.Name(tensor.elem_type).lower()
+    wanted_type = "uint8" if meta.input_dtype == "uint8" else "float"
+    if (tuple(dims[1:]), graph_type) != (meta.sample_shape, wanted_type):
+        raise TmdeployError(f"{path}: the metadata describes input {batch_shape(meta.sample_shape)} "
+                            f"tensor({wanted_type}), but the graph takes {dims[:8]} tensor({graph_type})")
+    if isinstance(dims[0], int):
+        raise TmdeployError(f"{path}: the graph's batch axis is fixed at {dims[0]}; a tmdeploy model takes any batch "
+                            f"size (export it again)")
+    outputs = {v.name: [d.dim_value if d.HasField("dim_value") else d.dim_param or "?"
+                        for d in v.type.tensor_type.shape.dim] for v in model.graph.output}
+    missing = [name for name in meta.outputs if name not in outputs]
+    if missing:
+        raise TmdeployError(f"{path}: the metadata names output(s) {', '.join(missing)}, but the graph has "
+                            f"{', '.join(o[:50] for o in outputs)}")
+    extra = [name for name in outputs if name not in meta.outputs]
+    if extra:
+        raise TmdeployError(f"{path}: the graph has output(s) {', '.join(o[:50] for o in extra[:5])} that the "
+                            f"metadata does not name")
+    shape = outputs["logits"]
+    if shape and (len(shape) != 2 or isinstance(shape[1], int) and shape[1] != len(meta.class_names)):
+        raise TmdeployError(f"{path}: the metadata names {len(meta.class_names)} classes, but the graph's logits "
+                            f"have shape {shape[:8]}")
 
 
 # ---- what the graph takes: checks and preprocessing (pure numpy) ------------------------------------

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from tmdeploy.errors import TmdeployError, UsageError, check_choice
 from tmdeploy.export.options import DEFAULT_FORM, EXPORTERS, FORMS, PRECISIONS
-from tmdeploy.fileio import check_output
+from tmdeploy.fileio import check_output_dir
 from tmdeploy.values import MAX_SECONDS, MAX_SEED, MAX_THREADS, check_batches, check_option
 
 TARGETS = ("cpu", "cuda")  # what runs there: tmdeploy.optimize.candidates.RUNTIMES
@@ -108,7 +108,7 @@ class OptimizeOptions:
 
             data.check_spec(self.data)
         if self.out is not None:
-            _check_out_dir(Path(self.out))
+            check_output_dir(self.out, ("model.onnx", "status.json", "report.md"), option="--out")
         if self.target == "cuda":
             _check_cuda()
 
@@ -123,10 +123,3 @@ def _check_cuda() -> None:
     if not torch.cuda.is_available():  # CUDA-event timing and TensorRT's inputs are torch's
         raise TmdeployError("--target cuda: PyTorch sees no CUDA device on this machine")
 
-
-def _check_out_dir(out: Path) -> None:
-    """The output folder: a directory or nothing yet, and its file names regular files or nothing."""
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {out} exists and is not a directory")
-    for name in ("model.onnx", "status.json", "report.md"):
-        check_output(out / name, option="--out")

@@ -183,9 +183,9 @@ def _check(ckpt: Checkpoint, onnx_path, options: CheckOptions, runner, reference
     passed = all(s["passed"] for s in outputs.values())
     if options.save_inputs:
         atomic_write(Path(options.save_inputs),
-                     lambda tmp: save_json(reference.feeds, str(tmp), description="inputs"))
+                     lambda tmp: save_json(reference.feeds, str(tmp), description="inputs"), ckpt.path, onnx_path)
     if options.save_outputs:
-        atomic_write(Path(options.save_outputs), lambda tmp: reference.results.save(str(tmp)))
+        atomic_write(Path(options.save_outputs), lambda tmp: reference.results.save(str(tmp)), ckpt.path, onnx_path)
     divergence = None
     if options.localize and not passed:
         from tmdeploy.verify.localize import first_divergence
@@ -198,9 +198,14 @@ def _check(ckpt: Checkpoint, onnx_path, options: CheckOptions, runner, reference
     )
 
 
+def report_names(stem: str) -> tuple[str, str]:
+    """The report's file names, known before the check runs so the CLI can refuse a bad target first."""
+    return f"{stem}.check.json", f"{stem}.check.md"
+
+
 def write_report(report: CheckReport, directory: Path, stem: str) -> tuple[Path, Path]:
     """Write ``<stem>.check.json`` and ``<stem>.check.md`` into ``directory``."""
-    json_path, md_path = directory / f"{stem}.check.json", directory / f"{stem}.check.md"
+    json_path, md_path = (directory / name for name in report_names(stem))
     atomic_write(json_path, lambda tmp: tmp.write_text(report.to_json()))
     atomic_write(md_path, lambda tmp: tmp.write_text(report.to_markdown()))
     return json_path, md_path
