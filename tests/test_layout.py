@@ -134,3 +134,21 @@ def test_no_stage_imports_a_later_one():
                 found += [(path.name, n) for n in names if n.split(".")[:2][-1] in STAGES[i + 1:]
                           and n.startswith("tmdeploy.")]
     assert not found, found
+
+
+def test_package_inits_only_re_export():
+    """A package's ``__init__`` holds its docstring, imports and dunders (``__all__``, a lazy ``__getattr__``,
+    ``__version__``): the code lives in named modules, where a newcomer looks for it."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent / "tmdeploy"
+    code = []
+    for path in sorted(root.rglob("__init__.py")):
+        for node in ast.parse(path.read_text()).body:
+            docstring = isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)
+            names = [n.id for t in getattr(node, "targets", []) for n in ast.walk(t) if isinstance(n, ast.Name)]
+            dunders = isinstance(node, ast.Assign) and all(n.startswith("__") and n.endswith("__") for n in names)
+            if not (docstring or dunders or isinstance(node, (ast.Import, ast.ImportFrom))):
+                code.append(f"{path.relative_to(root)}:{node.lineno}")
+    assert not code, code
