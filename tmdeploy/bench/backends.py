@@ -36,6 +36,7 @@ class Context:
     compile_backend: str = "inductor"
     threads: int | None = None  # onnxruntime's and OpenVINO's threads (PyTorch's are set by the caller); None: default
     _graphs: dict = field(default_factory=dict)
+    _calibration: object = None  # calib_data's images in the FP32 graph's input format, loaded on first use
     _tmp: tempfile.TemporaryDirectory | None = None
 
     @property
@@ -63,15 +64,17 @@ class Context:
 
     def _lower(self, precision: str, int8_target: str | None):
         from tmdeploy.export.metadata import ModelMetadata, props
-        from tmdeploy.export.precision import lower_precision
+        from tmdeploy.export.precision import calibration_inputs, lower_precision
 
         fp32 = self.onnx("fp32")
         meta = ModelMetadata.from_props(props(fp32))
+        if self._calibration is None and self.calib_data is not None:  # once for FP16 and each INT8 recipe
+            self._calibration = calibration_inputs(meta, self.calib_data)
         target = {"int8_target": int8_target} if int8_target else {}
         with warnings.catch_warnings():  # one line per FP16-truncated weight: noise in a benchmark's output
             warnings.filterwarnings("ignore", message="the float32 number", module="onnxconverter_common")
             return lower_precision(fp32, precision, meta=meta, calib_data=self.calib_data, show_progress=False,
-                                   **target)
+                                   calibration=self._calibration, **target)
 
 
 class TrtSession:
