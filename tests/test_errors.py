@@ -357,6 +357,9 @@ CASES = [
          "--report-dir /dev/null exists and is not a directory"),
     Case("demo-out-dir-is-a-file", lambda d, i: ["demo", "--out-dir", TARGET], 2,
          "--out-dir out/model.onnx exists and is not a directory"),
+    # a torch checkpoint under a model's suffix would be taken for an ONNX file or engine by later commands
+    Case("train-out-with-a-model-suffix", lambda d, i: ["train", "--out", "t.onnx", "--epochs", "1"], 2,
+         "--out t.onnx: a checkpoint is written as .pt, .pth, .ckpt, .safetensors, not .onnx", absent=("t.onnx",)),
     Case("demo-bad-option-makes-nothing", lambda d, i: ["demo", "--epochs", "0", "--out-dir", "new"], 2,
          "--epochs must be in 1..1000000, got 0", absent=("new",)),
     # serve: values as the server would really hold them

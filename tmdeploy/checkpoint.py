@@ -20,6 +20,7 @@ from torch import nn
 from tmdeploy import __version__, models
 from tmdeploy.errors import TmdeployError, UsageError, first_line
 from tmdeploy.fileio import atomic_write, file_sha256
+from tmdeploy.sanitize import clean
 from tmdeploy.values import (MAX_CHANNELS, MAX_CLASSES, check_option, input_size_problem, normalization_problem,
                              plain_list)
 
@@ -109,9 +110,23 @@ def card_for(model: nn.Module, class_names, mean, std, input_size=None, extra=No
     )
 
 
+# what `save` writes to: a torch file under an .onnx or .plan name would be taken for a model by every
+# command that goes by the suffix (runtime.load, serve, Triton repositories)
+SAVE_SUFFIXES = (".pt", ".pth", ".ckpt", ".safetensors")
+
+
+def check_save_path(path, option: str = "--out") -> None:
+    """A checkpoint path whose suffix says what it holds: UsageError for any other."""
+    suffix = Path(path).suffix
+    if suffix not in SAVE_SUFFIXES:
+        raise UsageError(f"{option} {clean(str(path))[:200]}: a checkpoint is written as {', '.join(SAVE_SUFFIXES)}, "
+                         f"not {clean(suffix)[:30] or 'a name without a suffix'}")
+
+
 def save(path, model: nn.Module, card: ModelCard) -> Path:
     """Save model and card: safetensors when the suffix says so, else a weights_only-loadable torch file."""
     path = Path(path)
+    check_save_path(path)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     meta = _card_to_dict(card)
     if path.suffix == ".safetensors":

@@ -121,6 +121,8 @@ def evaluate(model: torch.nn.Module, dataset: Dataset, mean, std, batch_size: in
 def train(config: TrainConfig, out: Path | None = None, show_progress: bool = True) -> TrainResult:
     """Train ``config.arch`` on ``config.data``; write the checkpoint to ``out`` when given."""
     config.validate()
+    if out is not None:  # before the training, not after it
+        checkpoint.check_save_path(out, option="out")
     seed_everything(config.seed)
     split = data.load(config.data, image_size=config.image_size, in_chans=config.in_chans, seed=config.seed)
     model = models.create(config.arch, num_classes=len(split.class_names), in_chans=split.in_chans)

@@ -36,11 +36,13 @@ def options(args):
 
 
 def run(args) -> int:
+    from tmdeploy import checkpoint
     from tmdeploy.fileio import check_output
     from tmdeploy.train import train
 
     config = options(args)
     config.validate()
+    checkpoint.check_save_path(args.out)
     check_output(args.out, option="--out")  # before training, not after it
     result = train(config, out=args.out)
     print(f"wrote {args.out}: {config.arch}, held-out top-1 {result.accuracy:.2%}")
