@@ -42,8 +42,8 @@ def run(args) -> int:
 
     config = options(args)
     config.validate()
-    checkpoint.check_save_path(args.out)
     check_output(args.out, option="--out")  # before training, not after it
+    checkpoint.check_save_path(args.out)
     result = train(config, out=args.out)
     print(f"wrote {args.out}: {config.arch}, held-out top-1 {result.accuracy:.2%}")
     return 0
