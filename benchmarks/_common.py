@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import json
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
 import torch
 
 from tmdeploy import checkpoint, models
 from tmdeploy.bench import machine
 from tmdeploy.report.markdown import number, table
 
-__all__ = ["caption", "number", "print_table", "untrained"]
+__all__ = ["caption", "number", "op_times", "print_table", "untrained"]
 
 
 def untrained(arch: str, in_chans: int = 3, size: int = 32, seed: int = 0) -> checkpoint.Checkpoint:
@@ -31,3 +37,26 @@ def print_table(title: str, header: list[str], rows: list[list[str]], notes: lis
     print()
     for note in notes:
         print(f"- {note}")
+
+
+def op_times(proto, x: np.ndarray, threads: int | None, runs: int, warmup: int = 3) -> Counter:
+    """Milliseconds per run spent in each op type (after onnxruntime's fusions), from its own profile of the runs
+    after ``warmup``; ``threads`` None: onnxruntime's default."""
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory(prefix="tmdeploy-profile-") as tmp:
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        options.enable_profiling, options.profile_file_prefix = True, str(Path(tmp) / "profile")
+        session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        feed = {session.get_inputs()[0].name: x}
+        for _ in range(warmup + runs):
+            session.run(None, feed)
+        events = json.loads(Path(session.end_profiling()).read_text())
+    timed = sorted(e["ts"] for e in events if e.get("cat") == "Session" and e["name"] == "model_run")[warmup:]
+    per_run = Counter()
+    for event in events:
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time") and event["ts"] >= timed[0]:
+            per_run[event["args"]["op_name"]] += event["dur"] / 1e3 / runs
+    return per_run

@@ -69,8 +69,9 @@ def timing(built: dict, batch: int, ckpt, budget: Budget) -> dict:
     return measure(calls, budget, event_timer)
 
 
-def ratio_rows(samples: dict) -> list[list[str]]:
-    rows = []
+def ratios(samples: dict) -> dict[str, tuple[float, float, float]]:
+    """Configuration → (rn26 p50 ms, rn26-tm p50 ms, paired rn26-tm ÷ rn26), where both ran."""
+    out = {}
     for key, tm in samples.items():
         model, label = key.split("|", 1)
         if model != "rn26-tm" or tm.error:
@@ -79,9 +80,8 @@ def ratio_rows(samples: dict) -> list[list[str]]:
         base = samples.get(f"rn26|{base_label}")
         if base is None or base.error:
             continue
-        tm_ms, base_ms = np.median(tm.times) * 1e3, np.median(base.times) * 1e3
-        rows.append([label, number(base_ms), number(tm_ms), f"{paired_ratio(tm, base):.2f}×"])
-    return rows
+        out[label] = (np.median(base.times) * 1e3, np.median(tm.times) * 1e3, paired_ratio(tm, base))
+    return out
 
 
 def profile(ckpt, batch: int, top: int = 12) -> list[dict]:
@@ -121,17 +121,20 @@ def main() -> None:
     budget = Budget(min_time=args.min_time, min_iterations=20, warmup=3)
     info = machine.describe("cuda")
     out = {"machine": info, "goal": GOAL, "batches": {}}
-    for batch in map(int, args.batch.split(",")):
+    batches = [int(b) for b in args.batch.split(",")]
+    for batch in batches:
         samples = timing(built, batch, tm, budget)
-        rows = ratio_rows(samples)
+        measured = ratios(samples)
+        rows = [[label, number(base_ms), number(tm_ms), f"{ratio:.2f}×"]
+                for label, (base_ms, tm_ms, ratio) in measured.items()]
         print_table(f"rn26-tm ÷ rn26, batch {batch}", ["configuration", "rn26 p50 ms", "rn26-tm p50 ms",
                                                        "rn26-tm ÷ rn26"], rows,
                     [caption(info), f"goal at batch 256: ≤ {GOAL}× (paired per-round ratio, interleaved)"])
         out["batches"][batch] = {key: {"p50_ms": float(np.median(s.times) * 1e3) if s.times else None,
                                        "error": s.error} for key, s in samples.items()}
-        out["batches"][batch]["ratios"] = {row[0]: float(row[3].rstrip("×")) for row in rows}
+        out["batches"][batch]["ratios"] = {label: round(ratio, 2) for label, (_, _, ratio) in measured.items()}
     if args.profile:
-        top = max(map(int, args.batch.split(",")))
+        top = max(batches)
         for name, ckpt in (("rn26", baseline), ("rn26-tm", tm)):
             kernels = profile(ckpt, top)
             out[f"profile_{name}"] = kernels

@@ -15,14 +15,11 @@ summed per op type and divided by the runs; profiling adds a little to every nod
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import tempfile
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
-from _common import caption, number, print_table, untrained
+from _common import caption, number, op_times, print_table, untrained
 
 from tmdeploy.export import ExportOptions, to_model_proto
 from tmdeploy.export.metadata import ModelMetadata, props
@@ -32,27 +29,6 @@ ARCHS = ("rn26-tm", "rn26")
 INTEGER_OPS = ("QLinearConv", "QLinearAdd")
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 FLOAT_CONV_OPS = ("Conv", "ReorderInput", "ReorderOutput")  # FP32 convolutions in their blocked layout
-
-
-def op_times(proto, x: np.ndarray, threads: int, runs: int, warmup: int = 3) -> Counter:
-    """Milliseconds per run spent in each op type, from onnxruntime's profile of the runs after ``warmup``."""
-    import onnxruntime as ort
-
-    with tempfile.TemporaryDirectory(prefix="tmdeploy-profile-") as tmp:
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.enable_profiling, options.profile_file_prefix = True, str(Path(tmp) / "profile")
-        session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
-        feed = {session.get_inputs()[0].name: x}
-        for _ in range(warmup + runs):
-            session.run(None, feed)
-        events = json.loads(Path(session.end_profiling()).read_text())
-    timed = sorted(e["ts"] for e in events if e.get("cat") == "Session" and e["name"] == "model_run")[warmup:]
-    per_run = Counter()
-    for event in events:
-        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time") and event["ts"] >= timed[0]:
-            per_run[event["args"]["op_name"]] += event["dur"] / 1e3 / runs
-    return per_run
 
 
 def group(times: Counter) -> dict[str, float]:

@@ -14,13 +14,10 @@ per operator type, batch 32) and the convolution work per image, to explain a mi
 from __future__ import annotations
 
 import argparse
-import json
-from collections import defaultdict
-from pathlib import Path
 
 import numpy as np
 import onnx
-from _common import caption, number, print_table, untrained
+from _common import caption, number, op_times, print_table, untrained
 
 from tmdeploy.bench.sessions import OrtSession
 from tmdeploy.bench.timing import Budget, measure, paired_ratio
@@ -57,24 +54,9 @@ def conv_macs(proto: onnx.ModelProto) -> int:
 
 def op_time_shares(proto: onnx.ModelProto, batch: int, threads: int | None, runs: int = 20) -> dict[str, float]:
     """Share of kernel time per operator type (after onnxruntime's fusions), from its own profiler."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.enable_profiling = True
-    if threads:
-        options.intra_op_num_threads = threads
-    session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
     x = np.random.default_rng(0).standard_normal((batch, *[d.dim_value for d in
                                                   proto.graph.input[0].type.tensor_type.shape.dim[1:]]))
-    for _ in range(runs):
-        session.run(None, {session.get_inputs()[0].name: x.astype(np.float32)})
-    trace = Path(session.end_profiling())
-    events = json.loads(trace.read_text())
-    trace.unlink()
-    per_op: dict[str, float] = defaultdict(float)
-    for e in events:
-        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
-            per_op[e["args"]["op_name"]] += e["dur"]
+    per_op = op_times(proto, x.astype(np.float32), threads, runs, warmup=0)
     total = sum(per_op.values())
     return {op: t / total for op, t in sorted(per_op.items(), key=lambda kv: -kv[1])}
 

@@ -122,7 +122,7 @@ def train(config: TrainConfig, out: Path | None = None, show_progress: bool = Tr
     """Train ``config.arch`` on ``config.data``; write the checkpoint to ``out`` when given."""
     config.validate()
     if out is not None:  # before the training, not after it
-        checkpoint.check_save_path(out, option="out")
+        checkpoint.check_save_path(out)
     seed_everything(config.seed)
     split = data.load(config.data, image_size=config.image_size, in_chans=config.in_chans, seed=config.seed)
     model = models.create(config.arch, num_classes=len(split.class_names), in_chans=split.in_chans)

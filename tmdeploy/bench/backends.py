@@ -36,7 +36,7 @@ class Context:
     compile_backend: str = "inductor"
     threads: int | None = None  # onnxruntime's and OpenVINO's threads (PyTorch's are set by the caller); None: default
     _graphs: dict = field(default_factory=dict)
-    _calibration: object = None  # calib_data's images in the FP32 graph's input format, loaded on first use
+    _calibration: object = None  # calibration_loader(calib_data), made on first use
     _tmp: tempfile.TemporaryDirectory | None = None
 
     @property
@@ -64,17 +64,17 @@ class Context:
 
     def _lower(self, precision: str, int8_target: str | None):
         from tmdeploy.export.metadata import ModelMetadata, props
-        from tmdeploy.export.precision import calibration_inputs, lower_precision
+        from tmdeploy.export.precision import calibration_loader, lower_precision
 
         fp32 = self.onnx("fp32")
         meta = ModelMetadata.from_props(props(fp32))
         if self._calibration is None and self.calib_data is not None:  # once for FP16 and each INT8 recipe
-            self._calibration = calibration_inputs(meta, self.calib_data)
+            self._calibration = calibration_loader(self.calib_data)
         target = {"int8_target": int8_target} if int8_target else {}
         with warnings.catch_warnings():  # one line per FP16-truncated weight: noise in a benchmark's output
             warnings.filterwarnings("ignore", message="the float32 number", module="onnxconverter_common")
             return lower_precision(fp32, precision, meta=meta, calib_data=self.calib_data, show_progress=False,
-                                   calibration=self._calibration, **target)
+                                   calibration=self._calibration(meta) if self._calibration else None, **target)
 
 
 class TrtSession:
@@ -88,7 +88,8 @@ class TrtSession:
         from tmdeploy.engines.tensorrt import INPUT_NAME, build_engine, open_engine
 
         onnx_path = workdir / f"{name}.onnx"
-        onnx.save(proto, str(onnx_path))
+        if not onnx_path.exists():  # optimize has written the candidate's file there already
+            onnx.save(proto, str(onnx_path))
         profile = BatchProfile(min(batches), max(batches), max(batches))
         engine = build_engine(onnx_path, batch=profile)
         self.artifact_bytes = Path(engine).stat().st_size

@@ -169,9 +169,8 @@ class OrtCudaGraphSession:
     def _bound(self, shape: tuple):
         import onnxruntime as ort
 
-        providers = cuda_providers(self.cuda_options)
-        ort_session = OrtSession(self.proto, providers)
-        session = onnxfile.require_providers(ort_session.session, providers)
+        ort_session = OrtIoBindingSession(self.proto, self.cuda_options)  # its providers, checked enabled
+        session = ort_session.session
         value = ort.OrtValue.ortvalue_from_shape_and_type(shape, ort_session.input_dtype, "cuda", 0)
         logits = session.get_outputs()[0]
         out_shape = [shape[0] if not isinstance(d, int) else d for d in logits.shape]
@@ -194,8 +193,7 @@ class OrtCudaGraphSession:
 
         return call
 
-    def fetch(self, output) -> np.ndarray:
-        return np.asarray(output.copy_outputs_to_cpu()[0], dtype=np.float32)
+    fetch = OrtIoBindingSession.fetch
 
     def close(self) -> None:
         self._per_shape.clear()

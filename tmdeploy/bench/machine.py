@@ -65,6 +65,15 @@ def describe(device: str = "cpu", ort_threads: int | None = None) -> dict:
     return info
 
 
+def tensorrt_version() -> str | None:
+    """TensorRT's version, None where it is not installed."""
+    try:
+        import tensorrt
+    except ImportError:
+        return None
+    return tensorrt.__version__
+
+
 def openvino_version() -> str | None:
     """OpenVINO's version, None where the optional extra is not installed."""
     try:

@@ -153,6 +153,11 @@ def _time_batch(ctx: Context, batch: int, sessions: dict, results: list[BackendR
         live[name].latency.append(stats)
 
 
+def cpu_reference_predictions(ckpt, x: np.ndarray, chunk: int) -> np.ndarray:
+    """PyTorch eager's top-1 on the CPU: what every backend's and candidate's agreement is measured against."""
+    return predict_all(TorchSession(ckpt.build_model().float(), "cpu"), x, min(chunk, len(x))).argmax(axis=1)
+
+
 def held_out_images(ckpt: Checkpoint, spec: str, seed: int = 0,
                     limit: int | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
     """Normalized test images of ``spec`` (at most ``limit``), their labels, and a description for the report;
@@ -183,8 +188,7 @@ def _accuracy(ctx: Context, test_set, sessions: dict, results: list[BackendResul
     reporter.accuracy("", len(live), len(live))
     reference = predictions.get(BASELINE)
     if ctx.device != "cpu":
-        cpu_eager = TorchSession(ctx.ckpt.build_model().float(), "cpu")
-        reference = predict_all(cpu_eager, x, chunk).argmax(axis=1)
+        reference = cpu_reference_predictions(ctx.ckpt, x, chunk)
     description["agreement_with"] = "PyTorch eager on the CPU"
     for result in live:
         if reference is not None and result.name in predictions:

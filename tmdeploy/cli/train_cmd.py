@@ -36,14 +36,12 @@ def options(args):
 
 
 def run(args) -> int:
-    from tmdeploy import checkpoint
     from tmdeploy.fileio import check_output
     from tmdeploy.train import train
 
     config = options(args)
     config.validate()
     check_output(args.out, option="--out")  # before training, not after it
-    checkpoint.check_save_path(args.out)
     result = train(config, out=args.out)
     print(f"wrote {args.out}: {config.arch}, held-out top-1 {result.accuracy:.2%}")
     return 0

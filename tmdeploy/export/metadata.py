@@ -140,6 +140,11 @@ def read(path) -> ModelMetadata:
     return meta
 
 
+def _dims(value: onnx.ValueInfoProto) -> list:
+    """A graph value's shape: sizes, symbolic names, or "?" for an axis with neither."""
+    return [d.dim_value if d.HasField("dim_value") else d.dim_param or "?" for d in value.type.tensor_type.shape.dim]
+
+
 def check_graph(model: onnx.ModelProto, meta: ModelMetadata, path) -> None:
     """The metadata must describe the graph's real input and outputs: the runtime feeds what it says and the
     parity check compares what it names, so a mismatch would fail inside onnxruntime or polygraphy instead."""
@@ -149,7 +154,7 @@ def check_graph(model: onnx.ModelProto, meta: ModelMetadata, path) -> None:
         raise TmdeployError(f"{path}: the graph takes {len(inputs)} inputs "
                             f"({', '.join(v.name[:50] for v in inputs[:5]) or 'none'}); a tmdeploy model takes one")
     tensor = inputs[0].type.tensor_type
-    dims = [d.dim_value if d.HasField("dim_value") else d.dim_param or "?" for d in tensor.shape.dim]
+    dims = _dims(inputs[0])
     graph_type = onnx.TensorProto.DataType.Name(tensor.elem_type).lower()
     wanted_type = "uint8" if meta.input_dtype == "uint8" else "float"
     if (tuple(dims[1:]), graph_type) != (meta.sample_shape, wanted_type):
@@ -158,8 +163,7 @@ def check_graph(model: onnx.ModelProto, meta: ModelMetadata, path) -> None:
     if isinstance(dims[0], int):
         raise TmdeployError(f"{path}: the graph's batch axis is fixed at {dims[0]}; a tmdeploy model takes any batch "
                             f"size (export it again)")
-    outputs = {v.name: [d.dim_value if d.HasField("dim_value") else d.dim_param or "?"
-                        for d in v.type.tensor_type.shape.dim] for v in model.graph.output}
+    outputs = {v.name: _dims(v) for v in model.graph.output}
     missing = [name for name in meta.outputs if name not in outputs]
     if missing:
         raise TmdeployError(f"{path}: the metadata names output(s) {', '.join(missing)}, but the graph has "

@@ -307,6 +307,19 @@ def calibration_inputs(meta: ModelMetadata, data_spec: str, count: int = 256, se
     return meta.graph_input(images.numpy(), raw=True)
 
 
+def calibration_loader(data_spec: str):
+    """``meta`` → ``data_spec``'s calibration images in that graph's input format, loaded once per format:
+    callers that lower several graphs (FP16 and each INT8 recipe, per form) load the images once."""
+    loaded: dict[tuple, np.ndarray] = {}
+
+    def calibration(meta: ModelMetadata) -> np.ndarray:
+        if meta.input_format() not in loaded:
+            loaded[meta.input_format()] = calibration_inputs(meta, data_spec)
+        return loaded[meta.input_format()]
+
+    return calibration
+
+
 def lower_precision(model: onnx.ModelProto, precision: str, *, meta: ModelMetadata, calib_data: str | None = None,
                     int8_target: str = "tensorrt", keep_fp32: Sequence[str] = (),
                     show_progress: bool = True, int8_recipe: Int8Recipe | None = None,

@@ -30,17 +30,17 @@ from polygraphy.common import TensorMetadata
 from tmdeploy import __version__, onnxfile
 from tmdeploy.bench import machine
 from tmdeploy.bench.backends import TrtSession, predict_all
-from tmdeploy.bench.sessions import OpenVinoSession, OrtSession, TorchSession
-from tmdeploy.bench.suite import held_out_images
+from tmdeploy.bench.sessions import OpenVinoSession, OrtSession
+from tmdeploy.bench.suite import cpu_reference_predictions, held_out_images
 from tmdeploy.bench.timing import Budget, Samples, error_line, latency_stats, measure, paired_ratio, wall_timer
 from tmdeploy.checkpoint import Checkpoint
 from tmdeploy.errors import UsageError
 from tmdeploy.export import ExportOptions, to_model_proto
 from tmdeploy.export.metadata import ModelMetadata, props
 from tmdeploy.export.options import FORMS
-from tmdeploy.export.precision import INT8_RECIPES, calibration_inputs, lower_precision
+from tmdeploy.export.precision import INT8_RECIPES, calibration_loader, lower_precision
 from tmdeploy.export.to_onnx import INPUT_NAME, calibration_data
-from tmdeploy.fileio import atomic_write, check_output, json_text
+from tmdeploy.fileio import atomic_write, check_output_dir, json_text
 from tmdeploy.optimize.candidates import FAILED, OK, RUNTIMES, SKIPPED, Candidate, candidates
 from tmdeploy.optimize.options import OptimizeOptions
 from tmdeploy.optimize.progress import LiveTable
@@ -80,9 +80,7 @@ def optimize(ckpt: Checkpoint, options: OptimizeOptions = OptimizeOptions()) -> 
     options.validate()
     out = Path(options.out) if options.out is not None else default_out(ckpt)
     options = replace(options, out=out)
-    options.validate()  # the folder too, before the long part
-    for name in ("model.onnx", "status.json"):
-        check_output(out / name, ckpt.path, option="--out")
+    check_output_dir(out, ("model.onnx", "status.json", "report.md"), ckpt.path, option="--out")
     spec = calibration_data(ckpt, None if options.data == "auto" else options.data)
     picked, why = machine.int8_recipes() if options.target == "cpu" else GPU_INT8
     recipes = options.int8_recipes or tuple(dict.fromkeys((*picked, "tensorrt")))
@@ -93,11 +91,11 @@ def optimize(ckpt: Checkpoint, options: OptimizeOptions = OptimizeOptions()) -> 
             torch_threads(options.threads), LiveTable(todo, options.show_progress) as table:
         scratch = Path(scratch)
         test_set = held_out_images(ckpt, spec, options.seed, options.accuracy_limit)
-        reference = _reference_predictions(ckpt, test_set, max(options.batches))
+        reference = cpu_reference_predictions(ckpt, test_set[0], max(options.batches))
         protos: dict[str, onnx.ModelProto] = {}  # each built candidate's graph, by name
         graphs: dict[tuple, onnx.ModelProto] = {}  # exported and lowered graphs, shared between runtimes
         sessions: dict[str, object] = {}  # one session per candidate, for its build, accuracy and timing
-        calibration = _calibration_loader(spec)
+        calibration = calibration_loader(spec)
         references = References(ckpt)  # PyTorch's outputs on the parity images, computed for the first candidate
         try:
             for cand in todo:
@@ -178,19 +176,6 @@ class _Quiet:
 
     def __exit__(self, *exc):
         logging.root.setLevel(self.level)
-
-
-def _calibration_loader(spec: str):
-    """``meta`` → ``spec``'s calibration images in that graph's input format, loaded once per format: every
-    form is lowered to FP16 and to several INT8 recipes from the same images."""
-    loaded: dict[tuple, np.ndarray] = {}
-
-    def calibration(meta: ModelMetadata) -> np.ndarray:
-        if meta.input_format() not in loaded:
-            loaded[meta.input_format()] = calibration_inputs(meta, spec)
-        return loaded[meta.input_format()]
-
-    return calibration
 
 
 def _build(ckpt, cand: Candidate, calibration, options: OptimizeOptions, scratch: Path, protos: dict, graphs: dict,
@@ -310,11 +295,6 @@ def _reproduce_command(ckpt, cand: Candidate, check_options: CheckOptions, tol: 
     return out
 
 
-def _reference_predictions(ckpt, test_set, chunk: int) -> np.ndarray:
-    x = test_set[0]
-    return predict_all(TorchSession(ckpt.build_model().float(), "cpu"), x, min(chunk, len(x))).argmax(axis=1)
-
-
 def _accuracy(cand: Candidate, protos: dict, sessions: dict, test_set, reference: np.ndarray,
               options: OptimizeOptions, scratch: Path, table) -> None:
     if cand.step("build").status != OK:
@@ -355,10 +335,9 @@ def _profile(ckpt, todo: list[Candidate], protos: dict, built: dict, options: Op
     for cand in todo:
         if cand not in timed:
             cand.mark("profile", SKIPPED, "not correct: not timed")
-    sessions = {}
-    for cand in timed:
+    for cand in timed:  # _session keeps each one it opens in ``built``
         try:
-            sessions[cand.name] = _session(cand, protos[cand.name], options, scratch, built)
+            _session(cand, protos[cand.name], options, scratch, built)
         except Exception as err:  # noqa: BLE001
             cand.mark("profile", FAILED, error_line(err))
     records = []
@@ -367,9 +346,9 @@ def _profile(ckpt, todo: list[Candidate], protos: dict, built: dict, options: Op
         x = np.random.default_rng(options.seed).standard_normal((batch, *ckpt.card.input_size)).astype(np.float32)
         calls = {}
         for cand in timed:
-            if cand.name in sessions and cand.step("profile").status != FAILED:
+            if cand.name in built and cand.step("profile").status != FAILED:
                 try:
-                    calls[cand.name] = sessions[cand.name].bind(x)
+                    calls[cand.name] = built[cand.name].bind(x)
                 except Exception as err:  # noqa: BLE001 - an engine without this batch size, say
                     cand.mark("profile", FAILED, f"batch {batch}: {error_line(err)}")
         live = [c for c in timed if c.name in calls]
@@ -492,16 +471,8 @@ def _environment(options: OptimizeOptions, recipe: tuple[str, str]) -> dict:
 
         info.update({"onnxruntime_package": ort_build.package_name,
                      "onnxruntime_cuda": getattr(ort_build, "cuda_version", None),
-                     "onnxruntime_providers": ort.get_available_providers(), "tensorrt": _tensorrt_version()})
+                     "onnxruntime_providers": ort.get_available_providers(), "tensorrt": machine.tensorrt_version()})
     return info
-
-
-def _tensorrt_version() -> str | None:
-    try:
-        import tensorrt
-    except ImportError:
-        return None
-    return tensorrt.__version__
 
 
 def _status(ckpt, options, todo, profile, decision, data, recipes, recipe) -> dict:
