@@ -4,7 +4,8 @@ It answers why INT8 gains less on rn26-tm than on rn26: the integer kernels (QLi
 up both alike, but the template-matching blocks' RMS norm and soft-max stay float ops on float tensors,
 between DequantizeLinear and QuantizeLinear, and run in onnxruntime's channels-last layout there (its
 integer convolutions are channels-last), where a per-pixel value broadcast over the channels is applied a
-span of C values at a time instead of H×W. The times are onnxruntime's own profile (``enable_profiling``),
+span of C values at a time instead of H×W. The INT8 graph is profiled with and without
+``tmdeploy.export.channels_last``'s rewrites of those float ops (recipe ``ort-plain-float``: without). The times are onnxruntime's own profile (``enable_profiling``),
 summed per op type and divided by the runs; profiling adds a little to every node, so the totals sit above
 ``benchmarks/int8_recipes.py``'s latencies, whose ratios are the speed claim. Seeded untrained weights
 (speed does not depend on the values), calibrated on digits upsampled to ``--size``.
@@ -48,25 +49,28 @@ def main() -> None:
     args = parser.parse_args()
     logging.root.setLevel(logging.ERROR)  # onnxruntime.quantization's pre-processing advice, once per graph
     x = np.random.default_rng(0).standard_normal((args.batch, 1, args.size, args.size)).astype(np.float32)
+    recipes = {"INT8 (ort-plain-float)": "ort-plain-float", "INT8 (onnxruntime recipe)": "onnxruntime"}
     for arch in ARCHS:
         fp32 = to_model_proto(untrained(arch, 1, args.size), ExportOptions())
-        int8 = lower_precision(fp32, "int8", meta=ModelMetadata.from_props(props(fp32)), calib_data="digits",
-                               int8_recipe=INT8_RECIPES["onnxruntime"], show_progress=False)
-        times = {"FP32": op_times(fp32, x, args.threads, args.runs), "INT8": op_times(int8, x, args.threads, args.runs)}
+        meta = ModelMetadata.from_props(props(fp32))
+        graphs = {"FP32": fp32, **{column: lower_precision(fp32, "int8", meta=meta, calib_data="digits",
+                                                             int8_recipe=INT8_RECIPES[recipe], show_progress=False)
+                                   for column, recipe in recipes.items()}}
+        times = {name: op_times(graph, x, args.threads, args.runs) for name, graph in graphs.items()}
         groups = {name: group(t) for name, t in times.items()}
-        ops = sorted(set(times["FP32"]) | set(times["INT8"]), key=lambda op: -times["INT8"][op] - times["FP32"][op])
-        rows = [[op, number(times["FP32"][op]), number(times["INT8"][op])] for op in ops if
-                max(times["FP32"][op], times["INT8"][op]) >= 0.05]
-        rows += [[f"**{name}**", number(groups["FP32"][name]), number(groups["INT8"][name])] for name in groups["INT8"]]
+        ops = sorted(set().union(*times.values()), key=lambda op: -sum(t[op] for t in times.values()))
+        rows = [[op, *(number(t[op]) for t in times.values())] for op in ops
+                if max(t[op] for t in times.values()) >= 0.05]
+        rows += [[f"**{name}**", *(number(g[name]) for g in groups.values())] for name in groups["FP32"]]
+        int8 = groups["INT8 (onnxruntime recipe)"]
         print_table(
             f"{arch}: onnxruntime CPU profile, ms per run, batch {args.batch}, 1×{args.size}×{args.size}",
-            ["op type", "FP32", "INT8 (onnxruntime recipe)"], rows,
-            [f"integer kernels {groups['INT8']['integer kernels'] / groups['INT8']['total']:.0%} of INT8's time; "
-             f"float ops and their quantize/dequantize "
-             f"{1 - groups['INT8']['integer kernels'] / groups['INT8']['total']:.0%}",
+            ["op type", *times], rows,
+            [f"onnxruntime recipe: integer kernels {int8['integer kernels'] / int8['total']:.0%} of INT8's time; "
+             f"float ops and their quantize/dequantize {1 - int8['integer kernels'] / int8['total']:.0%}",
+             "ort-plain-float: the same quantization without tmdeploy.export.channels_last's rewrites of the float ops",
              caption(ort_threads=args.threads)],
         )
-
 
 if __name__ == "__main__":
     main()

@@ -2,8 +2,10 @@
 
 The recipes are ``tmdeploy.export.precision.INT8_RECIPES``: per-tensor vs per-channel weight scales,
 QOperator (QLinearConv in the file) vs QDQ (pairs onnxruntime fuses when it loads the file), ``reduce_range``
-(7-bit weights, onnxruntime's advice for u8s8 on AVX2 without VNNI), quantizing the residual Adds too, and
-leaving the template-matching value convolutions in float; ``tensorrt`` is the symmetric signed recipe.
+(7-bit weights, onnxruntime's advice for u8s8 on AVX2 without VNNI), quantizing the residual Adds too,
+leaving the template-matching value convolutions in float, and leaving out the channels-last rewrites of the
+float ops (``ort-plain-float``: what ``tmdeploy.export.channels_last`` buys); ``tensorrt`` is the symmetric
+signed recipe.
 
 Speed: every recipe's graph and the FP32 graph of one model run interleaved in one timing run; each ratio is
 the median over rounds of the paired per-round latency ratio FP32 / recipe (above 1: faster than FP32). They

@@ -19,7 +19,7 @@ from onnx.reference import ReferenceEvaluator
 
 from tmdeploy import data
 from tmdeploy.errors import UsageError
-from tmdeploy.export import metadata, precision
+from tmdeploy.export import channels_last, metadata, precision
 from tmdeploy.export.to_onnx import ExportOptions, to_model_proto
 from tmdeploy.verify import CheckOptions, check
 
@@ -128,6 +128,90 @@ def test_fp16_keeps_out_of_range_values_in_fp32_when_calibration_shows_them():
     assert _io(guarded) == _io(model)
 
 
+def _softmax_graph(scale: float, zero_point: int) -> onnx.ModelProto:
+    """The normalized form's soft-max over 8-bit scores, as a quantized graph holds it, twice over one null
+    logit constant (an exporter shares equal initializers): ``s = DequantizeLinear(q)``,
+    ``m = max(max_k s_k, μ)``, ``p = e^(s−m) / (Σ e^(s−m) + e^(μ−m))``."""
+    nodes, outputs = [], []
+    for i, source in enumerate(("q", "q_flipped")):
+        names = {k: f"{k}{i}" for k in ("s", "peak", "m", "shifted", "null_shifted", "e", "e_null", "total",
+                                        "denominator", "p")}
+        n = names
+        nodes += [helper.make_node("DequantizeLinear", [source, "scale", "zero"], [n["s"]], name=f"dq{i}"),
+                  helper.make_node("ReduceMax", [n["s"], "axes"], [n["peak"]], name=f"peak{i}", keepdims=1),
+                  helper.make_node("Max", [n["peak"], "mu"], [n["m"]], name=f"m{i}"),
+                  helper.make_node("Sub", [n["s"], n["m"]], [n["shifted"]], name=f"shift{i}"),
+                  helper.make_node("Sub", ["mu", n["m"]], [n["null_shifted"]], name=f"null_shift{i}"),
+                  helper.make_node("Exp", [n["shifted"]], [n["e"]], name=f"exp{i}"),
+                  helper.make_node("Exp", [n["null_shifted"]], [n["e_null"]], name=f"exp_null{i}"),
+                  helper.make_node("ReduceSum", [n["e"], "axes"], [n["total"]], name=f"sum{i}", keepdims=1),
+                  helper.make_node("Add", [n["total"], n["e_null"]], [n["denominator"]], name=f"denominator{i}"),
+                  helper.make_node("Div", [n["e"], n["denominator"]], [n["p"]], name=f"p{i}")]
+        outputs.append(helper.make_tensor_value_info(n["p"], TensorProto.FLOAT, ["N", 6, 3, 3]))
+    nodes.insert(0, helper.make_node("Sub", ["max_code", "q"], ["q_flipped"], name="flip"))
+    graph = helper.make_graph(
+        nodes, "softmax", [helper.make_tensor_value_info("q", TensorProto.UINT8, ["N", 6, 3, 3])], outputs,
+        [numpy_helper.from_array(np.array(scale, np.float32), "scale"),
+         numpy_helper.from_array(np.array(zero_point, np.uint8), "zero"),
+         numpy_helper.from_array(np.array(255, np.uint8), "max_code"),
+         numpy_helper.from_array(np.array([1], np.int64), "axes"),
+         numpy_helper.from_array(np.full((1, 1, 1, 1), 0.5, np.float32), "mu")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)
+
+
+@pytest.mark.parametrize("scale, shift_dropped", [(0.25, True), (1.0, False)])
+def test_softmax_max_shift_goes_only_where_8_bits_keep_exp_finite(scale, shift_dropped):
+    """Bound 0.25·(255 − 10) ≈ 61 leaves e^s finite: the shift goes and the answer stays; 1.0·245 would
+    overflow float32's exp, so that soft-max keeps its ReduceMax. Extreme codes included (0, 255)."""
+    model = _softmax_graph(scale, zero_point=10)
+    rewritten = channels_last.channels_last_float_ops(model)
+    ops = [n.op_type for n in rewritten.graph.node]
+    assert ops.count("ReduceMax") == (0 if shift_dropped else 2)
+    assert ops.count("Exp") == (2 if shift_dropped else 4) and ops.count("Sub") == (1 if shift_dropped else 5)
+    q = np.random.default_rng(0).integers(0, 256, (4, 6, 3, 3), dtype=np.uint8)
+    q[0], q[1, :, 0, 0] = 255, 0
+    session = ort.InferenceSession(rewritten.SerializeToString(), providers=["CPUExecutionProvider"])
+    reference = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    for got, expected in zip(session.run(None, {"q": q}), reference.run(None, {"q": q})):
+        assert np.isfinite(got).all()
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-7)
+
+
+def _rms_norm_graph(axis: int, opset: int) -> onnx.ModelProto:
+    """PixelRMSNorm as the exporter writes it, ``x / sqrt(mean(x², axis) + ε)``; ReduceMean's axes are an
+    input from opset 18, an attribute before."""
+    axes_as_input = opset >= 18
+    nodes = [helper.make_node("Mul", ["x", "x"], ["square"], name="square"),
+             helper.make_node("ReduceMean", ["square", "axes"] if axes_as_input else ["square"], ["mean"], name="mean",
+                              keepdims=1, **({} if axes_as_input else {"axes": [axis]})),
+             helper.make_node("Add", ["mean", "eps"], ["shifted"], name="eps"),
+             helper.make_node("Sqrt", ["shifted"], ["rms"], name="rms"),
+             helper.make_node("Div", ["x", "rms"], ["y"], name="normed")]
+    graph = helper.make_graph(
+        nodes, "rms", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 12, 5, 5])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 12, 5, 5])],
+        [numpy_helper.from_array(np.array(1e-6, np.float32), "eps")]
+        + ([numpy_helper.from_array(np.array([axis], np.int64), "axes")] if axes_as_input else []))
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=10)
+
+
+@pytest.mark.parametrize("opset", [13, 18])
+@pytest.mark.parametrize("axis, fused", [(1, True), (2, False)])
+def test_channel_rms_norm_becomes_one_channels_last_op(axis, fused, opset):
+    """A norm over the channels becomes ``Transpose → RMSNormalization → Transpose`` (the graph raised to
+    opset 23) with the same values, zero pixels included; a norm over another axis is not the pattern and is
+    left as it is, opset included."""
+    model = _rms_norm_graph(axis, opset)
+    rewritten = channels_last.channels_last_float_ops(model)
+    ops = [n.op_type for n in rewritten.graph.node]
+    assert (ops == ["Transpose", "RMSNormalization", "Transpose"]) == fused, ops
+    assert rewritten.opset_import[0].version == (channels_last.RMS_NORM_OPSET if fused else opset)
+    onnx.checker.check_model(rewritten, full_check=True)
+    x = np.random.default_rng(1).standard_normal((3, 12, 5, 5)).astype(np.float32) * 40
+    x[0, :, 0, 0] = 0
+    np.testing.assert_allclose(_run(rewritten, x), _run(model, x), rtol=1e-5, atol=1e-6)
+
+
 # --- FP16 on trained models -----------------------------------------------------------------------
 
 @pytest.mark.slow
@@ -218,6 +302,9 @@ def test_onnxruntime_int8_runs_conv_relu_and_residual_adds_without_requantizing(
         assert not requantized, requantized
         quantized_outputs = {n.input[0] for n in int8.graph.node if n.op_type == "QuantizeLinear"}
         quantized_adds = {n.name for n in int8.graph.node if n.op_type == "Add" and n.output[0] in quantized_outputs}
+        if arch == "rn26-tm":  # each RMS norm is one channels-last op (tmdeploy.export.channels_last)
+            assert [n.op_type for n in int8.graph.node].count("RMSNormalization") == ops.count(
+                "RMSNormalization") == [n.op_type for n in fp32.graph.node].count("Sqrt") > 0
         if recipe == "ort-shortcuts":
             assert quantized_adds == residual
             assert ops.count("QLinearAdd") == len(residual)
@@ -242,13 +329,18 @@ def test_int8_qdq_agrees_with_fp32(exported, tmp_path, arch, target, record_prop
         quantizers = [n.name for n in int8.graph.node if n.op_type == "QuantizeLinear"]
         assert all(zero_points[q].dtype == np.uint8 for q in quantizers)
 
-    # The soft-max's exponent and normaliser stay float ops on float tensors: each is still there, and
-    # nothing between them (max, s − m, Σe, Σe + exp(μ − m)) is quantized. Only e, the value conv's
+    # The soft-max's exponent and normaliser stay float ops on float tensors: each is still there (less the
+    # max shift that onnxruntime's recipe drops where 8 bits bound the scores: tmdeploy.export.channels_last),
+    # and nothing between them (max, s − m, Σe, Σe + exp(μ − m)) is quantized. Only e, the value conv's
     # input, and the conv outputs that feed them are, as every conv's input and output is.
     softmax = set(precision.softmax_nodes(fp32))
     assert softmax  # both archs have template-matching blocks
     before = {n.name: n.op_type for n in fp32.graph.node if n.name in softmax}
-    assert {n.name: n.op_type for n in int8.graph.node if n.name in softmax} == before
+    after = {n.name: n.op_type for n in int8.graph.node if n.name in softmax}
+    assert {op for name, op in before.items() if name not in after} <= (
+        set() if target == "tensorrt" else {"ReduceMax", "Max", "Sub", "Exp", "Mul", "ReduceMean", "Sqrt", "Div"})
+    assert "Exp" in after.values() and "ReduceSum" in after.values()
+    softmax = set(after)
     consumers: dict[str, set[str]] = {}
     for node in int8.graph.node:
         for name in node.input:

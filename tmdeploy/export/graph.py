@@ -111,12 +111,22 @@ def clean_up(model: onnx.ModelProto) -> onnx.ModelProto:
     graph.fold_constants()  # first: the TorchScript exporter feeds equal initializers through Identity nodes
     batchnorm_to_affine(graph)
     graph.fold_constants().cleanup().toposort()
-    cleaned = gs.export_onnx(graph)
-    cleaned.ir_version = model.ir_version
-    cleaned.producer_name, cleaned.producer_version = model.producer_name, model.producer_version
-    del cleaned.opset_import[:]
-    cleaned.opset_import.extend(model.opset_import)
-    return cleaned
+    return export_like(graph, model)
+
+
+def export_like(graph: gs.Graph, model: onnx.ModelProto) -> onnx.ModelProto:
+    """``graph`` as a ModelProto with ``model``'s IR version, producer and opsets (graphsurgeon writes its own)."""
+    exported = gs.export_onnx(graph)
+    exported.ir_version = model.ir_version
+    exported.producer_name, exported.producer_version = model.producer_name, model.producer_version
+    del exported.opset_import[:]
+    exported.opset_import.extend(model.opset_import)
+    return exported
+
+
+def onnx_opset(model: onnx.ModelProto) -> int:
+    """The version of the default ONNX domain the graph imports."""
+    return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
 
 
 def check(model: onnx.ModelProto) -> onnx.ModelProto:

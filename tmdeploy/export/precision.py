@@ -40,6 +40,8 @@ import onnx
 
 from tmdeploy import data
 from tmdeploy.errors import TmdeployError, UsageError, first_line
+from tmdeploy.export.channels_last import channels_last_float_ops
+from tmdeploy.export.graph import onnx_opset
 from tmdeploy.export.metadata import ModelMetadata, write
 from tmdeploy.export.options import INT8_TARGETS, ExportOptions  # noqa: F401 (INT8_TARGETS: tests use it here)
 
@@ -75,16 +77,20 @@ class Int8Recipe:
     quantize_bias: bool = True  # INT32 biases; TensorRT's parser has no INT32 DequantizeLinear
     shortcuts: bool = False  # the residual Adds too (QLinearAdd), not only the convolutions
     value_convs: bool = True  # the template-matching blocks' value convolutions (ν), or leave them in float
+    # tmdeploy.export.channels_last's exact rewrites of the float ops between onnxruntime's channels-last
+    # integer kernels (one RMSNormalization per RMS norm, opset 23; no soft-max max shift where 8 bits bound it)
+    channels_last_float_ops: bool = True
 
 
 INT8_RECIPES = {
-    "tensorrt": Int8Recipe(signed_activations=True, quantize_bias=False),
+    "tensorrt": Int8Recipe(signed_activations=True, quantize_bias=False, channels_last_float_ops=False),
     "onnxruntime": Int8Recipe(signed_activations=False),
     "ort-reduce-range": Int8Recipe(signed_activations=False, reduce_range=True),
     "ort-per-tensor": Int8Recipe(signed_activations=False, per_channel=False),
     "ort-qoperator": Int8Recipe(signed_activations=False, qoperator=True),
     "ort-shortcuts": Int8Recipe(signed_activations=False, shortcuts=True),
     "ort-float-values": Int8Recipe(signed_activations=False, value_convs=False),
+    "ort-plain-float": Int8Recipe(signed_activations=False, channels_last_float_ops=False),
 }
 
 
@@ -254,7 +260,10 @@ def to_int8(model: onnx.ModelProto, calibration: np.ndarray, target: str = "tens
                 activation_type=activations, weight_type=QuantType.QInt8,
                 calibrate_method=CalibrationMethod.MinMax, extra_options=extra,
             )
-        return _checked(onnx.load(str(quantized)), model, "int8")
+        lowered = onnx.load(str(quantized))
+    if recipe.channels_last_float_ops:
+        lowered = channels_last_float_ops(lowered)
+    return _checked(lowered, model, "int8")
 
 
 def value_conv_nodes(model: onnx.ModelProto) -> list[str]:
@@ -341,7 +350,8 @@ def lower_precision(model: onnx.ModelProto, precision: str, *, meta: ModelMetada
         lowered = to_fp16(model, keep_fp32, calibration)
     else:
         lowered = to_int8(model, calibration, int8_target, show_progress, int8_recipe)
-    write(lowered, replace(meta, precision=precision))
+    # the opset the file holds: onnxruntime's INT8 recipes raise it to 23 for RMSNormalization
+    write(lowered, replace(meta, precision=precision, opset=onnx_opset(lowered)))
     return lowered
 
 
