@@ -222,3 +222,16 @@ def test_cli_floor_that_a_backend_misses_exits_1_naming_it(tiny_ckpt, tmp_path, 
     md = (out / "bench.md").read_text()
     assert "❎ failed" in md and "## Below the accuracy floors" in md and "Floors: top-1 ≥ 100.00%" in md
     assert json.loads((out / "bench.json").read_text())["backends"][0]["outcome"] == "failed"
+
+
+def test_cuda_placement_note_counts_tensorrt_nodes_apart_from_the_cpu():
+    """onnxruntime's TensorRT provider runs nodes on the GPU: they are not "on the CPU" in the bench note."""
+    from collections import Counter
+
+    from tmdeploy.bench.cuda import placement_note
+
+    placement = Counter({("TensorrtExecutionProvider", "TRTKernel_graph"): 2, ("CUDAExecutionProvider", "Conv"): 5,
+                         ("CPUExecutionProvider", "Shape"): 1})
+    assert placement_note(placement) == "2/8 nodes on TensorRT, 5/8 nodes on CUDA (on the CPU: Shape)"
+    assert placement_note(Counter({("CUDAExecutionProvider", "QLinearConv"): 3})) == (
+        "3/3 nodes on CUDA; convolutions in INT8")

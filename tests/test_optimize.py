@@ -54,6 +54,8 @@ def test_writes_strict_status_with_a_record_per_candidate_and_step(run_dir):
         assert 0 <= c["accuracy"]["agreement"] <= 1
         assert c["reproduce"]["command"].startswith("polygraphy run " if c["runtime"] == "onnxruntime"
                                                     else "tmdeploy check ")
+        assert c["onnxruntime_providers"] == ([["CPUExecutionProvider", {}]] if c["runtime"] == "onnxruntime"
+                                              else None)
         if c["status"] == "OK":
             assert [s["batch"] for s in c["latency"]] == [1, 4]
             assert all(s["p50_ms"] <= s["p99_ms"] and s["throughput"] > 0 for s in c["latency"])
@@ -79,6 +81,22 @@ def test_report_and_plot(run_dir):
     md = (run_dir / "report.md").read_text()
     assert "**Choice: `" in md and "## Candidates" in md and "polygraphy run candidates/" in md
     assert (run_dir / "latency.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_the_report_names_every_provider_setting_a_deployment_needs():
+    """With onnxruntime's TensorRT provider, CUDA runs the nodes TensorRT does not take: its settings count too."""
+    from tmdeploy.optimize.candidates import RUNTIMES, _candidate
+    from tmdeploy.report.optimize import _runs_on
+
+    trt = _candidate("normalized", "torchscript", "fp16", None, RUNTIMES["cuda"]["onnxruntime-tensorrt"], None)
+    decision = {"runtime": trt.runtime, "provider": trt.provider, "provider_options": trt.provider_options,
+                "onnxruntime_providers": trt.onnxruntime_providers(), "engine": None}
+    assert _runs_on(decision) == (", to be run by onnxruntime with TensorrtExecutionProvider then "
+                                  "CUDAExecutionProvider (use_tf32=0).")
+    graph = _candidate("normalized", "torchscript", "fp32", None, RUNTIMES["cuda"]["onnxruntime-cuda-graph"], None)
+    assert _runs_on({"runtime": graph.runtime, "provider": graph.provider, "provider_options": graph.provider_options,
+                     "engine": None}) == (  # an older status file: no providers list
+        ", to be run by onnxruntime with CUDAExecutionProvider (use_tf32=0, enable_cuda_graph=1).")
 
 
 def test_reproduction_command_rechecks_parity_without_tmdeploy(run_dir):
@@ -191,6 +209,10 @@ def test_cuda_candidates_default_first_int8_only_where_tensorrt_runs_it():
     assert by_name["folded-padded-fp16-cuda-graph-nhwc"].provider_options == {
         "use_tf32": "0", "enable_cuda_graph": "1", "prefer_nhwc": "1"}
     assert by_name["normalized-fp32-ort-trt"].provider == "TensorrtExecutionProvider"
+    # what a deployment passes to onnxruntime to run it as timed: CUDA, which runs the rest, without TF32 too
+    assert by_name["normalized-fp32-ort-trt"].onnxruntime_providers() == [
+        ["TensorrtExecutionProvider", {}], ["CUDAExecutionProvider", {"use_tf32": "0"}], ["CPUExecutionProvider", {}]]
+    assert default.onnxruntime_providers() == [["CUDAExecutionProvider", {"use_tf32": "0"}], ["CPUExecutionProvider", {}]]
     assert by_name["normalized-fp32-trt"].provider is None
     int8 = [c for c in todo if c.precision == "int8"]
     on_cuda_provider = [c for c in int8 if c.provider == "CUDAExecutionProvider"]

@@ -21,6 +21,10 @@ from tmdeploy.verify import CheckOptions, check, write_report
 
 log = logging.getLogger(__name__)
 
+# what the demo writes at the top of its folder, named once: checked before the work starts, then written
+FILES = {"checkpoint": "ckpt.pt", "onnx": "model.onnx", "onnx_uint8": "model_uint8.onnx", "inputs": "inputs.json",
+         "reference_outputs": "reference_outputs.json", "summary": "summary.json"}
+
 
 def run_demo(out_dir: Path, config: TrainConfig | None = None, show_progress: bool = True) -> dict:
     """Run every stage into ``out_dir`` and return the summary (also written as summary.json).
@@ -29,8 +33,7 @@ def run_demo(out_dir: Path, config: TrainConfig | None = None, show_progress: bo
     """
     config = config or TrainConfig()
     config.validate()  # before the folder is made or a step announced: a bad option changes nothing
-    out_dir = check_output_dir(out_dir, ("ckpt.pt", "model.onnx", "model_uint8.onnx", "summary.json"),
-                               option="--out-dir")
+    out_dir = check_output_dir(out_dir, FILES.values(), option="--out-dir")
     out_dir.mkdir(parents=True, exist_ok=True)
     steps: dict[str, float] = {}
 
@@ -39,17 +42,17 @@ def run_demo(out_dir: Path, config: TrainConfig | None = None, show_progress: bo
         log.info("[demo] %s", name)
 
     step("train")
-    ckpt_path = out_dir / "ckpt.pt"
+    ckpt_path = out_dir / FILES["checkpoint"]
     result = train(config, out=ckpt_path, show_progress=show_progress)
     ckpt = checkpoint.load(ckpt_path)
 
     step("export")
-    onnx_path = export_onnx(ckpt, out_dir / "model.onnx", ExportOptions())
-    baked_path = export_onnx(ckpt, out_dir / "model_uint8.onnx", ExportOptions(bake_preprocess=True))
+    onnx_path = export_onnx(ckpt, out_dir / FILES["onnx"], ExportOptions())
+    baked_path = export_onnx(ckpt, out_dir / FILES["onnx_uint8"], ExportOptions(bake_preprocess=True))
+    inputs, reference_outputs = out_dir / FILES["inputs"], out_dir / FILES["reference_outputs"]
 
     step("check")
-    report = check(ckpt, onnx_path, CheckOptions(data="digits", save_inputs=out_dir / "inputs.json",
-                                                 save_outputs=out_dir / "reference_outputs.json"))
+    report = check(ckpt, onnx_path, CheckOptions(data="digits", save_inputs=inputs, save_outputs=reference_outputs))
     write_report(report, out_dir, onnx_path.stem)
     baked_report = check(ckpt, baked_path, CheckOptions(data="digits"))
     write_report(baked_report, out_dir, baked_path.stem)
@@ -70,14 +73,14 @@ def run_demo(out_dir: Path, config: TrainConfig | None = None, show_progress: bo
                             "top1_agreement": p.outputs["logits"]["top1_agreement"]}
                    for p in (report, baked_report)},
         "latency": speed, "bench_report": str(out_dir / "bench" / "bench.md"),
-        "polygraphy_recheck": (f"polygraphy run {onnx_path} --onnxrt --load-inputs {out_dir / 'inputs.json'} "
-                               f"--load-outputs {out_dir / 'reference_outputs.json'} --atol 1e-4 --rtol 1e-3"),
+        "polygraphy_recheck": (f"polygraphy run {onnx_path} --onnxrt --load-inputs {inputs} "
+                               f"--load-outputs {reference_outputs} --atol 1e-4 --rtol 1e-3"),
     }
     names = list(steps)
     summary["seconds"] = {n: round((steps[names[i + 1]] if i + 1 < len(names) else time.perf_counter()) - steps[n], 1)
                           for i, n in enumerate(names)}
     summary["passed"] = all(v["passed"] for v in summary["parity"].values())
-    atomic_write(out_dir / "summary.json", lambda tmp: tmp.write_text(json.dumps(summary, indent=2)))
+    atomic_write(out_dir / FILES["summary"], lambda tmp: tmp.write_text(json.dumps(summary, indent=2)))
     return summary
 
 

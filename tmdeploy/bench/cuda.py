@@ -102,9 +102,10 @@ def node_placement(proto, providers: list) -> Counter:
 def placement_note(placement: Counter) -> str:
     """One line saying where the nodes ran and, for QDQ graphs, in what arithmetic the convolutions ran."""
     total = sum(placement.values())
-    on_cuda = sum(n for (provider, _), n in placement.items() if provider == onnxfile.CUDA)
-    note = f"{on_cuda}/{total} nodes on CUDA"
-    on_cpu = sorted({op for (provider, op) in placement if provider != onnxfile.CUDA})
+    on_gpu = {name: sum(n for (provider, _), n in placement.items() if provider == full)
+              for name, full in (("TensorRT", onnxfile.TENSORRT), ("CUDA", onnxfile.CUDA))}
+    note = ", ".join(f"{n}/{total} nodes on {name}" for name, n in on_gpu.items() if n or name == "CUDA")
+    on_cpu = sorted({op for (provider, op) in placement if provider not in (onnxfile.CUDA, onnxfile.TENSORRT)})
     if on_cpu:
         note += f" (on the CPU: {', '.join(on_cpu)})"
     ops = {op for (_, op) in placement}
@@ -129,7 +130,8 @@ class OrtIoBindingSession(OrtSession):
 
     @cached_property
     def note(self) -> str:
-        """Where the nodes ran: a profiling session of its own, so only made when a report asks."""
+        """Where the nodes ran, from a profiling session of its own: made once, when first read (bench reads it
+        for each CUDA result it reports; optimize's timing never does)."""
         return placement_note(node_placement(self.proto, self.providers))
 
     def bind(self, x: np.ndarray) -> Callable[[], object]:

@@ -31,6 +31,8 @@ class Runtime:
     suffix: str | None  # in candidate names
     provider: str | None  # onnxruntime's execution provider; None: not onnxruntime
     provider_options: dict = field(default_factory=dict)
+    # onnxruntime's TensorRT provider: what CUDA, which runs the nodes TensorRT does not take, is set to
+    cuda_fallback_options: dict | None = None
     int8: bool = True  # runs INT8 (QDQ) files
     int8_skipped: str = ""  # where it does not: listed SKIPPED with this reason (else left out)
 
@@ -48,7 +50,7 @@ RUNTIMES = {
         # (benchmarks/gpu_tm_cost.py, folded-padded form)
         Runtime("onnxruntime-cuda-graph-nhwc", "cuda-graph-nhwc", onnxfile.CUDA, {**_GRAPH, "prefer_nhwc": "1"},
                 int8=False),
-        Runtime("onnxruntime-tensorrt", "ort-trt", onnxfile.TENSORRT),
+        Runtime("onnxruntime-tensorrt", "ort-trt", onnxfile.TENSORRT, cuda_fallback_options=onnxfile.CUDA_FP32),
         Runtime("tensorrt", "trt", None),
     )},
 }
@@ -72,6 +74,7 @@ class Candidate:
     runtime: str = "onnxruntime"
     provider: str | None = onnxfile.CPU[0]  # onnxruntime's execution provider; None: another runtime
     provider_options: dict = field(default_factory=dict)  # what a deployment sets to run it as timed
+    cuda_fallback_options: dict | None = None  # with onnxruntime's TensorRT provider: CUDA's, for the rest
     skipped: str = ""  # why it is not tried here (its runtime is missing, or cannot run it well)
     steps: list[Step] = field(default_factory=lambda: [Step(s) for s in STEPS])
     size_mb: float | None = None
@@ -97,6 +100,16 @@ class Candidate:
     @property
     def reason(self) -> str:
         return next((f"{s.step}: {s.reason}" for s in self.steps if s.status != OK), "")
+
+    def onnxruntime_providers(self) -> list | None:
+        """The ``providers`` list a deployment passes to ``onnxruntime.InferenceSession`` to run this candidate
+        as timed, fallbacks included; None when another runtime runs it."""
+        if self.provider is None:
+            return None
+        if self.provider == onnxfile.CPU[0]:
+            return [[self.provider, dict(self.provider_options)]]
+        cuda = [] if self.cuda_fallback_options is None else [[onnxfile.CUDA, dict(self.cuda_fallback_options)]]
+        return [[self.provider, dict(self.provider_options)], *cuda, [onnxfile.CPU[0], {}]]
 
     def correct(self) -> bool:
         return all(self.step(s).status == OK for s in ("build", "parity", "accuracy"))
@@ -133,5 +146,6 @@ def _candidate(form: str, exporter: str, precision: str, recipe: str | None, run
     name = "-".join(filter(None, (form, precision, recipe, None if exporter == "torchscript" else exporter,
                                   runtime.suffix)))
     skipped = (missing or {}).get(runtime.name) or (runtime.int8_skipped if precision == "int8" else "")
+    fallback = None if runtime.cuda_fallback_options is None else dict(runtime.cuda_fallback_options)
     return Candidate(name, form, exporter, precision, recipe, runtime.name, runtime.provider,
-                     dict(runtime.provider_options), skipped)
+                     dict(runtime.provider_options), fallback, skipped)

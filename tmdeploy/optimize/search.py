@@ -155,7 +155,7 @@ def _open(cand: Candidate, proto: onnx.ModelProto, options: OptimizeOptions, scr
     from tmdeploy.bench.cuda import OrtCudaGraphSession, OrtIoBindingSession
 
     if cand.provider == onnxfile.TENSORRT:
-        return OrtIoBindingSession(proto, onnxfile.CUDA_FP32, cand.provider_options)
+        return OrtIoBindingSession(proto, cand.cuda_fallback_options, cand.provider_options)
     if cand.provider_options.get("enable_cuda_graph") == "1":
         return OrtCudaGraphSession(proto, _plain(cand.provider_options))
     return OrtIoBindingSession(proto, cand.provider_options)
@@ -230,7 +230,8 @@ def _parity(ckpt, cand: Candidate, spec: str, options: OptimizeOptions, scratch:
                                  device=options.target, cuda_options=_plain(cand.provider_options) if on_cuda else None)
     path = scratch / "candidates" / f"{cand.name}.onnx"
     runner = None
-    if cand.provider in (None, onnxfile.TENSORRT) and cand.runtime != "openvino":  # TensorRT: the timed session
+    # TensorRT and OpenVINO: the session that is timed, built (compiled) once in the build step
+    if cand.provider in (None, onnxfile.TENSORRT):
         c, h, w = ckpt.card.input_size
         runner = SessionRunner(sessions[cand.name], TensorMetadata().add(INPUT_NAME, np.float32, (-1, c, h, w)),
                                "logits", name=cand.runtime)
@@ -455,6 +456,7 @@ def _decide(todo: list[Candidate], options: OptimizeOptions) -> dict | None:
             "speedup_vs_default": stats.get("speedup_vs_default"),
             "form": best.form, "precision": best.precision, "int8_recipe": best.int8_recipe, "exporter": best.exporter,
             "runtime": best.runtime, "provider": best.provider, "provider_options": best.provider_options,
+            "onnxruntime_providers": best.onnxruntime_providers(),
             "engine": f"candidates/{best.name}.plan" if best.runtime == "tensorrt" else None}
 
 
@@ -488,7 +490,8 @@ def _status(ckpt, options, todo, profile, decision, data, recipes, recipe) -> di
         "data": data,
         "candidates": [{"name": cand.name, "form": cand.form, "exporter": cand.exporter, "precision": cand.precision,
                         "int8_recipe": cand.int8_recipe, "runtime": cand.runtime, "provider": cand.provider,
-                        "provider_options": cand.provider_options, "status": cand.status,
+                        "provider_options": cand.provider_options,
+                        "onnxruntime_providers": cand.onnxruntime_providers(), "status": cand.status,
                         "reason": cand.reason,
                         "default_export": cand.is_default, "size_mb": cand.size_mb, "build_s": cand.build_s,
                         "steps": [asdict(s) for s in cand.steps], "tolerance": cand.tolerance, "errors": cand.errors,

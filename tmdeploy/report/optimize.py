@@ -34,10 +34,12 @@ def _runs_on(decision: dict) -> str:
         return ", to be run by OpenVINO."
     if decision.get("engine"):
         return f", with its TensorRT engine `{decision['engine']}`."
-    options = decision.get("provider_options")
     if decision.get("provider") and decision["provider"] != "CPUExecutionProvider":
-        settings = ", ".join(f"{k}={v}" for k, v in (options or {}).items())
-        return f", to be run by onnxruntime's {decision['provider']}" + (f" with {settings}." if settings else ".")
+        # the whole providers list where the status file has it (a fallback provider has settings too)
+        providers = decision.get("onnxruntime_providers") or [[decision["provider"], decision.get("provider_options")]]
+        runs = [name + (f" ({', '.join(f'{k}={v}' for k, v in options.items())})" if options else "")
+                for name, options in providers if name != "CPUExecutionProvider"]
+        return f", to be run by onnxruntime with {' then '.join(runs)}."
     return "."
 
 
