@@ -133,6 +133,30 @@ def test_a_deadline_ends_the_rounds_after_the_first():
     assert [len(s.round_medians) for s in samples.values()] == [1, 1]
 
 
+def test_an_anchor_is_timed_beside_every_call_so_drift_within_a_round_cancels():
+    """A machine that slows steadily (a simulated clock: each timed iteration costs its work times a load that
+    grows 0.1 % per iteration) and ten calls, each half the anchor's work. Interleaved alone, calls timed late
+    in a round are compared with an anchor chunk timed long before; beside the anchor, every ratio is 2."""
+    clock = {"iterations": 0}
+
+    def drifting_timer(call) -> float:
+        clock["iterations"] += 1
+        return call() * (1 + clock["iterations"] / 1000)
+
+    calls = {"anchor": lambda: 0.02, **{f"call{i}": (lambda: 0.01) for i in range(10)}}
+    budget = Budget(min_time=0.0, min_iterations=1, min_rounds=6, warmup=1, chunk_time=0.1)
+    for anchor, worst_allowed in ((None, None), ("anchor", 0.02)):
+        clock["iterations"] = 0
+        samples = measure(calls, budget, drifting_timer, anchor=anchor)
+        errors = [abs(paired_ratio(samples["anchor"], samples[f"call{i}"]) / 2 - 1) for i in range(10)]
+        if anchor is None:
+            assert max(errors) > 0.04  # the drift the anchor is there to cancel
+        else:
+            assert max(errors) < worst_allowed, errors
+            assert all(len(samples[f"call{i}"].anchor_medians) == len(samples[f"call{i}"].round_medians) == 6
+                       for i in range(10))
+
+
 def test_paired_ratio_and_stats():
     base, fast = Samples(round_medians=[2.0, 4.0, 6.0]), Samples(round_medians=[1.0, 1.0, 3.0])
     assert paired_ratio(base, fast) == 2.0 and paired_ratio(base, base) == 1.0

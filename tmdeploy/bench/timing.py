@@ -5,6 +5,10 @@ other: every round gives each backend one chunk of iterations (rotating who goes
 between two backends is the median over rounds of the ratio of their per-round medians. A slow minute
 then slows both sides of a ratio alike. Each chunk starts with one untimed call, so thread pools still
 spinning from the previous backend (onnxruntime's, PyTorch's) and cold caches do not land in the samples.
+
+With many backends a round is long, and the load can change between the baseline's chunk and another
+backend's. ``measure(anchor=...)`` then times the baseline beside every other backend (one chunk just before
+it, or just after on alternate rounds) and each ratio to it pairs the chunks timed side by side.
 """
 
 from __future__ import annotations
@@ -36,6 +40,9 @@ class Samples:
 
     times: list[float] = field(default_factory=list)
     round_medians: list[float] = field(default_factory=list)
+    # with an anchor (measure's): the anchor's chunk median timed right beside each of this backend's rounds
+    anchor_medians: list[float] = field(default_factory=list)
+    is_anchor: bool = False
     first_call: float = 0.0  # the first call of all (graph compilation, allocation): reported, never sampled
     error: str | None = None
 
@@ -71,14 +78,16 @@ def error_line(err: BaseException) -> str:
 
 
 def measure(calls: dict[str, Call], budget: Budget = Budget(), timer: Timer = wall_timer,
-            progress: Callable[[str, float], None] | None = None, deadline: float | None = None) -> dict[str, Samples]:
+            progress: Callable[[str, float], None] | None = None, deadline: float | None = None,
+            anchor: str | None = None) -> dict[str, Samples]:
     """Time every call side by side until each has its budget; a call that raises is recorded, not raised.
 
     ``progress(label, fraction_done)`` is told which call runs and how far the slowest one is. ``deadline``
     (a ``time.perf_counter()`` value) ends the rounds early, once every call has had one: on a loaded
-    machine a budget counted in timed seconds per call can take many times longer in wall time.
+    machine a budget counted in timed seconds per call can take many times longer in wall time. ``anchor``
+    (one of ``calls``): the baseline, timed beside every other call in each round (:func:`paired_ratio`).
     """
-    samples = {label: Samples() for label in calls}
+    samples = {label: Samples(is_anchor=label == anchor) for label in calls}
     chunks: dict[str, int] = {}
     for label, call in calls.items():
         if progress:
@@ -95,23 +104,40 @@ def measure(calls: dict[str, Call], budget: Budget = Budget(), timer: Timer = wa
         while live and not all(budget.done(samples[label], rounds) for label in live) and not (
                 rounds and deadline is not None and time.perf_counter() >= deadline):
             order = live[rounds % len(live):] + live[:rounds % len(live)]
+            paired = anchor in live and len(live) > 1
             for label in order:
                 if progress:
                     progress(label, _fraction_done(samples, live, rounds, budget))
-                try:
-                    calls[label]()
-                    times = [timer(calls[label]) for _ in range(chunks[label])]
-                except Exception as err:  # noqa: BLE001
-                    samples[label].error = error_line(err)
-                    continue
-                samples[label].times += times
-                samples[label].round_medians.append(statistics.median(times))
+                if paired and label == anchor:
+                    continue  # it runs beside every other call instead
+                beside = None
+                if paired and rounds % 2 == 0:
+                    beside = _chunk(calls, anchor, chunks, timer, samples)
+                median = _chunk(calls, label, chunks, timer, samples)
+                if paired and rounds % 2 == 1:
+                    beside = _chunk(calls, anchor, chunks, timer, samples)
+                if median is not None and beside is not None:
+                    samples[label].anchor_medians.append(beside)
             live = [label for label in live if samples[label].error is None]
             rounds += 1
     finally:
         if gc_was_enabled:
             gc.enable()
     return samples
+
+
+def _chunk(calls: dict[str, Call], label: str, chunks: dict[str, int], timer: Timer,
+           samples: dict[str, Samples]) -> float | None:
+    """One untimed call, then one timed chunk of ``label``'s iterations; its median, None if it raised."""
+    try:
+        calls[label]()
+        times = [timer(calls[label]) for _ in range(chunks[label])]
+    except Exception as err:  # noqa: BLE001
+        samples[label].error = error_line(err)
+        return None
+    samples[label].times += times
+    samples[label].round_medians.append(statistics.median(times))
+    return samples[label].round_medians[-1]
 
 
 def _fraction_done(samples: dict[str, Samples], live: list[str], rounds: int, budget: Budget) -> float:
@@ -136,7 +162,9 @@ def latency_stats(times: list[float], batch: int) -> dict:
 def paired_ratio(baseline: Samples, other: Samples) -> float:
     """How many times faster ``other`` is than ``baseline``: median over rounds of baseline/other.
 
-    Both ran in the same rounds (interleaved), so each per-round ratio compares them under the same load.
+    Both ran in the same rounds (interleaved), so each per-round ratio compares them under the same load; with
+    ``baseline`` measure's anchor, each of ``other``'s chunks is paired with the anchor's chunk beside it.
     """
-    pairs = [b / o for b, o in zip(baseline.round_medians, other.round_medians) if o > 0]
+    base = other.anchor_medians if baseline.is_anchor and other.anchor_medians else baseline.round_medians
+    pairs = [b / o for b, o in zip(base, other.round_medians) if o > 0]
     return float(statistics.median(pairs)) if pairs else float("nan")

@@ -373,7 +373,9 @@ def _stable_windows(calls: dict, batch: int, budget_s: float, options: OptimizeO
     screened: dict[str, Samples] = {}  # left out of later windows: their first window is their record
     while calls:
         table.status(f"timing batch {batch}: window {len(windows) + 1}, {len(calls)} candidates")
-        windows.append(measure(calls, budget, timer, deadline=start + budget_s))
+        # the default export, the unit of every speed-up, timed beside each candidate: with dozens of candidates
+        # a round is long, and a 2-core VM's speed drifts within one
+        windows.append(measure(calls, budget, timer, deadline=start + budget_s, anchor=default))
         for name, s in windows[-1].items():
             if s.error:
                 next(c for c in live if c.name == name).mark("profile", FAILED, f"batch {batch}: {s.error}")
@@ -433,7 +435,9 @@ def _speeds(window: dict[str, Samples], calls: dict, default: str | None) -> dic
 
 def _pool(samples: list[Samples]) -> Samples:
     return Samples(times=[t for s in samples for t in s.times],
-                   round_medians=[m for s in samples for m in s.round_medians])
+                   round_medians=[m for s in samples for m in s.round_medians],
+                   anchor_medians=[m for s in samples for m in s.anchor_medians],
+                   is_anchor=any(s.is_anchor for s in samples))
 
 
 def _decide(todo: list[Candidate], options: OptimizeOptions) -> dict | None:
