@@ -128,10 +128,11 @@ def test_fp16_keeps_out_of_range_values_in_fp32_when_calibration_shows_them():
     assert _io(guarded) == _io(model)
 
 
-def _softmax_graph(scale: float, zero_point: int) -> onnx.ModelProto:
+def _softmax_graph(scale: float, zero_point: int, quantize_first_exponentials: bool = False) -> onnx.ModelProto:
     """The normalized form's soft-max over 8-bit scores, as a quantized graph holds it, twice over one null
     logit constant (an exporter shares equal initializers): ``s = DequantizeLinear(q)``,
-    ``m = max(max_k s_k, μ)``, ``p = e^(s−m) / (Σ e^(s−m) + e^(μ−m))``."""
+    ``m = max(max_k s_k, μ)``, ``p = e^(s−m) / (Σ e^(s−m) + e^(μ−m))``. ``quantize_first_exponentials``: the
+    first soft-max's ``e`` also goes through a QuantizeLinear for [0, 1], as the ``deferred`` form's does."""
     nodes, outputs = [], []
     for i, source in enumerate(("q", "q_flipped")):
         names = {k: f"{k}{i}" for k in ("s", "peak", "m", "shifted", "null_shifted", "e", "e_null", "total",
@@ -149,25 +150,33 @@ def _softmax_graph(scale: float, zero_point: int) -> onnx.ModelProto:
                   helper.make_node("Div", [n["e"], n["denominator"]], [n["p"]], name=f"p{i}")]
         outputs.append(helper.make_tensor_value_info(n["p"], TensorProto.FLOAT, ["N", 6, 3, 3]))
     nodes.insert(0, helper.make_node("Sub", ["max_code", "q"], ["q_flipped"], name="flip"))
+    if quantize_first_exponentials:
+        nodes.append(helper.make_node("QuantizeLinear", ["e0", "unit_scale", "unit_zero"], ["e0_q"], name="e0_q"))
+        outputs.append(helper.make_tensor_value_info("e0_q", TensorProto.UINT8, ["N", 6, 3, 3]))
     graph = helper.make_graph(
         nodes, "softmax", [helper.make_tensor_value_info("q", TensorProto.UINT8, ["N", 6, 3, 3])], outputs,
         [numpy_helper.from_array(np.array(scale, np.float32), "scale"),
          numpy_helper.from_array(np.array(zero_point, np.uint8), "zero"),
          numpy_helper.from_array(np.array(255, np.uint8), "max_code"),
+         numpy_helper.from_array(np.array(1 / 255, np.float32), "unit_scale"),
+         numpy_helper.from_array(np.array(0, np.uint8), "unit_zero"),
          numpy_helper.from_array(np.array([1], np.int64), "axes"),
          numpy_helper.from_array(np.full((1, 1, 1, 1), 0.5, np.float32), "mu")])
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)
 
 
-@pytest.mark.parametrize("scale, shift_dropped", [(0.25, True), (1.0, False)])
-def test_softmax_max_shift_goes_only_where_8_bits_keep_exp_finite(scale, shift_dropped):
+@pytest.mark.parametrize("scale, quantized_exponentials, shifts_kept", [(0.25, False, 0), (1.0, False, 2),
+                                                                       (0.25, True, 1)])
+def test_softmax_max_shift_goes_only_where_8_bits_keep_exp_finite(scale, quantized_exponentials, shifts_kept):
     """Bound 0.25·(255 − 10) ≈ 61 leaves e^s finite: the shift goes and the answer stays; 1.0·245 would
-    overflow float32's exp, so that soft-max keeps its ReduceMax. Extreme codes included (0, 255)."""
-    model = _softmax_graph(scale, zero_point=10)
+    overflow float32's exp, so those soft-maxes keep their ReduceMax. A soft-max whose ``e`` is quantized
+    itself (``deferred``) keeps its shift: ``e`` without it would saturate the [0, 1] scale. Extreme codes
+    included (0, 255)."""
+    model = _softmax_graph(scale, zero_point=10, quantize_first_exponentials=quantized_exponentials)
     rewritten = channels_last.channels_last_float_ops(model)
     ops = [n.op_type for n in rewritten.graph.node]
-    assert ops.count("ReduceMax") == (0 if shift_dropped else 2)
-    assert ops.count("Exp") == (2 if shift_dropped else 4) and ops.count("Sub") == (1 if shift_dropped else 5)
+    assert ops.count("ReduceMax") == shifts_kept
+    assert ops.count("Exp") == 2 + shifts_kept and ops.count("Sub") == 1 + 2 * shifts_kept
     q = np.random.default_rng(0).integers(0, 256, (4, 6, 3, 3), dtype=np.uint8)
     q[0], q[1, :, 0, 0] = 255, 0
     session = ort.InferenceSession(rewritten.SerializeToString(), providers=["CPUExecutionProvider"])
@@ -361,3 +370,22 @@ def test_int8_qdq_agrees_with_fp32(exported, tmp_path, arch, target, record_prop
     report = check(ckpt, _save(int8, meta, "int8", tmp_path / f"{arch}.int8.onnx"),
                    CheckOptions(data="digits", batches=(32,), iterations=11))
     assert report.passed, report.to_markdown()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("form", ["normalized", "deferred", "folded"])
+def test_channels_last_rewrites_change_nothing_but_rounding_in_every_form(exported, form):
+    """The onnxruntime recipe is ``ort-plain-float`` plus exact rewrites: on the trained rn26-tm, in each TM
+    form, its logits match that recipe's to rounding on the whole test split (a rewrite that changed what a
+    quantizer sees, as dropping ``deferred``'s shift would, moves them by whole logits)."""
+    ckpt, _, meta = exported("rn26-tm")
+    fp32 = to_model_proto(ckpt, ExportOptions(tm_form=form))
+    graphs = {recipe: precision.lower_precision(fp32, "int8", meta=meta, calib_data="digits", show_progress=False,
+                                                int8_recipe=precision.INT8_RECIPES[recipe])
+              for recipe in ("onnxruntime", "ort-plain-float")}
+    ops = [n.op_type for n in graphs["onnxruntime"].graph.node]
+    assert ops.count("RMSNormalization") == [n.op_type for n in fp32.graph.node].count("Sqrt") > 0
+    x = _test_split(meta)
+    rewritten, plain = _run(graphs["onnxruntime"], x), _run(graphs["ort-plain-float"], x)
+    assert np.abs(rewritten - plain).max() <= 0.02 * np.abs(plain).max()
+    assert (rewritten.argmax(1) == plain.argmax(1)).mean() >= 0.99

@@ -11,8 +11,9 @@ rn26-tm at 1×32×32, batch 32, 1 thread they took INT8 from 1.9× to 2.4× FP32
   cancel against the ones onnxruntime puts around its channels-last convolutions, so none of them runs.
 * **No max shift where 8 bits bound the scores.** A soft-max subtracts ``m = max(max_k s_k, μ)`` only so
   that ``exp`` cannot overflow. When the scores come out of a DequantizeLinear, the clamp of their 8-bit
-  type bounds them; if ``exp`` of that bound, summed over the K templates, stays finite, and ``exp(μ)`` is a
-  normal float, the shift cancels exactly and the ReduceMax, Max and two Subs go.
+  type bounds them; if ``exp`` of that bound, summed over the K templates, stays finite, ``exp(μ)`` is a
+  normal float, and the exponentials are used only as ``e / (Σe + e^μ)`` (the ``normalized`` form, not
+  ``deferred``), the shift cancels exactly and the ReduceMax, Max and two Subs go.
 
 Written on onnx-graphsurgeon by hand: these match tmdeploy's own export patterns, which no maintained
 fusion (onnxruntime's transformers target LLM subgraphs) looks for.
@@ -130,7 +131,8 @@ def drop_softmax_shifts(graph: gs.Graph) -> int:
         if max(bound, mu) + math.log(templates + 1) > _EXP_LIMIT or mu < -_EXP_LIMIT:
             continue
         subs = list(joint.outputs[0].outputs)
-        if not all(s.op == "Sub" and s.inputs[1] is joint.outputs[0] for s in subs):
+        if not all(s.op == "Sub" and s.inputs[1] is joint.outputs[0] for s in subs) or not _only_normalized(
+                subs, scores, graph):
             continue
         for sub in subs:
             constant = _constant(sub.inputs[0])  # μ − m: its Exp is the constant exp(μ) now
@@ -140,6 +142,31 @@ def drop_softmax_shifts(graph: gs.Graph) -> int:
                 _bypass(exp, gs.Constant(f"{exp.name}_exp_null", np.exp(constant).astype(np.float32)))
         count += 1
     return count
+
+
+def _only_normalized(subs: list[gs.Node], scores: gs.Tensor, graph: gs.Graph) -> bool:
+    """Whether the shifted exponentials are used only as ``e / (Σe + e_null)``, which the shift cancels out of.
+
+    In the ``deferred`` form ``e`` itself feeds the value convolution, through a QuantizeLinear whose scale
+    was calibrated for ``e ≤ 1``: without the shift that input would saturate, so such a soft-max keeps it.
+    """
+    by_input = {("scores" if sub.inputs[0] is scores else "null"): sub for sub in subs}
+    if len(subs) != 2 or set(by_input) != {"scores", "null"} or _constant(by_input["null"].inputs[0]) is None:
+        return False
+    exps = [[n for n in by_input[k].outputs[0].outputs] for k in ("scores", "null")]
+    if any(len(users) != 1 or users[0].op != "Exp" for users in exps):
+        return False
+    e, e_null = (users[0].outputs[0] for users in exps)
+    sums = [n for n in e.outputs if n.op == "ReduceSum"]
+    if e in graph.outputs or len(sums) != 1:
+        return False
+    for user in e.outputs:
+        if user is sums[0]:
+            continue
+        denominator = _producer(user.inputs[1], "Add") if user.op == "Div" and user.inputs[0] is e else None
+        if denominator is None or {id(t) for t in denominator.inputs} != {id(sums[0].outputs[0]), id(e_null)}:
+            return False
+    return True
 
 
 def _bypass(node: gs.Node, replacement: gs.Tensor) -> None:
