@@ -67,10 +67,11 @@ def test_writes_strict_status_with_a_record_per_candidate_and_step(run_dir):
 
 def test_the_choice_is_the_fastest_passing_candidate_in_its_own_table(run_dir):
     status = _strict((run_dir / "status.json").read_text())
-    passing = {c["name"]: c["latency"][0]["p50_ms"] for c in status["candidates"] if c["status"] == "OK"}
+    passing = {c["name"]: c["latency"][0]["speedup_vs_default"] for c in status["candidates"] if c["status"] == "OK"}
     decision = status["decision"]
     assert decision["strategy"] == "min-latency" and decision["batch"] == 1
-    assert decision["chosen"] == min(passing, key=passing.get)
+    assert decision["chosen"] == max(passing, key=passing.get)  # the speed-up beside the default export ranks
+    assert decision["metric"] == "speedup_vs_default"
     model = onnx.load(str(run_dir / "model.onnx"))
     meta = {p.key: p.value for p in model.metadata_props}
     assert json.loads(meta[CHOICE_KEY])["chosen"] == decision["chosen"]
@@ -261,6 +262,13 @@ def test_strategies_choose_by_their_own_measure():
     under = _decide(todo, OptimizeOptions(strategy="max-throughput-under-latency", latency_ms=2.0))
     assert (under["chosen"], under["batch"]) == ("a", 1)
     assert _decide(todo, OptimizeOptions(strategy="max-throughput-under-latency", latency_ms=0.1)) is None
+    # timed beside the default export, the paired speed-ups rank: a p50 moves with the minute it was timed in
+    for cand, speedups in ((a, (1.0, 1.0)), (b, (1.3, 0.7)), (c, (2.0, 1.6))):
+        for stats, speedup in zip(cand.latency, speedups):
+            stats["speedup_vs_default"] = speedup
+    a.latency[0]["speedup_vs_default"] = 1.4  # its batch-1 p50 above b's came from a slow minute
+    chosen = _decide(todo, OptimizeOptions())
+    assert (chosen["chosen"], chosen["metric"], chosen["value"]) == ("a", "speedup_vs_default", 1.4)
 
 
 def test_tm_form_auto_exports_the_fastest_form_with_its_timings(tiny_tm, tmp_path):
