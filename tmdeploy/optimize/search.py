@@ -363,6 +363,10 @@ def _profile(ckpt, todo: list[Candidate], protos: dict, built: dict, options: Op
 def _stable_windows(calls: dict, batch: int, budget_s: float, options: OptimizeOptions, live: list[Candidate],
                     table) -> dict:
     budget = Budget(min_time=options.window_s, min_iterations=5, min_rounds=3, warmup=2)
+    # the first window screens every candidate, each beside the default export: short chunks and a quarter of
+    # the time tell who is far behind (with 28 candidates a full window took the whole budget); the windows
+    # that settle the ranking are spent on the contenders
+    screening = Budget(min_time=options.window_s / 4, min_iterations=3, min_rounds=3, warmup=2, chunk_time=0.03)
     timer = wall_timer
     if options.target == "cuda":  # GPU time, as `bench --device cuda` measures it
         from tmdeploy.bench.cuda import event_timer as timer
@@ -375,7 +379,8 @@ def _stable_windows(calls: dict, batch: int, budget_s: float, options: OptimizeO
         table.status(f"timing batch {batch}: window {len(windows) + 1}, {len(calls)} candidates")
         # the default export, the unit of every speed-up, timed beside each candidate: with dozens of candidates
         # a round is long, and a 2-core VM's speed drifts within one
-        windows.append(measure(calls, budget, timer, deadline=start + budget_s, anchor=default))
+        windows.append(measure(calls, budget if windows else screening, timer, deadline=start + budget_s,
+                               anchor=default))
         for name, s in windows[-1].items():
             if s.error:
                 next(c for c in live if c.name == name).mark("profile", FAILED, f"batch {batch}: {s.error}")
