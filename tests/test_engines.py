@@ -6,6 +6,7 @@ import dataclasses
 import importlib.util
 import json
 
+import numpy as np
 import onnx
 import pytest
 from test_runtime import CLASSES, write_model
@@ -248,6 +249,25 @@ def test_build_engine_checks_its_arguments_before_tensorrt(tmp_path, onnx_file):
         trt_engine.build_engine(onnx_file, batch="8,1")
     with pytest.raises(TmdeployError, match="ONNX file not found"):
         trt_engine.build_engine(tmp_path / "missing.onnx", batch="1")
+
+
+def test_build_engine_refuses_onnxruntime_int8_before_tensorrt(tmp_path, onnx_file):
+    """An INT8 graph quantized for onnxruntime (unsigned activations) is named as such, before TensorRT loads
+    and before anything is written; TensorRT's own recipe passes the check."""
+    from tmdeploy.export.precision import INT8_RECIPES, lower_precision
+
+    fp32, meta = onnx.load(str(onnx_file)), metadata.read(onnx_file)
+    images = np.random.default_rng(0).standard_normal((8, *meta.sample_shape)).astype(np.float32)
+    paths = {}
+    for recipe in ("onnxruntime", "tensorrt"):
+        lowered = lower_precision(fp32, "int8", meta=meta, calibration=images, show_progress=False,
+                                  int8_recipe=INT8_RECIPES[recipe])
+        paths[recipe] = tmp_path / f"{recipe}.onnx"
+        onnx.save(lowered, str(paths[recipe]))
+    with pytest.raises(UsageError, match="quantized for onnxruntime .* --int8-target tensorrt") as err:
+        trt_engine.build_engine(paths["onnxruntime"], tmp_path / "m.plan", batch="1,8,32")
+    assert "\n" not in str(err.value) and not (tmp_path / "m.plan").exists()
+    trt_engine.check_signed_int8(paths["tensorrt"])
 
 
 # ---- Triton model repositories --------------------------------------------------------------------------

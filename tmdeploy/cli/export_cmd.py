@@ -80,8 +80,10 @@ def run(args) -> int:
         check_output(target.timing_cache, args.checkpoint, option="--timing-cache")
     engine = target.builds_engine()
     if engine:  # before anything is written: without TensorRT a failed export changes no file
-        from tmdeploy.engines.tensorrt import import_tensorrt
+        from tmdeploy.engines.tensorrt import UNSIGNED_INT8, import_tensorrt
 
+        if export.precision == "int8" and export.int8_target != "tensorrt":
+            raise UsageError(f"--format {target.format} builds a TensorRT engine, and an INT8 graph that {UNSIGNED_INT8}")
         import_tensorrt()
     ckpt = load_checkpoint(args)
     with tempfile.TemporaryDirectory(prefix="tmdeploy-") as scratch:

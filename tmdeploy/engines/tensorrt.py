@@ -285,6 +285,22 @@ def current_environment(tensorrt_version: str, device: int | None = None) -> Env
     return Environment(tensorrt_version, name, capability)
 
 
+UNSIGNED_INT8 = ("is quantized for onnxruntime (unsigned 8-bit activations: --int8-target onnxruntime); TensorRT "
+                 "takes symmetric signed INT8 only: export it with --int8-target tensorrt")
+
+
+def check_signed_int8(onnx_path: Path) -> None:
+    """Refuse a QDQ graph with unsigned 8-bit zero points before TensorRT is loaded: its parser rejects them
+    deep in the build (and onnxruntime's recipe also rewrites float ops for onnxruntime's own layout)."""
+    import onnx
+
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    zero_points = {n.input[2] for n in model.graph.node
+                   if n.op_type in ("QuantizeLinear", "DequantizeLinear") and len(n.input) > 2}
+    if any(t.name in zero_points and t.data_type == onnx.TensorProto.UINT8 for t in model.graph.initializer):
+        raise UsageError(f"{onnx_path} {UNSIGNED_INT8}")
+
+
 def build_engine(onnx_path, engine_path=None, *, batch: BatchProfile | str, workspace_mib: int | None = None,
                  timing_cache=None, force: bool = False) -> Path:
     """Build (or reuse) the TensorRT engine for ``onnx_path``; default path: the ONNX path with ``.plan``.
@@ -296,6 +312,7 @@ def build_engine(onnx_path, engine_path=None, *, batch: BatchProfile | str, work
     engine_path = check_output(engine_path if engine_path is not None else onnx_path.with_suffix(".plan"), onnx_path)
     batch = parse_batch(batch) if isinstance(batch, str) else batch
     validate_workspace(workspace_mib)
+    check_signed_int8(onnx_path)
     trt = import_tensorrt()
     env = current_environment(trt.__version__)
     spec = build_spec(meta, file_sha256(onnx_path), batch, workspace_mib, env)
