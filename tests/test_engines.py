@@ -267,7 +267,7 @@ def test_build_engine_refuses_onnxruntime_int8_before_tensorrt(tmp_path, onnx_fi
     with pytest.raises(UsageError, match="quantized for onnxruntime .* --int8-target tensorrt") as err:
         trt_engine.build_engine(paths["onnxruntime"], tmp_path / "m.plan", batch="1,8,32")
     assert "\n" not in str(err.value) and not (tmp_path / "m.plan").exists()
-    trt_engine.check_signed_int8(paths["tensorrt"])
+    trt_engine.check_signed_int8(onnx.load(str(paths["tensorrt"])), paths["tensorrt"])
 
 
 # ---- Triton model repositories --------------------------------------------------------------------------

@@ -289,12 +289,12 @@ UNSIGNED_INT8 = ("is quantized for onnxruntime (unsigned 8-bit activations: --in
                  "takes symmetric signed INT8 only: export it with --int8-target tensorrt")
 
 
-def check_signed_int8(onnx_path: Path) -> None:
-    """Refuse a QDQ graph with unsigned 8-bit zero points before TensorRT is loaded: its parser rejects them
-    deep in the build (and onnxruntime's recipe also rewrites float ops for onnxruntime's own layout)."""
+def check_signed_int8(model, onnx_path: Path) -> None:
+    """Refuse a QDQ graph (``onnx_path``'s ``model``) with unsigned 8-bit zero points before TensorRT is loaded:
+    its parser rejects them deep in the build (and onnxruntime's recipe also rewrites float ops for
+    onnxruntime's own layout)."""
     import onnx
 
-    model = onnx.load(str(onnx_path), load_external_data=False)
     zero_points = {n.input[2] for n in model.graph.node
                    if n.op_type in ("QuantizeLinear", "DequantizeLinear") and len(n.input) > 2}
     if any(t.name in zero_points and t.data_type == onnx.TensorProto.UINT8 for t in model.graph.initializer):
@@ -308,11 +308,12 @@ def build_engine(onnx_path, engine_path=None, *, batch: BatchProfile | str, work
     The engine is reused when its sidecar's cache key matches and the file is intact, unless ``force``.
     """
     onnx_path = Path(onnx_path)
-    meta = metadata.read(onnx_path)
+    model, meta = metadata.read_model(onnx_path)  # the file read once: the checks below look at its graph too
     engine_path = check_output(engine_path if engine_path is not None else onnx_path.with_suffix(".plan"), onnx_path)
     batch = parse_batch(batch) if isinstance(batch, str) else batch
     validate_workspace(workspace_mib)
-    check_signed_int8(onnx_path)
+    check_signed_int8(model, onnx_path)
+    del model
     trt = import_tensorrt()
     env = current_environment(trt.__version__)
     spec = build_spec(meta, file_sha256(onnx_path), batch, workspace_mib, env)

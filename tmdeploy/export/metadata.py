@@ -131,13 +131,18 @@ def props(model: onnx.ModelProto) -> dict[str, str]:
 
 def read(path) -> ModelMetadata:
     """Read the metadata of an ONNX file without loading its weights, checked against the graph it describes."""
+    return read_model(path)[1]
+
+
+def read_model(path) -> tuple[onnx.ModelProto, ModelMetadata]:
+    """The graph (without external weights) and its checked metadata, for a caller that reads the graph too."""
     model = onnxfile.load(path)
     try:
         meta = ModelMetadata.from_props(props(model))
     except TmdeployError as err:  # name the file: a command may read several
         raise TmdeployError(f"{path}: {err}") from err
     check_graph(model, meta, path)
-    return meta
+    return model, meta
 
 
 def _dims(value: onnx.ValueInfoProto) -> list:

@@ -11,6 +11,8 @@ from tmdeploy.export.options import DEFAULT_FORM, EXPORTERS, FORMS, PRECISIONS
 from tmdeploy.fileio import check_output_dir
 from tmdeploy.values import MAX_SECONDS, MAX_SEED, MAX_THREADS, check_batches, check_option
 
+# what optimize writes into --out, named once: checked before the run, then written
+OUTPUT_FILES = {"model": "model.onnx", "status": "status.json", "report": "report.md", "latency": "latency.png"}
 TARGETS = ("cpu", "cuda")  # what runs there: tmdeploy.optimize.candidates.RUNTIMES
 STRATEGIES = ("min-latency", "max-throughput", "max-throughput-under-latency")
 # the recipe names of tmdeploy.export.precision.INT8_RECIPES (that module imports torch; this one must not)
@@ -108,7 +110,7 @@ class OptimizeOptions:
 
             data.check_spec(self.data)
         if self.out is not None:
-            check_output_dir(self.out, ("model.onnx", "status.json", "report.md"), option="--out")
+            check_output_dir(self.out, OUTPUT_FILES.values(), option="--out")
         if self.target == "cuda":
             _check_cuda()
 

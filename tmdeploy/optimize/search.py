@@ -42,7 +42,7 @@ from tmdeploy.export.precision import INT8_RECIPES, calibration_loader, lower_pr
 from tmdeploy.export.to_onnx import INPUT_NAME, calibration_data
 from tmdeploy.fileio import atomic_write, check_output_dir, json_text
 from tmdeploy.optimize.candidates import FAILED, OK, RUNTIMES, SKIPPED, Candidate, candidates
-from tmdeploy.optimize.options import OptimizeOptions
+from tmdeploy.optimize.options import OUTPUT_FILES, OptimizeOptions
 from tmdeploy.optimize.progress import LiveTable
 from tmdeploy.threads import torch_threads
 from tmdeploy.verify.options import CheckOptions
@@ -80,7 +80,7 @@ def optimize(ckpt: Checkpoint, options: OptimizeOptions = OptimizeOptions()) -> 
     options.validate()
     out = Path(options.out) if options.out is not None else default_out(ckpt)
     options = replace(options, out=out)
-    check_output_dir(out, ("model.onnx", "status.json", "report.md"), ckpt.path, option="--out")
+    check_output_dir(out, OUTPUT_FILES.values(), ckpt.path, option="--out")  # the checkpoint too, now known
     spec = calibration_data(ckpt, None if options.data == "auto" else options.data)
     picked, why = machine.int8_recipes() if options.target == "cpu" else GPU_INT8
     recipes = options.int8_recipes or tuple(dict.fromkeys((*picked, "tensorrt")))
@@ -526,10 +526,10 @@ def _stage_files(scratch: Path, status: dict, protos: dict, decision: dict | Non
         entry.key, entry.value = CHOICE_KEY, json.dumps({k: decision[k] for k in (
             "chosen", "runtime", "provider", "provider_options", "engine", "strategy", "latency_ms", "batch", "p50_ms",
             "throughput", "speedup_vs_default")})
-        onnx.save(model, str(scratch / "model.onnx"))
-        files.append("model.onnx")
-    (scratch / "status.json").write_text(json_text(status))
-    return files + ["status.json"]
+        onnx.save(model, str(scratch / OUTPUT_FILES["model"]))
+        files.append(OUTPUT_FILES["model"])
+    (scratch / OUTPUT_FILES["status"]).write_text(json_text(status))
+    return files + [OUTPUT_FILES["status"]]
 
 
 def _commit(scratch: Path, out: Path, files: list[str], source: Path | None) -> None:

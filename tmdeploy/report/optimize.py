@@ -9,6 +9,7 @@ from pathlib import Path
 
 from tmdeploy.bench import machine
 from tmdeploy.fileio import atomic_write
+from tmdeploy.optimize.options import OUTPUT_FILES
 from tmdeploy.report.markdown import MARKS, number, percent, table
 from tmdeploy.report.plots import _figure
 from tmdeploy.sanitize import clean
@@ -141,10 +142,10 @@ def latency_figure(status: dict):
 def write_optimize_report(status: dict, directory) -> dict[str, Path]:
     """Write ``report.md`` and ``latency.png`` (when anything was timed) into ``directory``."""
     directory = Path(directory)
-    paths = {"markdown": directory / "report.md"}
+    paths = {"markdown": directory / OUTPUT_FILES["report"]}
     atomic_write(paths["markdown"], lambda tmp: tmp.write_text(to_markdown(status)))
     figure = latency_figure(status)
     if figure is not None:
-        paths["latency"] = directory / "latency.png"
+        paths["latency"] = directory / OUTPUT_FILES["latency"]
         atomic_write(paths["latency"], lambda tmp: figure.savefig(tmp, format="png", dpi=120))
     return paths
