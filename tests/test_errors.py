@@ -99,7 +99,7 @@ def state(inputs: Inputs) -> dict[str, torch.Tensor]:
 
 def save_torch(path: Path, inputs: Inputs, state_dict=None, **card_changes) -> Path:
     """The good checkpoint with some of its saved fields (card or format) replaced, as a file would hold them."""
-    payload = {**checkpoint._card_to_dict(inputs.card), **card_changes,
+    payload = {**checkpoint.card_to_dict(inputs.card), **card_changes,
                "state_dict": state(inputs) if state_dict is None else state_dict}
     torch.save(payload, path)
     return path

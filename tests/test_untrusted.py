@@ -63,7 +63,7 @@ def save_with(path: Path, work: Path, state_changes=None, **card_changes) -> Pat
     loaded = checkpoint.load(work / "good.pt")
     state = {k: v.clone() for k, v in loaded.state_dict.items()}
     state.update(state_changes or {})
-    torch.save({**checkpoint._card_to_dict(replace(loaded.card, **card_changes)), "state_dict": state}, path)
+    torch.save({**checkpoint.card_to_dict(replace(loaded.card, **card_changes)), "state_dict": state}, path)
     return path
 
 

@@ -44,7 +44,7 @@ def run_demo(out_dir: Path, config: TrainConfig | None = None, show_progress: bo
     step("train")
     ckpt_path = out_dir / FILES["checkpoint"]
     result = train(config, out=ckpt_path, show_progress=show_progress)
-    ckpt = checkpoint.load(ckpt_path)
+    ckpt = checkpoint.load_model(ckpt_path)
 
     step("export")
     onnx_path = export_onnx(ckpt, out_dir / FILES["onnx"], ExportOptions())

@@ -20,7 +20,7 @@ from tmdeploy.errors import TmdeployError
 from tmdeploy.optional import require
 
 if TYPE_CHECKING:  # the backend names are read without torch (option validation, the CLI)
-    from tmdeploy.checkpoint import Checkpoint
+    from tmdeploy.checkpoint import Deployable
 
 BASELINE = "pytorch"
 
@@ -29,7 +29,7 @@ BASELINE = "pytorch"
 class Context:
     """What every backend builds from; the ONNX graphs are made once and shared between backends."""
 
-    ckpt: Checkpoint
+    ckpt: Deployable
     device: str
     batches: tuple[int, ...]
     calib_data: str | None = None  # None: no calibration data, so no FP16/INT8 backend
@@ -114,7 +114,7 @@ class TrtSession:
 
 
 def _module(ctx: Context):
-    return ctx.ckpt.build_model().float().to(ctx.device)
+    return ctx.ckpt.copy_module().to(ctx.device)
 
 
 def _eager(ctx: Context) -> Session:

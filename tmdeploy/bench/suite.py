@@ -20,7 +20,7 @@ from tmdeploy.bench.backends import BASELINE, Context, Skip, by_name, default_na
 from tmdeploy.bench.sessions import TorchSession
 from tmdeploy.bench.timing import error_line, latency_stats, measure, paired_ratio, wall_timer
 from tmdeploy.bench.options import BenchOptions
-from tmdeploy.checkpoint import Checkpoint
+from tmdeploy.checkpoint import Deployable, as_deployable
 from tmdeploy.export.to_onnx import calibration_data
 from tmdeploy.threads import torch_threads
 
@@ -60,14 +60,15 @@ class BenchResult:
         return next(b for b in self.backends if b.name == name)
 
 
-def run(ckpt: Checkpoint, options: BenchOptions = BenchOptions()) -> BenchResult:
-    """Benchmark ``ckpt`` as ``options`` say; see the module docstring."""
+def run(model, options: BenchOptions = BenchOptions()) -> BenchResult:
+    """Benchmark ``model`` (a Deployable or a zoo checkpoint) as ``options`` say; see the module docstring."""
     options.validate()
+    ckpt = as_deployable(model)
     from tmdeploy.bench.progress import Reporter
 
     spec = ckpt.card.training_data if options.data == "auto" else options.data
     if spec is not None:  # data unlike the model's fails here, before the long part
-        calibration_data(ckpt, spec)
+        calibration_data(ckpt, spec, option="--data")
     ctx = Context(ckpt, options.device, tuple(options.batches), calib_data=spec,
                   compile_backend=options.compile_backend, threads=options.threads)
     names = options.backends or default_names(options.device)
@@ -122,7 +123,7 @@ def _build(ctx: Context, results: list[BackendResult], sessions: dict, reporter)
     reporter.setup("", len(results), len(results))
 
 
-def _inputs(ckpt: Checkpoint, batch: int, seed: int) -> np.ndarray:
+def _inputs(ckpt: Deployable, batch: int, seed: int) -> np.ndarray:
     """Seeded normalized-scale inputs: speed does not depend on the values, only their shape."""
     return np.random.default_rng(seed).standard_normal((batch, *ckpt.card.input_size)).astype(np.float32)
 
@@ -153,12 +154,12 @@ def _time_batch(ctx: Context, batch: int, sessions: dict, results: list[BackendR
         live[name].latency.append(stats)
 
 
-def cpu_reference_predictions(ckpt, x: np.ndarray, chunk: int) -> np.ndarray:
+def cpu_reference_predictions(ckpt: Deployable, x: np.ndarray, chunk: int) -> np.ndarray:
     """PyTorch eager's top-1 on the CPU: what every backend's and candidate's agreement is measured against."""
-    return predict_all(TorchSession(ckpt.build_model().float(), "cpu"), x, min(chunk, len(x))).argmax(axis=1)
+    return predict_all(TorchSession(ckpt.copy_module(), "cpu"), x, min(chunk, len(x))).argmax(axis=1)
 
 
-def held_out_images(ckpt: Checkpoint, spec: str, seed: int = 0,
+def held_out_images(ckpt: Deployable, spec: str, seed: int = 0,
                     limit: int | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
     """Normalized test images of ``spec`` (at most ``limit``), their labels, and a description for the report;
     bench and optimize measure accuracy on exactly these."""

@@ -18,16 +18,57 @@ from tmdeploy.errors import UsageError
 
 
 def add_checkpoint_args(p) -> None:
-    p.add_argument("checkpoint", type=Path, help="checkpoint (.pt or .safetensors) written by tmdeploy train")
-    p.add_argument("--arch", default=None, help="architecture of a bare state_dict (no tmdeploy metadata)")
-    p.add_argument("--num-classes", type=int, default=None, help="classes of a bare state_dict")
-    p.add_argument("--in-chans", type=int, default=None, help="input channels of a bare state_dict")
+    p.add_argument("checkpoint", type=Path, help="the model: a checkpoint (.pt, .safetensors) written by tmdeploy "
+                   "train, a bare state_dict with --arch, or a torch.export program (.pt2)")
+    g = p.add_argument_group("your own model (a bare state_dict or a .pt2 program: what its file does not say)")
+    g.add_argument("--arch", default=None, help="what builds a bare state_dict: a registered architecture, "
+                   "FILE.py:FUNCTION or package.module:FUNCTION (imported: your code runs)")
+    g.add_argument("--num-classes", type=int, default=None, help="classes (default: read off the weights)")
+    g.add_argument("--class-names", type=Path, default=None, help="file of class names, one a line")
+    g.add_argument("--in-chans", type=int, default=None, help="input channels (default: read off the weights)")
+    g.add_argument("--input-size", default=None, help="C,H,W of the images the model takes")
+    g.add_argument("--mean", default=None, help="per-channel mean on the [0, 1] scale, comma-separated "
+                   "(default: none, the model takes [0, 1] images)")
+    g.add_argument("--std", default=None, help="per-channel std on the [0, 1] scale, comma-separated")
 
 
 def load_checkpoint(args):
+    """The model the command deploys (a Deployable), from the checkpoint argument and the model options."""
     from tmdeploy import checkpoint
 
-    return checkpoint.load(args.checkpoint, arch=args.arch, num_classes=args.num_classes, in_chans=args.in_chans)
+    return checkpoint.load_model(
+        args.checkpoint, arch=args.arch, num_classes=args.num_classes, in_chans=args.in_chans,
+        input_size=None if args.input_size is None else int_list(args.input_size, "--input-size"),
+        class_names=None if args.class_names is None else read_class_names(args.class_names),
+        mean=None if args.mean is None else float_list(args.mean, "--mean"),
+        std=None if args.std is None else float_list(args.std, "--std"))
+
+
+def read_class_names(path: Path) -> list[str]:
+    """One class name a line (blank lines skipped), bounded before it is read whole."""
+    from tmdeploy.values import MAX_CLASSES
+
+    try:
+        if not path.is_file():
+            raise UsageError(f"--class-names {path}: not a regular file")
+        with open(path, encoding="utf-8") as f:
+            text = f.read(MAX_CLASSES * 256 + 1)
+    except (OSError, UnicodeDecodeError) as err:
+        raise UsageError(f"--class-names {path}: cannot read it ({getattr(err, 'strerror', None) or err})") from None
+    if len(text) > MAX_CLASSES * 256:
+        raise UsageError(f"--class-names {path}: more than {MAX_CLASSES * 256} characters")
+    names = [line.strip() for line in text.splitlines() if line.strip()]
+    if not names:
+        raise UsageError(f"--class-names {path}: no names in it")
+    return names
+
+
+def float_list(text: str, option: str) -> tuple[float, ...]:
+    """Parse "0.5,0.25" into floats, or say which option was malformed."""
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise UsageError(f"{option} takes comma-separated numbers, got '{text}'") from None
 
 
 def int_list(text: str, option: str) -> tuple[int, ...]:

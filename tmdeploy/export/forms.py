@@ -123,6 +123,11 @@ _BUILDERS = {
 }
 
 
+def count_blocks(model: nn.Module) -> int:
+    """The template-matching layers :func:`apply_form` swaps for a form."""
+    return sum(isinstance(module, TemplateMatching) for module in model.modules())
+
+
 def apply_form(model: nn.Module, form: str) -> nn.Module:
     """A copy of ``model`` with every TemplateMatching module replaced by its export form
     (one of ``tmdeploy.export.options.FORMS``, which ``ExportOptions.validate`` checks)."""

@@ -17,7 +17,7 @@ from tmdeploy.export.options import PRECISIONS
 from tmdeploy.values import input_size_problem, normalization_problem, plain_list
 
 METADATA_FORMAT = "1"
-_JSON_FIELDS = {"class_names", "input_size", "mean", "std", "outputs"}
+_JSON_FIELDS = {"class_names", "input_size", "mean", "std", "outputs", "tm_blocks", "tm_left"}
 # (preprocess, layout, input_dtype): normalized float N×C×H×W, or raw uint8 N×H×W×C pixels
 _INPUT_FORMS = {("none", "NCHW", "float32"), ("baked", "NHWC", "uint8")}
 _RANGE_TOLERANCE = 1e-3  # raw floats this far outside [0, 1] are rounding, further is another scale
@@ -34,7 +34,9 @@ class ModelMetadata:
     input_dtype: str = "float32"
     preprocess: str = "none"  # "none": feed normalized float NCHW; "baked": feed raw uint8 NHWC pixels
     precision: str = "fp32"
-    tm_form: str = ""
+    tm_form: str = ""  # the export form of the template-matching blocks; "none" when no block was rewritten
+    tm_blocks: dict = field(default_factory=dict)  # blocks rewritten, per form: {"normalized": 8}
+    tm_left: list = field(default_factory=list)  # soft-max nodes like a TM block's, not recognised: left as exported
     opset: int = 0
     outputs: list[str] = field(default_factory=lambda: ["logits"])
     source_sha256: str = ""
@@ -114,6 +116,12 @@ def _validate(meta: ModelMetadata) -> None:
                             f"reads format {METADATA_FORMAT}")
     if meta.precision not in PRECISIONS:
         raise TmdeployError(f"the ONNX file's tmdeploy metadata is malformed: unknown precision {meta.precision!r:.30}")
+    if not (isinstance(meta.tm_blocks, dict) and all(isinstance(k, str) and isinstance(v, int)
+                                                     and not isinstance(v, bool) and v >= 0
+                                                     for k, v in meta.tm_blocks.items())):
+        raise TmdeployError("the ONNX file's tmdeploy metadata is malformed: tm_blocks must map forms to counts")
+    if not plain_list(meta.tm_left, str):
+        raise TmdeployError("the ONNX file's tmdeploy metadata is malformed: tm_left must be a list of node names")
     if not plain_list(meta.outputs, str) or "logits" not in meta.outputs or len(set(meta.outputs)) != len(meta.outputs):
         raise TmdeployError("the ONNX file's tmdeploy metadata is malformed: outputs must be a list of distinct "
                             "names with 'logits' among them")

@@ -1,6 +1,6 @@
-"""Checkpoint → self-describing, statistics-free ONNX.
+"""A model to deploy → self-describing, statistics-free ONNX.
 
-Pipeline: rebuild the model from the checkpoint, swap template-matching blocks for their exact export
+Pipeline: take the model (a :class:`~tmdeploy.checkpoint.Deployable`, or a zoo checkpoint), swap template-matching blocks for their exact export
 form (τ and μ folded into weights), wrap with the optional baked preprocessing and per-patch output,
 ``torch.onnx.export`` (the TorchScript exporter by default, torch.export with ``exporter="dynamo"``), fold
 BatchNorm into convolutions, clean up with onnx-graphsurgeon, check fully, write metadata, and write the
@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from tmdeploy import __version__, data
-from tmdeploy.checkpoint import Checkpoint, check_finite
+from tmdeploy.checkpoint import Deployable, as_deployable, check_finite
 from tmdeploy.errors import TmdeployError, UsageError, first_line
 from tmdeploy.export import forms, graph
 from tmdeploy.export import precision as lowering
@@ -57,43 +57,48 @@ def output_names(patch_logits: bool) -> list[str]:
     return ["logits", "patch_logits"] if patch_logits else ["logits"]
 
 
-def deploy_module(ckpt: Checkpoint, options: ExportOptions, model: nn.Module | None = None) -> DeployModule:
+def deploy_module(deployable: Deployable, options: ExportOptions) -> DeployModule:
     """The module the ONNX graph must match. ``options.tm_form`` "reference" keeps the training form."""
-    model = ckpt.build_model() if model is None else model
-    if options.patch_logits and not getattr(model, "has_patch_logits", False):
-        raise UsageError(f"--patch-logits: {ckpt.card.arch} has no per-patch class map (use a -cls or -aux model)")
+    model = deployable.copy_module()
+    if options.patch_logits and not deployable.has_patch_logits:
+        raise UsageError(f"--patch-logits: {deployable.card.arch} has no per-patch class map (use a -cls or -aux model)")
     if options.tm_form != "reference":
         model = forms.apply_form(model, options.tm_form)
-    return DeployModule(model, ckpt.card.mean, ckpt.card.std, options.bake_preprocess, options.patch_logits).eval()
+    card = deployable.card
+    return DeployModule(model, card.mean, card.std, options.bake_preprocess, options.patch_logits).eval()
 
 
-def example_input(ckpt: Checkpoint, bake_preprocess: bool, batch: int = 2, seed: int = 0) -> Tensor:
-    c, h, w = ckpt.card.input_size
+def example_input(deployable: Deployable, bake_preprocess: bool, batch: int = 2, seed: int = 0) -> Tensor:
+    c, h, w = deployable.card.input_size
     g = torch.Generator().manual_seed(seed)
     if bake_preprocess:
         return torch.randint(0, 256, (batch, h, w, c), generator=g, dtype=torch.uint8)
     return torch.randn(batch, c, h, w, generator=g)
 
 
-def to_model_proto(ckpt: Checkpoint, options: ExportOptions) -> onnx.ModelProto:
-    """Export, fold, clean and check; returns the in-memory graph with its metadata written."""
+def to_model_proto(deployable, options: ExportOptions) -> onnx.ModelProto:
+    """Export, fold, clean and check; returns the in-memory graph with its metadata written.
+
+    ``deployable``: a :class:`~tmdeploy.checkpoint.Deployable` or a zoo checkpoint."""
     options.validate()
+    ckpt = as_deployable(deployable)
     if options.tm_form == AUTO_FORM:  # timing is a later stage's work; the export stage exports one form
         raise UsageError("--tm-form auto is resolved by timing the forms: use tmdeploy.optimize.export_auto "
                          "(what `tmdeploy export --tm-form auto` calls)")
-    check_finite(ckpt.state_dict)
+    check_finite(ckpt.module.state_dict())
     calib_data = calibration_data(ckpt, options.calib_data) if options.precision != "fp32" else None
     module = deploy_module(ckpt, options)
     names = output_names(options.patch_logits)
     example = example_input(ckpt, options.bake_preprocess)
     try:
         with torch_threads(1):  # a trace runs one small batch: more threads only wait on each other
-            exported, scopes = _EXPORTERS[options.exporter](module, example, options.opset, names)
+            exported, scopes = _EXPORTERS[ckpt.exporter or options.exporter](module, example, options.opset, names)
     except Exception as err:
         raise TmdeployError(f"torch.onnx.export failed for {ckpt.card.arch}: {first_line(err)}") from err
     proto = graph.check(graph.clean_up(exported))
     graph.attach_module_scopes(proto, scopes)
-    meta = metadata_for(ckpt, options, names)
+    meta = metadata_for(ckpt, options, names, blocks={} if options.tm_form == "reference" else
+                        {options.tm_form: forms.count_blocks(ckpt.module)})
     proto.producer_name, proto.producer_version = "tmdeploy", __version__
     write_metadata(proto, meta)
     graph.check_finite_values(proto)  # before calibration runs it: the values the FP32 graph really holds
@@ -102,11 +107,12 @@ def to_model_proto(ckpt: Checkpoint, options: ExportOptions) -> onnx.ModelProto:
     return lowered if lowered is proto else graph.check_finite_values(lowered)  # FP32: checked just above
 
 
-def calibration_data(ckpt: Checkpoint, spec: str | None) -> str:
-    """The calibration data spec: ``spec``, or the data the checkpoint was trained on; checked to fit the model."""
+def calibration_data(ckpt: Deployable, spec: str | None, option: str = "--calib-data") -> str:
+    """The calibration data spec: ``spec``, or the data the checkpoint was trained on; checked to fit the model.
+    ``option``: the calling command's flag that names the data, for the error when there is none."""
     spec = spec or ckpt.card.training_data
     if spec is None:
-        raise UsageError("the checkpoint does not record its training data: name calibration data with --calib-data")
+        raise UsageError(f"the model does not record its training data: name calibration data with {option}")
     c, h, w = ckpt.card.input_size
     data.check_calibration_fit(spec, c, max(h, w), ckpt.card.training_data)
     return spec
@@ -145,21 +151,23 @@ def _dynamo(module: nn.Module, example: Tensor, opset: int, names: list[str]):
 _EXPORTERS = {"torchscript": _torchscript, "dynamo": _dynamo}
 
 
-def metadata_for(ckpt: Checkpoint, options: ExportOptions, outputs: list[str]) -> ModelMetadata:
+def metadata_for(ckpt: Deployable, options: ExportOptions, outputs: list[str], blocks: dict[str, int]) -> ModelMetadata:
+    """The file's metadata; ``blocks``: the template-matching blocks rewritten, per form (none: no entry)."""
     card = ckpt.card
+    blocks = {form: count for form, count in blocks.items() if count}
     return ModelMetadata(
         arch=card.arch, class_names=list(card.class_names), input_size=list(card.input_size),
         mean=list(card.mean), std=list(card.std),
         layout="NHWC" if options.bake_preprocess else "NCHW",
         input_dtype="uint8" if options.bake_preprocess else "float32",
         preprocess="baked" if options.bake_preprocess else "none",
-        precision=options.precision, tm_form=options.tm_form, opset=options.opset, outputs=outputs,
+        precision=options.precision, tm_form=", ".join(blocks) or "none", tm_blocks=blocks, opset=options.opset, outputs=outputs,
         source_sha256=ckpt.sha256 or "", source_checkpoint=ckpt.path.name if ckpt.path else "",
         tmdeploy_version=__version__,
     )
 
 
-def default_output(ckpt: Checkpoint, suffix: str) -> Path:
+def default_output(ckpt: Deployable, suffix: str) -> Path:
     if ckpt.path is None:
         raise UsageError("no output path: pass --out")
     return ckpt.path.with_suffix(suffix)
@@ -171,8 +179,10 @@ def save_model(proto: onnx.ModelProto, path: Path, source: Path | None = None) -
     return path
 
 
-def export_onnx(ckpt: Checkpoint, out: Path | None = None, options: ExportOptions = ExportOptions()) -> Path:
-    """Export ``ckpt`` to ONNX at ``out`` (default: beside the checkpoint) and return the path."""
+def export_onnx(deployable, out: Path | None = None, options: ExportOptions = ExportOptions()) -> Path:
+    """Export ``deployable`` (a Deployable or a zoo checkpoint) to ONNX at ``out`` (default: beside the file it
+    came from) and return the path."""
+    ckpt = as_deployable(deployable)
     out = Path(out) if out is not None else default_output(ckpt, ".onnx")
     check_output(out, ckpt.path, option="--out")  # before the export: a bad target fails at once
     return save_model(to_model_proto(ckpt, options), out, ckpt.path)

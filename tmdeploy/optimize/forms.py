@@ -18,7 +18,7 @@ import onnx
 from tmdeploy.bench import machine
 from tmdeploy.bench.sessions import OrtSession
 from tmdeploy.bench.timing import Budget, latency_stats, measure, paired_ratio
-from tmdeploy.checkpoint import Checkpoint
+from tmdeploy.checkpoint import as_deployable
 from tmdeploy.export.options import DEFAULT_FORM, FORMS, ExportOptions
 from tmdeploy.export.to_onnx import default_output, save_model, to_model_proto
 from tmdeploy.fileio import check_output
@@ -28,10 +28,11 @@ AUTO_BATCHES = (1, 32)
 AUTO_BUDGET = Budget(min_time=0.5, min_iterations=10, min_rounds=5, warmup=2)
 
 
-def fastest_form(ckpt: Checkpoint, options: ExportOptions, threads: int | None = None,
+def fastest_form(model, options: ExportOptions, threads: int | None = None,
                  batches: tuple[int, ...] = AUTO_BATCHES, budget: Budget = AUTO_BUDGET) -> tuple[onnx.ModelProto, dict]:
     """Every form's graph (in ``options``' precision) timed side by side; the fastest by the geometric mean
     over ``batches`` of its paired speed-up over the default form, with the timings in its metadata."""
+    ckpt = as_deployable(model)
     protos = {form: to_model_proto(ckpt, replace(options, tm_form=form)) for form in FORMS}
     sessions = {form: OrtSession(proto, ["CPUExecutionProvider"], threads) for form, proto in protos.items()}
     per_batch = {}
@@ -53,9 +54,10 @@ def fastest_form(ckpt: Checkpoint, options: ExportOptions, threads: int | None =
     return proto, timings
 
 
-def export_auto(ckpt: Checkpoint, out: Path | None = None, options: ExportOptions = ExportOptions(tm_form="auto"),
+def export_auto(model, out: Path | None = None, options: ExportOptions = ExportOptions(tm_form="auto"),
                 threads: int | None = None, budget: Budget = AUTO_BUDGET) -> Path:
     """``export_onnx`` with the form chosen by :func:`fastest_form` (``options.tm_form`` is ignored)."""
+    ckpt = as_deployable(model)
     out = Path(out) if out is not None else default_output(ckpt, ".onnx")
     check_output(out, ckpt.path, option="--out")  # before the timing: a bad target fails at once
     proto, _ = fastest_form(ckpt, options, threads, budget=budget)

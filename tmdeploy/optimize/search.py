@@ -33,7 +33,7 @@ from tmdeploy.bench.backends import TrtSession, predict_all
 from tmdeploy.bench.sessions import OpenVinoSession, OrtSession
 from tmdeploy.bench.suite import cpu_reference_predictions, held_out_images
 from tmdeploy.bench.timing import Budget, Samples, error_line, latency_stats, measure, paired_ratio, wall_timer
-from tmdeploy.checkpoint import Checkpoint
+from tmdeploy.checkpoint import Deployable, as_deployable
 from tmdeploy.errors import UsageError
 from tmdeploy.export import ExportOptions, to_model_proto
 from tmdeploy.export.metadata import ModelMetadata, props
@@ -68,20 +68,22 @@ class OptimizeResult:
         return (self.status["decision"] or {}).get("chosen")
 
 
-def default_out(ckpt: Checkpoint) -> Path:
+def default_out(ckpt: Deployable) -> Path:
     if ckpt.path is None:
         raise UsageError("no output folder: pass --out")
     return ckpt.path.with_name(f"{ckpt.path.stem}-optimized")
 
 
-def optimize(ckpt: Checkpoint, options: OptimizeOptions = OptimizeOptions()) -> OptimizeResult:
-    """Try, check, time and choose as the module docstring says; returns what was written where."""
+def optimize(model, options: OptimizeOptions = OptimizeOptions()) -> OptimizeResult:
+    """Try, check, time and choose as the module docstring says for ``model`` (a Deployable or a zoo
+    checkpoint); returns what was written where."""
     options = options.effective()
     options.validate()
+    ckpt = as_deployable(model)
     out = Path(options.out) if options.out is not None else default_out(ckpt)
     options = replace(options, out=out)
     check_output_dir(out, OUTPUT_FILES.values(), ckpt.path, option="--out")  # the checkpoint too, now known
-    spec = calibration_data(ckpt, None if options.data == "auto" else options.data)
+    spec = calibration_data(ckpt, None if options.data == "auto" else options.data, option="--data")
     picked, why = machine.int8_recipes() if options.target == "cpu" else GPU_INT8
     recipes = options.int8_recipes or tuple(dict.fromkeys((*picked, "tensorrt")))
     installed, missing = _runtimes(options.target)

@@ -19,7 +19,7 @@ from polygraphy.json import save_json
 from polygraphy.logger import G_LOGGER
 
 from tmdeploy import data
-from tmdeploy.checkpoint import Checkpoint
+from tmdeploy.checkpoint import Deployable, as_deployable
 from tmdeploy.errors import TmdeployError
 from tmdeploy.export import metadata
 from tmdeploy.export.to_onnx import INPUT_NAME, DeployModule
@@ -71,9 +71,9 @@ class CheckReport:
         return clean("\n".join(lines) + "\n", newlines=True)  # names in it come from the files
 
 
-def _reference_module(ckpt: Checkpoint, meta: metadata.ModelMetadata) -> DeployModule:
+def _reference_module(ckpt: Deployable, meta: metadata.ModelMetadata) -> DeployModule:
     """The trained model exactly as PyTorch runs it (training form, BatchNorm unfolded), in float32."""
-    model = ckpt.build_model().float()
+    model = ckpt.copy_module()
     return DeployModule(model, ckpt.card.mean, ckpt.card.std, meta.preprocess == "baked",
                         "patch_logits" in meta.outputs).eval()
 
@@ -118,8 +118,9 @@ class References:
     """The PyTorch side of checks on ``ckpt``, made once per input format and inputs: optimize checks every
     candidate on the same images, and PyTorch need not run them again for each one."""
 
-    def __init__(self, ckpt: Checkpoint) -> None:
-        self.ckpt = ckpt
+    def __init__(self, model) -> None:
+        self.given = model  # what the caller passes to check() with these references
+        self.ckpt = as_deployable(model)
         self._made: dict[tuple, Reference] = {}
 
     def get(self, meta: metadata.ModelMetadata, options: CheckOptions) -> Reference:
@@ -130,7 +131,7 @@ class References:
         return self._made[key]
 
 
-def _reference(ckpt: Checkpoint, meta: metadata.ModelMetadata, options: CheckOptions) -> Reference:
+def _reference(ckpt: Deployable, meta: metadata.ModelMetadata, options: CheckOptions) -> Reference:
     feeds, source = make_feeds(meta, options)
     c, h, w = meta.input_size
     dtype, shape = (np.uint8, (-1, h, w, c)) if meta.preprocess == "baked" else (np.float32, (-1, c, h, w))
@@ -139,21 +140,22 @@ def _reference(ckpt: Checkpoint, meta: metadata.ModelMetadata, options: CheckOpt
     return Reference(feeds, source, module, Comparator.run([torch_runner], data_loader=feeds))
 
 
-def check(ckpt: Checkpoint, onnx_path, options: CheckOptions = CheckOptions(), runner=None,
+def check(model, onnx_path, options: CheckOptions = CheckOptions(), runner=None,
           references: References | None = None) -> CheckReport:
-    """Run the checkpoint and the ONNX file side by side and compare every output.
+    """Run the model (a Deployable or a zoo checkpoint) and the ONNX file side by side and compare every output.
 
     ``runner``: a polygraphy runner to judge instead of the one ``options`` name (optimize's TensorRT
     candidates, which onnxruntime and OpenVINO cannot run); ``onnx_path`` still gives the metadata.
     ``references``: PyTorch's side kept from earlier checks of ``ckpt`` (optimize's candidates)."""
-    if references is not None and references.ckpt is not ckpt:
-        raise ValueError("references: made for another checkpoint")
+    ckpt = references.ckpt if references is not None else as_deployable(model)
+    if references is not None and model is not references.given and model is not ckpt:
+        raise ValueError("references: made for another model")
     # polygraphy's per-iteration log, and numpy's warnings on NaN/Inf outputs: the report says it all
     with G_LOGGER.verbosity(G_LOGGER.CRITICAL), np.errstate(all="ignore"):
         return _check(ckpt, onnx_path, options, runner, references if references is not None else References(ckpt))
 
 
-def _check(ckpt: Checkpoint, onnx_path, options: CheckOptions, runner, references: References) -> CheckReport:
+def _check(ckpt: Deployable, onnx_path, options: CheckOptions, runner, references: References) -> CheckReport:
     options.validate()
     onnx_path = Path(onnx_path)
     meta = metadata.read(onnx_path)
