@@ -3,7 +3,12 @@
 ``digits``         scikit-learn's built-in 8x8 digit images (offline), resized to the model's input
 ``cifar10:DIR``    a local CIFAR-10 copy, read by torchvision with downloading off
 ``cifar100:DIR``   likewise CIFAR-100
-``folder:DIR``     an image folder (``DIR/train`` and ``DIR/val`` class folders, or one class-folder tree split 80/20)
+``folder:DIR``     an image folder (``DIR/train`` and ``DIR/val`` or ``DIR/test`` class folders: its own split;
+                   or one class-folder tree, split 80/20 here)
+``npz:FILE``       the user's own arrays and split (:mod:`tmdeploy.data_arrays`)
+
+In Python, the user's data can also be given as an object where a spec is taken: arrays or samples made by
+:func:`tmdeploy.data_arrays.from_arrays`, or any sized iterable of ``(image, label)`` pairs.
 
 Every source yields images as float tensors in [0, 1] (C, H, W) and integer labels. Normalization
 (mean/std per channel, measured on the training split) is kept separate: it is part of the model's card,
@@ -25,10 +30,10 @@ from torch.utils.data import Dataset, Subset, TensorDataset
 from tmdeploy.errors import TmdeployError, UsageError, first_line
 from tmdeploy.values import MAX_IMAGE_SIZE
 
-SOURCES = ("digits", "cifar10:DIR", "cifar100:DIR", "folder:DIR")
+SOURCES = ("digits", "cifar10:DIR", "cifar100:DIR", "folder:DIR", "npz:FILE")
 # The input size a source trains at when none is asked for. Digits are 8×8: at 16×16 RN26's stride-2
 # stages still see 8×8 and 4×4 maps, and training costs a quarter of 32×32 with nothing lost.
-DEFAULT_IMAGE_SIZES = {"digits": 16, "cifar10": 32, "cifar100": 32, "folder": 32}
+DEFAULT_IMAGE_SIZES = {"digits": 16, "cifar10": 32, "cifar100": 32, "folder": 32}  # arrays: their own
 NATIVE_SIZES = {"digits": 8, "cifar10": 32, "cifar100": 32}  # the images as stored; folders vary
 
 
@@ -42,14 +47,34 @@ class DataSplit:
     mean: list[float]
     std: list[float]
     name: str
+    split_by: str = ""  # whose split the train and test parts are, for reports
 
 
 def check_spec(spec) -> str:
-    """The kind of a data spec ("digits", "cifar10", ...); UsageError for one that names no source."""
-    kind, sep, arg = str(spec).partition(":")
-    if not ((kind == "digits" and not sep) or (kind in ("cifar10", "cifar100", "folder") and arg)):
+    """The kind of a data spec ("digits", "cifar10", ..., "python" for data given as an object); UsageError for
+    one that names no source."""
+    if not isinstance(spec, str):
+        as_source(spec)
+        return "python"
+    kind, sep, arg = spec.partition(":")
+    if not ((kind == "digits" and not sep) or (kind in ("cifar10", "cifar100", "folder", "npz") and arg)):
         raise UsageError(f"unknown data source '{spec}'; use one of: {', '.join(SOURCES)}")
     return kind
+
+
+def as_source(spec):
+    """``spec`` itself when it is a spec string or the user's arrays; any other sized iterable of samples as
+    arrays (:func:`tmdeploy.data_arrays.from_samples`)."""
+    from tmdeploy import data_arrays
+
+    if isinstance(spec, (str, data_arrays.UserData)):
+        return spec
+    return data_arrays.from_samples(spec)
+
+
+def spec_text(spec) -> str:
+    """How a report names the data: the spec string, or ``python:NAME`` for data given as an object."""
+    return spec if isinstance(spec, str) else f"python:{as_source(spec).name}"
 
 
 def check_calibration_fit(spec: str, channels: int, size: int, trained_on: str | None) -> None:
@@ -58,7 +83,7 @@ def check_calibration_fit(spec: str, channels: int, size: int, trained_on: str |
     Data the checkpoint was trained on always fits; its card records it.
     """
     kind = check_spec(spec)
-    if spec == trained_on:
+    if kind in ("npz", "python") or spec == trained_on:  # arrays are checked against the model when loaded
         return
     native_channels = 1 if kind == "digits" else 3
     if native_channels != channels:
@@ -76,23 +101,38 @@ def load(spec: str, image_size: int | None = None, in_chans: int | None = None, 
 
     ``image_size`` None: the source's own default (``DEFAULT_IMAGE_SIZES``)."""
     kind = check_spec(spec)
+    if kind in ("npz", "python"):
+        return _arrays(spec, kind, image_size, in_chans)
     arg = spec.partition(":")[2]
     image_size = image_size or DEFAULT_IMAGE_SIZES.get(kind, 32)
     if not 1 <= image_size <= MAX_IMAGE_SIZE:  # before any image is resized to it
         raise UsageError(f"image size {image_size} is out of range 1..{MAX_IMAGE_SIZE}")
     if kind == "digits":
         train, test, names, native = _digits(image_size, seed)
+        split_by = f"tmdeploy's seeded stratified 80/20 split of digits (seed {seed})"
     elif kind in ("cifar10", "cifar100"):
         train, test, names, native = _cifar(kind, Path(arg), image_size)
+        split_by = f"{kind.upper()}'s own train and test batches"
     else:
         train, test, names, native = _folder(Path(arg), image_size, seed)
+        split_by = getattr(train, "split_by", "")
     channels = in_chans or native
     if channels not in (1, 3) or (native == 3 and channels == 1):
         raise UsageError(f"data '{spec}' has {native}-channel images; the model asks for {channels}")
     if channels != native:
         train, test = _RepeatChannels(train, channels), _RepeatChannels(test, channels)
     mean, std = channel_stats(train)
-    return DataSplit(train, test, names, channels, image_size, mean, std, spec)
+    return DataSplit(train, test, names, channels, image_size, mean, std, spec, split_by)
+
+
+def _arrays(spec, kind: str, image_size: int | None, in_chans: int | None) -> DataSplit:
+    from tmdeploy import data_arrays
+
+    user = data_arrays.read_npz(Path(spec.partition(":")[2])) if kind == "npz" else as_source(spec)
+    train, test, names, channels = data_arrays.datasets(user, image_size, in_chans)
+    mean, std = channel_stats(train)
+    return DataSplit(train, test, names, channels, int(user.images.shape[-1]), mean, std, spec_text(spec),
+                     user.split_by)
 
 
 def channel_stats(dataset: Dataset, limit: int = 2000) -> tuple[list[float], list[float]]:
@@ -163,12 +203,15 @@ def _folder(root: Path, image_size: int, seed: int):
             test = folder(str(split_dirs[1]))
             if test.classes != train.classes:
                 raise TmdeployError(f"{root}: train and {split_dirs[1].name} folders have different classes")
+            train.split_by = f"the folder's own train/ and {split_dirs[1].name}/ sub-folders"
         else:
             full = folder(str(root))
             order = torch.randperm(len(full), generator=torch.Generator().manual_seed(seed)).tolist()
             cut = max(1, int(0.8 * len(order)))
             train, test = Subset(full, order[:cut]), Subset(full, order[cut:])
             train.classes = full.classes
+            train.split_by = f"tmdeploy's seeded 80/20 split of the folder (seed {seed}; give train/ and test/ " \
+                             f"sub-folders for your own)"
     except FileNotFoundError as err:
         raise TmdeployError(f"{root} is not an image folder with one sub-folder per class: {err}") from err
     return train, test, list(train.classes), 3

@@ -10,7 +10,7 @@ running is reported with its error; the run goes on. Speed-ups are paired ratios
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
@@ -66,7 +66,8 @@ def run(model, options: BenchOptions = BenchOptions()) -> BenchResult:
     ckpt = as_deployable(model)
     from tmdeploy.bench.progress import Reporter
 
-    spec = ckpt.card.training_data if options.data == "auto" else options.data
+    spec = ckpt.card.training_data if isinstance(options.data, str) and options.data == "auto" else options.data
+    spec = None if spec is None else data.as_source(spec)  # samples given in Python: stacked once
     if spec is not None:  # data unlike the model's fails here, before the long part
         calibration_data(ckpt, spec, option="--data")
     ctx = Context(ckpt, options.device, tuple(options.batches), calib_data=spec,
@@ -94,7 +95,7 @@ def run(model, options: BenchOptions = BenchOptions()) -> BenchResult:
 
 
 def _options_dict(options: BenchOptions) -> dict:
-    out = asdict(options)
+    out = asdict(replace(options, data=None if options.data is None else data.spec_text(options.data)))
     out.pop("show_progress")
     out["batches"] = list(options.batches)
     out["backends"] = list(options.backends) if options.backends else None
@@ -167,7 +168,8 @@ def held_out_images(ckpt: Deployable, spec: str, seed: int = 0,
     split = data.load(spec, image_size=h, in_chans=c, seed=seed)
     images, labels = data.stack(split.test, limit=limit)
     x = data.normalize(images, ckpt.card.mean, ckpt.card.std).numpy()
-    return x, labels.numpy(), {"spec": spec, "split": "test", "samples": int(len(labels))}
+    return x, labels.numpy(), {"spec": data.spec_text(spec), "split": "test", "split_by": split.split_by,
+                               "samples": int(len(labels))}
 
 
 def _accuracy(ctx: Context, test_set, sessions: dict, results: list[BackendResult], chunk: int, reporter) -> dict:

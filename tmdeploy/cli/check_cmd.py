@@ -13,7 +13,10 @@ def register(sub) -> None:
     p = sub.add_parser("check", help="compare an ONNX file with the PyTorch checkpoint (exit 0 pass, 1 mismatch)")
     add_checkpoint_args(p)
     p.add_argument("onnx", type=Path, nargs="?", help="ONNX file exported from the checkpoint")
-    api_option(p, "--data", CHECK, shown="seeded random", help="inputs from a data source")
+    api_option(p, "--data", CHECK, shown="seeded random",
+               help="compare on every test image of a data source: digits, cifar10:DIR, cifar100:DIR, folder:DIR, "
+                    "npz:FILE (your arrays and split)")
+    api_option(p, "--limit", CHECK, type=int, shown="all of them", help="with --data: compare on the first N images")
     api_option(p, "--batch", CHECK, "batches", help="batch sizes to check")
     api_option(p, "--iterations", CHECK, type=int, help="iterations per batch size")
     api_option(p, "--seed", CHECK, type=int, help="seed of the random inputs")

@@ -27,7 +27,7 @@ import numpy as np
 import onnx
 from polygraphy.common import TensorMetadata
 
-from tmdeploy import __version__, onnxfile
+from tmdeploy import __version__, data, onnxfile
 from tmdeploy.bench import machine
 from tmdeploy.bench.backends import TrtSession, predict_all
 from tmdeploy.bench.sessions import OpenVinoSession, OrtSession
@@ -83,7 +83,8 @@ def optimize(model, options: OptimizeOptions = OptimizeOptions()) -> OptimizeRes
     out = Path(options.out) if options.out is not None else default_out(ckpt)
     options = replace(options, out=out)
     check_output_dir(out, OUTPUT_FILES.values(), ckpt.path, option="--out")  # the checkpoint too, now known
-    spec = calibration_data(ckpt, None if options.data == "auto" else options.data, option="--data")
+    given = None if isinstance(options.data, str) and options.data == "auto" else data.as_source(options.data)
+    spec = calibration_data(ckpt, given, option="--data")
     picked, why = machine.int8_recipes() if options.target == "cpu" else GPU_INT8
     recipes = options.int8_recipes or tuple(dict.fromkeys((*picked, "tensorrt")))
     installed, missing = _runtimes(options.target)
@@ -274,7 +275,7 @@ def _reproduce_command(ckpt, cand: Candidate, check_options: CheckOptions, tol: 
         what = "the measured max abs error (INT8 is judged by top-1 agreement, which polygraphy does not check)"
     if cand.runtime == "openvino":
         command = (f"tmdeploy check {shlex.quote(str(ckpt.path or 'CHECKPOINT'))} candidates/{cand.name}.onnx "
-                   f"--runtime openvino --data {shlex.quote(check_options.data)} --seed {check_options.seed} "
+                   f"--runtime openvino --data {shlex.quote(data.spec_text(check_options.data))} --seed {check_options.seed} "
                    f"--atol {atol:g} --rtol {rtol:g}")
         return {"command": command, "cwd": "the output folder", "tolerances": what,
                 "why_not_polygraphy": "polygraphy has no OpenVINO runner; this runs the same Comparator check "
@@ -492,9 +493,9 @@ def _environment(options: OptimizeOptions, recipe: tuple[str, str]) -> dict:
     return info
 
 
-def _status(ckpt, options, todo, profile, decision, data, recipes, recipe) -> dict:
+def _status(ckpt, options, todo, profile, decision, held_out, recipes, recipe) -> dict:
     opts = {k: (list(v) if isinstance(v, tuple) else str(v) if isinstance(v, Path) else v)
-            for k, v in asdict(options).items() if k != "show_progress"}
+            for k, v in asdict(replace(options, data=data.spec_text(options.data))).items() if k != "show_progress"}
     c, h, w = ckpt.card.input_size
     return {
         "format": STATUS_FORMAT,
@@ -502,7 +503,7 @@ def _status(ckpt, options, todo, profile, decision, data, recipes, recipe) -> di
                   "input_size": [c, h, w], "classes": ckpt.card.num_classes},
         "environment": _environment(options, recipe),
         "options": {**opts, "int8_recipes": list(recipes)},
-        "data": data,
+        "data": held_out,
         "candidates": [{"name": cand.name, "form": cand.form, "exporter": cand.exporter, "precision": cand.precision,
                         "int8_recipe": cand.int8_recipe, "runtime": cand.runtime, "provider": cand.provider,
                         "provider_options": cand.provider_options,

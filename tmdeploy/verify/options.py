@@ -10,6 +10,8 @@ from tmdeploy.errors import UsageError, check_choice
 from tmdeploy.fileio import check_output
 from tmdeploy.values import MAX_ITERATIONS, MAX_SEED, check_batches, check_option
 
+MAX_CHECK_IMAGES = 1_000_000
+
 DEVICES = ("cpu", "cuda")  # where onnxruntime runs the graph: its CPU or its CUDA provider
 RUNTIMES = ("onnxruntime", "openvino")  # what runs the ONNX file (OpenVINO: the optional extra, on the CPU)
 
@@ -18,7 +20,10 @@ RUNTIMES = ("onnxruntime", "openvino")  # what runs the ONNX file (OpenVINO: the
 class CheckOptions:
     batches: tuple[int, ...] = (1, 7)
     iterations: int = 2  # per batch size
-    data: str | None = None  # None: seeded random inputs; else a data spec (see tmdeploy.data)
+    # None: seeded random inputs (batches × iterations); else a data spec or the user's data (see tmdeploy.data),
+    # compared on every held-out image it has, or on the first ``limit``
+    data: str | object | None = None
+    limit: int | None = None
     seed: int = 0
     atol: float | None = None  # None: the default for the file's precision
     rtol: float | None = None
@@ -53,6 +58,10 @@ class CheckOptions:
                                     ("--min-top1", self.min_top1, 1.0)):
             if value is not None:
                 check_option(option, value, 0.0, high)
+        if self.limit is not None:
+            if self.data is None:
+                raise UsageError("--limit bounds the images of --data: give --data too")
+            check_option("--limit", self.limit, 1, MAX_CHECK_IMAGES)
         if self.data is not None:
             from tmdeploy import data  # torch: only when there is a spec to check
 

@@ -9,6 +9,7 @@ saved in polygraphy's own JSON formats so the polygraphy CLI can re-check the fi
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -79,29 +80,36 @@ def _reference_module(ckpt: Deployable, meta: metadata.ModelMetadata) -> DeployM
 
 
 def make_feeds(meta: metadata.ModelMetadata, options: CheckOptions) -> tuple[list[dict], str]:
-    """Input feed dicts: seeded random tensors, or real images from ``options.data``."""
+    """Input feed dicts: seeded random tensors (each batch size, ``iterations`` times), or every held-out image
+    of ``options.data`` (or its first ``limit``), in batches of each size in turn: a verdict on real images
+    rests on all of them, not on a few that one image can flip."""
+    if options.data is not None:
+        return _data_feeds(meta, options)
     c, h, w = meta.input_size
     rng = np.random.default_rng(options.seed)
-    images = None
-    if options.data:
-        split = data.load(options.data, image_size=h, in_chans=c, seed=options.seed)
-        need = sum(options.batches) * options.iterations
-        images, _ = data.stack(split.test, limit=need)
-        if len(images) < need:
-            raise TmdeployError(f"--data {options.data}: {len(images)} test images, the check needs {need}")
-    feeds, used = [], 0
+    feeds = []
     for batch in options.batches:
         for _ in range(options.iterations):
-            if images is not None:
-                x = meta.graph_input(images[used:used + batch].numpy(), raw=True)
-                used += batch
-            elif meta.preprocess == "baked":
+            if meta.preprocess == "baked":
                 x = rng.integers(0, 256, size=(batch, h, w, c), dtype=np.uint8)
             else:
                 x = rng.standard_normal((batch, c, h, w)).astype(np.float32)
             feeds.append({INPUT_NAME: np.ascontiguousarray(x)})
-    source = f"data '{options.data}' (test split)" if options.data else f"seeded random (seed {options.seed})"
-    return feeds, source
+    return feeds, f"seeded random (seed {options.seed})"
+
+
+def _data_feeds(meta: metadata.ModelMetadata, options: CheckOptions) -> tuple[list[dict], str]:
+    c, h, _ = meta.input_size
+    split = data.load(options.data, image_size=h, in_chans=c, seed=options.seed)
+    images, _ = data.stack(split.test, limit=options.limit)
+    if not len(images):
+        raise TmdeployError(f"--data {clean(split.name)}: its test split holds no images")
+    feeds, used, sizes = [], 0, itertools.cycle(options.batches)
+    while used < len(images):
+        batch = next(sizes)
+        feeds.append({INPUT_NAME: np.ascontiguousarray(meta.graph_input(images[used:used + batch].numpy(), raw=True))})
+        used += batch
+    return feeds, f"data '{clean(split.name)}', {len(images)} test images ({split.split_by})"
 
 
 @dataclass
@@ -124,7 +132,8 @@ class References:
         self._made: dict[tuple, Reference] = {}
 
     def get(self, meta: metadata.ModelMetadata, options: CheckOptions) -> Reference:
-        key = (meta.input_format(), tuple(meta.outputs), options.data, options.seed, tuple(options.batches),
+        source = options.data if options.data is None or isinstance(options.data, str) else id(options.data)
+        key = (meta.input_format(), tuple(meta.outputs), source, options.limit, options.seed, tuple(options.batches),
                options.iterations)
         if key not in self._made:
             self._made[key] = _reference(self.ckpt, meta, options)
