@@ -96,8 +96,10 @@ def session(path, providers=CPU, provider_options=None):
     import onnxruntime as ort
 
     load(path)
+    options = ort.SessionOptions()
+    options.log_severity_level = 4  # a kernel's failure reaches the user as our one line, not also as its log
     try:
-        return ort.InferenceSession(str(path), providers=list(providers), provider_options=provider_options)
+        return ort.InferenceSession(str(path), options, providers=list(providers), provider_options=provider_options)
     except Exception as err:  # onnxruntime raises its own Fail/InvalidGraph/NotImplemented/... types
         raise TmdeployError(f"onnxruntime cannot load {path}: {first_line(err) or type(err).__name__}") from err
 

@@ -13,6 +13,7 @@ atomically, only when the run has finished, so a run that fails or is interrupte
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import shlex
@@ -100,9 +101,11 @@ def optimize(model, options: OptimizeOptions = OptimizeOptions()) -> OptimizeRes
         sessions: dict[str, object] = {}  # one session per candidate, for its build, accuracy and timing
         calibration = calibration_loader(spec)
         references = References(ckpt)  # PyTorch's outputs on the parity images, computed for the first candidate
+        seen: dict[tuple, str] = {}  # (graph digest, how it runs) → the candidate that has it
         try:
             for cand in todo:
                 _build(ckpt, cand, calibration, options, scratch, protos, graphs, sessions, table)
+                _skip_if_seen(cand, protos, seen, sessions, scratch, table)
                 _parity(ckpt, cand, spec, options, scratch, sessions, references, table)
                 _accuracy(cand, protos, sessions, test_set, reference, options, scratch, table)
             profile = _profile(ckpt, todo, protos, sessions, options, scratch, table)
@@ -214,6 +217,24 @@ def _build(ckpt, cand: Candidate, calibration, options: OptimizeOptions, scratch
     cand.build_s = time.perf_counter() - start
     cand.size_mb = (sessions[cand.name].artifact_bytes if cand.runtime == "tensorrt" else path.stat().st_size) / 1e6
     cand.mark("build", OK, "", cand.build_s)
+
+
+def _skip_if_seen(cand: Candidate, protos: dict, seen: dict, sessions: dict, scratch: Path, table) -> None:
+    """A candidate whose graph is byte for byte one already built for the same runtime and settings is not
+    checked or timed again (a network without template-matching blocks has one graph for every form)."""
+    if cand.step("build").status != OK:
+        return
+    digest = hashlib.sha256(protos[cand.name].graph.SerializeToString(deterministic=True)).hexdigest()
+    key = (digest, cand.runtime, cand.provider, json.dumps(cand.provider_options, sort_keys=True))
+    if key not in seen:
+        seen[key] = cand.name
+        return
+    cand.mark("build", SKIPPED, f"the same graph as {seen[key]}")
+    del protos[cand.name]
+    if cand.name in sessions:
+        sessions.pop(cand.name).close()
+    (scratch / "candidates" / f"{cand.name}.onnx").unlink(missing_ok=True)
+    table.update(cand)
 
 
 def _parity(ckpt, cand: Candidate, spec: str, options: OptimizeOptions, scratch: Path, sessions: dict,

@@ -21,7 +21,7 @@ from polygraphy.logger import G_LOGGER
 
 from tmdeploy import data
 from tmdeploy.checkpoint import Deployable, as_deployable
-from tmdeploy.errors import TmdeployError
+from tmdeploy.errors import TmdeployError, first_line
 from tmdeploy.export import metadata
 from tmdeploy.export.to_onnx import INPUT_NAME, DeployModule
 from tmdeploy.fileio import atomic_write, json_text
@@ -183,7 +183,11 @@ def _check(ckpt: Deployable, onnx_path, options: CheckOptions, runner, reference
         if runner is None:
             runner = (OpenVinoRunner(onnx_path) if options.runtime == "openvino"
                       else onnxrt_runner(onnx_path, device=options.device, cuda_options=options.cuda_options))
-        results = Comparator.run([runner], data_loader=reference.feeds)
+        try:
+            results = Comparator.run([runner], data_loader=reference.feeds)
+        except Exception as err:  # noqa: BLE001 - the runtime refused the graph or failed inside it
+            raise TmdeployError(f"{onnx_path}: {options.runtime} failed to run the graph ({type(err).__name__}: "
+                                f"{clean(first_line(err, 200))})") from err
     ((_, ref_iters),) = reference.results.items()
     ((_, onnx_iters),) = results.items()
     outputs = {}
