@@ -20,6 +20,7 @@ the other requests Triton batched with it.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,7 @@ from tmdeploy.errors import TmdeployError, UsageError
 from tmdeploy.export import metadata
 from tmdeploy.optional import install_hint
 
+log = logging.getLogger(__name__)
 PROVIDERS = (onnxfile.TENSORRT, onnxfile.CUDA, *onnxfile.CPU)  # preference order
 GPU_PROVIDERS = PROVIDERS[:2]
 PROVIDER_ALIASES = {"tensorrt": PROVIDERS[0], "trt": PROVIDERS[0], "cuda": PROVIDERS[1], "cpu": PROVIDERS[2]}
@@ -77,7 +79,9 @@ def resolve_providers(requested, available, known) -> list[str]:
 def _load_onnx(path: Path, providers, device) -> "Predictor":
     import onnxruntime as ort
 
-    meta = metadata.read(path)
+    meta, assumed = metadata.read_or_assume(path)
+    if assumed:
+        log.warning("%s", assumed)
     names = resolve_providers(providers, ort.get_available_providers(), ort.get_all_providers())
     if device is not None and not set(names) & set(GPU_PROVIDERS):
         raise TmdeployError(f"device={device} needs a GPU provider, but onnxruntime would run on {', '.join(names)}")
@@ -87,7 +91,7 @@ def _load_onnx(path: Path, providers, device) -> "Predictor":
     session = onnxfile.session(path, names, options)
     if providers is not None:  # asked for by name: running without one is an error, not a fallback
         onnxfile.require_providers(session, names, f" for {path}")
-    return Predictor(_OrtBackend(session), meta, providers=session.get_providers())
+    return Predictor(_OrtBackend(session), meta, providers=session.get_providers(), assumed=assumed)
 
 
 def _load_engine(path: Path, device) -> "Predictor":
@@ -130,9 +134,13 @@ class _TrtBackend:
 class Predictor:
     """A loaded model with its metadata; see the module docstring for what it accepts."""
 
-    def __init__(self, backend, meta: metadata.ModelMetadata, *, providers, batch_range: tuple[int, int] | None = None) -> None:
+    def __init__(self, backend, meta: metadata.ModelMetadata, *, providers, batch_range: tuple[int, int] | None = None,
+                 assumed: str | None = None) -> None:
         self._backend = backend
         self.metadata = meta
+        self.assumed = assumed  # for a file without tmdeploy metadata: what was read off its graph
+        # a plain file names its outputs as its exporter did: its first output holds the logits
+        self.logits_name = "logits" if "logits" in meta.outputs else meta.outputs[0]
         self.providers = list(providers)
         self.batch_range = batch_range  # (min, max) of a TensorRT engine's profile; None: any batch
 
@@ -151,7 +159,7 @@ class Predictor:
 
     def predict(self, images, *, raw: bool = False, check_finite: bool = True) -> np.ndarray:
         """Logits, N × classes."""
-        return self.run(images, raw=raw, check_finite=check_finite)["logits"]
+        return self.run(images, raw=raw, check_finite=check_finite)[self.logits_name]
 
     def classify(self, images, *, check_finite: bool = True) -> list[str]:
         """Class names of raw images (uint8 N×H×W×C pixels or float N×C×H×W in [0, 1])."""

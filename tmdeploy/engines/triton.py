@@ -78,7 +78,7 @@ def model_signature(model_path, onnx_path=None) -> ModelSignature:
     """The signature of an ``.onnx`` file, or of a ``.plan`` through the ONNX file it was built from."""
     model_path = Path(model_path)
     if model_path.suffix == ".onnx":
-        source, meta, batch_range = model_path, metadata.read(model_path), None
+        source, meta, batch_range = model_path, metadata.read_or_assume(model_path)[0], None
     elif model_path.suffix in trt_engine.ENGINE_SUFFIXES:
         source, meta, batch_range = _engine_source(model_path, onnx_path)
     else:

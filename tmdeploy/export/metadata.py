@@ -13,6 +13,7 @@ import onnx
 
 from tmdeploy import onnxfile
 from tmdeploy.errors import TmdeployError, first_line
+from tmdeploy.sanitize import clean
 from tmdeploy.export.options import PRECISIONS
 from tmdeploy.values import input_size_problem, normalization_problem, plain_list
 
@@ -151,6 +152,51 @@ def read_model(path) -> tuple[onnx.ModelProto, ModelMetadata]:
         raise TmdeployError(f"{path}: {err}") from err
     check_graph(model, meta, path)
     return model, meta
+
+
+def read_or_assume(path) -> tuple[ModelMetadata, str | None]:
+    """The file's metadata, or for a plain ONNX file without tmdeploy's what its graph shows, and a line saying
+    what was assumed (None when nothing was): applications and the server take any image classifier."""
+    model = onnxfile.load(path)
+    if props(model).get("tmdeploy_format") is not None:
+        return read(path), None
+    return assumed_from_graph(model, path)
+
+
+def assumed_from_graph(model: onnx.ModelProto, path) -> tuple[ModelMetadata, str]:
+    """Metadata read off a plain graph: one image input (float32 N×C×H×W, fed as given, or uint8 N×H×W×C
+    pixels) and the first output as N×classes logits, named by index."""
+    initializers = {t.name for t in model.graph.initializer}
+    inputs = [v for v in model.graph.input if v.name not in initializers]
+    if len(inputs) != 1:
+        raise TmdeployError(f"{path}: no tmdeploy metadata, and the graph takes {len(inputs)} inputs; an image "
+                            f"classifier takes one")
+    dims, kind = _dims(inputs[0]), inputs[0].type.tensor_type.elem_type
+    if len(dims) != 4 or not all(isinstance(d, int) and d > 0 for d in dims[1:]) or \
+            kind not in (onnx.TensorProto.FLOAT, onnx.TensorProto.UINT8):
+        raise TmdeployError(f"{path}: no tmdeploy metadata, and its input {dims[:8]} "
+                            f"{onnx.TensorProto.DataType.Name(kind).lower()} is not an image batch (float32 "
+                            f"N×C×H×W or uint8 N×H×W×C)")
+    pixels = kind == onnx.TensorProto.UINT8
+    size = [dims[3], dims[1], dims[2]] if pixels else dims[1:]
+    outputs = [v.name for v in model.graph.output]
+    logits = _dims(model.graph.output[0])
+    if len(logits) != 2 or not isinstance(logits[1], int) or logits[1] < 1:
+        raise TmdeployError(f"{path}: no tmdeploy metadata, and its first output {logits[:8]} is not N×classes "
+                            f"logits")
+    meta = ModelMetadata(arch="unknown", class_names=[str(i) for i in range(logits[1])], input_size=size,
+                         mean=[0.0] * size[0], std=[1.0] * size[0], layout="NHWC" if pixels else "NCHW",
+                         input_dtype="uint8" if pixels else "float32", preprocess="baked" if pixels else "none",
+                         tm_form="none", opset=next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0),
+                         outputs=outputs)
+    c, h, w = size
+    fed = f"uint8 pixels (N, {h}, {w}, {c})" if pixels else f"float32 images (N, {c}, {h}, {w}) as given (mean 0, std 1)"
+    note = (f"{path} has no tmdeploy metadata: assumed its input '{clean(inputs[0].name)[:60]}' takes {fed}, and "
+            f"its output '{clean(outputs[0])[:60]}' holds the logits of classes 0..{logits[1] - 1}")
+    if isinstance(dims[0], int):
+        raise TmdeployError(f"{path}: the graph's batch axis is fixed at {dims[0]}; export it with a dynamic batch "
+                            f"axis")
+    return meta, note
 
 
 def _dims(value: onnx.ValueInfoProto) -> list:
