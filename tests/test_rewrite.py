@@ -49,8 +49,8 @@ class UserTM(nn.Module):
     def probabilities(self, x: torch.Tensor) -> torch.Tensor:
         s, k, tau = self.templates(x), self.k, self.log_tau.exp()
         n, _, h, w = s.shape
-        if self.spelling == "expand-div":
-            return torch.softmax(torch.cat([s, self.mu.expand(n, 1, h, w)], 1) / tau, 1)[:, :k]
+        if self.spelling == "expand-div":  # K read off the scores' shape: the tracer records Shape → Gather
+            return torch.softmax(torch.cat([s, self.mu.expand(n, 1, h, w)], 1) / tau, 1)[:, :s.shape[1]]
         if self.spelling == "ones-mul":
             logits = torch.cat([s, self.mu * torch.ones_like(s[:, :1])], dim=-3) * (1 / tau)
             return torch.softmax(logits, dim=-3)[:, :-1]

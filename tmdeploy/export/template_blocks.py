@@ -38,6 +38,7 @@ from tmdeploy.export.template_lowering import Names, TemplateBlock, constant_val
 from tmdeploy.sanitize import clean
 
 _FIXED_BATCHES = (2, 3)  # the null channel must fold to the same constant at both batch sizes
+_SMALL = 64  # integer tensors up to this size are kept from the fixed-batch folding (slice limits, shapes)
 
 
 @dataclass(frozen=True)
@@ -88,8 +89,8 @@ def rewrite_template_blocks(model: onnx.ModelProto, form: str) -> tuple[onnx.Mod
     graph = gs.import_onnx(model)
     ranks, outputs = _ranks(model), {t.name for t in graph.outputs}
     candidates = [n for n in graph.nodes if n.op == "Softmax" and _looks_like_block(n, ranks)]
-    uniform = [_uniform_constants(model, batch) for batch in _FIXED_BATCHES] if candidates else []
-    matches = [(softmax, _match(softmax, ranks, uniform, outputs)) for softmax in candidates]
+    known = _FixedBatch(model, _FIXED_BATCHES) if candidates else None
+    matches = [(softmax, _match(softmax, ranks, known, outputs)) for softmax in candidates]
     unrecognised = tuple(softmax.name for softmax, block in matches if block is None)
     blocks = [block for _, block in matches if block is not None]
     if not blocks:
@@ -118,29 +119,55 @@ def _with_fixed_batch(model: onnx.ModelProto, batch: int) -> onnx.ModelProto:
     return onnx.shape_inference.infer_shapes(fixed)
 
 
-def _uniform_constants(model: onnx.ModelProto, batch: int) -> dict[str, tuple[float, tuple]]:
-    """Tensor name → (value, shape) of each float tensor that is one repeated value once the batch is fixed.
+class _FixedBatch:
+    """What the graph's tensors hold once the batch size is fixed, the same at every size tried.
 
-    With the batch fixed, the exporter's broadcast glue (Shape … Where → Expand, ConstantOfShape, μ·ones)
-    has static inputs, so graphsurgeon's constant folding (onnxruntime) evaluates it, whatever it is.
+    With the batch fixed, the exporter's glue (Shape … Where → Expand, ConstantOfShape, μ·ones, slice
+    limits read off a shape) has static inputs, so graphsurgeon's constant folding (onnxruntime) evaluates
+    it, whatever it is: the null channel becomes one repeated value, the slice limits small integers.
     """
-    graph = gs.import_onnx(_with_fixed_batch(model, batch))
-    for shape in [n for n in graph.nodes if n.op == "Shape"]:
-        # by hand: graphsurgeon's own shape folding ignores Shape's start and end (opset 15), which the
-        # dynamo exporter uses for the batch size
-        dims = shape.inputs[0].shape
-        if dims is not None and all(isinstance(d, int) for d in dims):
-            start, end = shape.attrs.get("start", 0), shape.attrs.get("end", len(dims))
-            shape.outputs[0].to_constant(np.array(dims[start:end], np.int64))
-            shape.outputs.clear()
-    graph.fold_constants(fold_shapes=False, partitioning="basic")
-    out = {}
-    for name, tensor in graph.tensors().items():
+
+    def __init__(self, model: onnx.ModelProto, batches: tuple[int, ...]) -> None:
+        self.runs = [self._fold(model, batch) for batch in batches]
+
+    @staticmethod
+    def _fold(model: onnx.ModelProto, batch: int) -> dict[str, np.ndarray]:
+        graph = gs.import_onnx(_with_fixed_batch(model, batch))
+        for shape in [n for n in graph.nodes if n.op == "Shape"]:
+            # by hand: graphsurgeon's own shape folding ignores Shape's start and end (opset 15), which the
+            # dynamo exporter uses for the batch size
+            dims = shape.inputs[0].shape
+            if dims is not None and all(isinstance(d, int) for d in dims):
+                start, end = shape.attrs.get("start", 0), shape.attrs.get("end", len(dims))
+                shape.outputs[0].to_constant(np.array(dims[start:end], np.int64))
+                shape.outputs.clear()
+        graph.fold_constants(fold_shapes=False, partitioning="basic")
+        folded = {}
+        for name, tensor in graph.tensors().items():
+            values = constant_values(tensor)
+            if values is None or not values.size:
+                continue
+            if np.issubdtype(values.dtype, np.integer) and values.size <= _SMALL:
+                folded[name] = values
+            elif np.issubdtype(values.dtype, np.floating) and np.all(values == values.flat[0]):
+                folded[name] = np.broadcast_to(values.flat[0], values.shape)  # one value: no copy
+        return folded
+
+    def integers(self, tensor: gs.Tensor) -> np.ndarray | None:
+        """A constant's values, or what a small integer tensor folds to (the same at every batch size)."""
+        if constant_values(tensor) is not None:
+            return constant_values(tensor)
+        found = [run.get(tensor.name) for run in self.runs]
+        same = all(f is not None and f.dtype.kind == "i" and np.array_equal(f, found[0]) for f in found)
+        return found[0] if same else None
+
+    def uniform(self, tensor: gs.Tensor) -> list[tuple[float, tuple]]:
+        """(value, shape) at each batch size tried, where ``tensor`` holds one repeated float; else []."""
         values = constant_values(tensor)
-        if values is not None and values.size and np.issubdtype(values.dtype, np.floating) and np.all(
-                values == values.flat[0]):
-            out[name] = (float(values.flat[0]), values.shape)
-    return out
+        found = [values] if values is not None else [run.get(tensor.name) for run in self.runs]
+        if any(f is None or f.dtype.kind != "f" or not np.all(f == f.flat[0]) for f in found):
+            return []
+        return [(float(f.flat[0]), f.shape) for f in found]
 
 
 def _ranks(model: onnx.ModelProto) -> dict[str, int]:
@@ -201,30 +228,28 @@ def _template_conv(tensor: gs.Tensor) -> gs.Node | None:
     return conv if conv is not None and _constant_weights(conv) else None
 
 
-def _null_value(null: gs.Tensor, rank: int, uniform: list[dict]) -> float | None:
+def _null_value(null: gs.Tensor, rank: int, known: _FixedBatch) -> float | None:
     """μ if ``null`` is one channel holding one constant value (at every fixed batch size tried)."""
-    values = constant_values(null)
-    found = ([(float(values.flat[0]), values.shape)] if values is not None and np.all(values == values.flat[0])
-             else [u.get(null.name) for u in uniform])
-    if not found or any(f is None or f[0] != found[0][0] or len(f[1]) != rank or f[1][1] != 1 for f in found):
+    found = known.uniform(null)
+    if not found or any(value != found[0][0] or len(shape) != rank or shape[1] != 1 for value, shape in found):
         return None
     return found[0][0]
 
 
-def _logit_parts(logits: gs.Tensor, rank: int, uniform: list[dict]) -> tuple[gs.Node, int, float, float] | None:
+def _logit_parts(logits: gs.Tensor, rank: int, known: _FixedBatch) -> tuple[gs.Node, int, float, float] | None:
     """(template conv, K, scale of its scores, null logit) of the soft-max's input before its scalar factors."""
     node = _producer(logits, "Concat", "Pad", "Conv")
     if node is None:
         return None
     if node.op == "Concat" and len(node.inputs) == 2 and _on_channels(node, rank, 0):
         source, scale = _unscaled(node.inputs[0], rank)
-        null = _null_value(node.inputs[1], rank, uniform)
+        null = _null_value(node.inputs[1], rank, known)
     elif node.op == "Pad" and node.attrs.get("mode", "constant") in ("constant", b"constant"):
         pads, value, axes = (node.inputs[i] if len(node.inputs) > i and node.inputs[i].name else None
                              for i in (1, 2, 3))
         wanted = np.zeros(2 * rank, np.int64)
         wanted[rank + 1] = 1  # one channel after the last of axis 1, nothing elsewhere
-        pads = constant_values(pads) if pads is not None else None
+        pads = known.integers(pads) if pads is not None else None
         if pads is None or pads.shape != wanted.shape or not np.array_equal(pads, wanted) or axes is not None:
             return None
         source, scale = _unscaled(node.inputs[0], rank)
@@ -240,22 +265,22 @@ def _logit_parts(logits: gs.Tensor, rank: int, uniform: list[dict]) -> tuple[gs.
     return conv, constant_values(conv.inputs[1]).shape[0], scale, null
 
 
-def _keeps_first(node: gs.Node, rank: int, templates: int, outputs: set) -> bool:
+def _keeps_first(node: gs.Node, rank: int, templates: int, known: _FixedBatch, outputs: set) -> bool:
     """Whether ``node``'s first output is exactly channels 0..K-1 of its K+1-channel input."""
     if node.op == "Slice":
-        limits = [constant_values(t) for t in node.inputs[1:]]  # starts, ends, axes, steps
+        limits = [known.integers(t) for t in node.inputs[1:]]  # starts, ends, axes, steps
         if len(limits) < 3 or any(v is None or v.size != 1 for v in limits) or limits[2].item() % rank != 1:
             return False
         start, end = (int(v.item()) + templates + 1 if v.item() < 0 else int(v.item()) for v in limits[:2])
         step = limits[3].item() if len(limits) > 3 else 1
         return step == 1 and max(start, 0) == 0 and min(end, templates + 1) == templates
     if node.op == "Split":
-        sizes = constant_values(node.inputs[1]) if len(node.inputs) > 1 else None
+        sizes = known.integers(node.inputs[1]) if len(node.inputs) > 1 else None
         unused = not any(t.outputs or t.name in outputs for t in node.outputs[1:])
         return (_on_channels(node, rank, 0) and sizes is not None and sizes.size > 1
                 and int(sizes.flat[0]) == templates and unused)
     if node.op == "Gather":
-        indices = constant_values(node.inputs[1])
+        indices = known.integers(node.inputs[1])
         return (_on_channels(node, rank, 0) and indices is not None and indices.ndim == 1
                 and np.array_equal(indices, np.arange(templates)))
     return False
@@ -270,15 +295,15 @@ def _value_conv(p: gs.Variable, templates: int, outputs: set) -> gs.Node | None:
     return conv if constant_values(conv.inputs[1]).shape[1] == templates else None
 
 
-def _match(softmax: gs.Node, ranks: dict[str, int], uniform: list[dict], outputs: set) -> TemplateBlock | None:
+def _match(softmax: gs.Node, ranks: dict[str, int], known: _FixedBatch, outputs: set) -> TemplateBlock | None:
     rank = ranks[softmax.inputs[0].name]
     logits, after = _unscaled(softmax.inputs[0], rank)
-    parts = _logit_parts(logits, rank, uniform)
+    parts = _logit_parts(logits, rank, known)
     users = softmax.outputs[0].outputs
     if parts is None or len(users) != 1 or softmax.outputs[0].name in outputs:
         return None
     conv, templates, before, null = parts
-    if not _keeps_first(users[0], rank, templates, outputs):
+    if not _keeps_first(users[0], rank, templates, known, outputs):
         return None
     p = users[0].outputs[0]
     return TemplateBlock(softmax, conv, templates, before * after, null * after, p, _value_conv(p, templates, outputs), rank)
