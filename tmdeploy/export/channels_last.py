@@ -9,6 +9,7 @@ rn26-tm at 1×32×32, batch 32, 1 thread they took INT8 from 1.9× to 2.4× FP32
 * **RMS norm as one op.** ``x / sqrt(mean_c(x²) + ε)`` becomes ``Transpose → RMSNormalization(axis=-1) →
   Transpose`` (ONNX opset 23): one kernel over each pixel's channels instead of five ops. The Transposes
   cancel against the ones onnxruntime puts around its channels-last convolutions, so none of them runs.
+  Hand-written spellings (``x * rsqrt(…)``, ``x.pow(2)``, ``dim=-3``) are the same norm and are taken too.
 * **No max shift where 8 bits bound the scores.** A soft-max subtracts ``m = max(max_k s_k, μ)`` only so
   that ``exp`` cannot overflow. When the scores come out of a DequantizeLinear, the clamp of their 8-bit
   type bounds them; if ``exp`` of that bound, summed over the K templates, stays finite, ``exp(μ)`` is a
@@ -69,34 +70,63 @@ def _constant(tensor: gs.Tensor) -> np.ndarray | None:
 
 
 def _channel_axis_only(reduce: gs.Node) -> bool:
+    """Axes [1] or [-3], keepdims: over the channels of the 4-D tensors both rewrites take."""
     axes = _constant(reduce.inputs[1]) if len(reduce.inputs) > 1 else reduce.attrs.get("axes")
-    return axes is not None and list(np.ravel(axes)) == [1] and reduce.attrs.get("keepdims", 1) == 1
+    return axes is not None and list(np.ravel(axes)) in ([1], [-3]) and reduce.attrs.get("keepdims", 1) == 1
+
+
+def _divided(node: gs.Node) -> tuple[gs.Tensor, gs.Tensor] | None:
+    """(x, r) if ``node`` is ``x / r``: ``Div(x, r)``, or ``x`` times ``Reciprocal(r)`` or ``Div(1, r)``
+    (how the exporters write ``x * torch.rsqrt(…)``)."""
+    if node.op == "Div":
+        return node.inputs[0], node.inputs[1]
+    for x, inverse in ((node.inputs[0], node.inputs[1]), (node.inputs[1], node.inputs[0])) if node.op == "Mul" else ():
+        reciprocal, quotient = _producer(inverse, "Reciprocal"), _producer(inverse, "Div")
+        one = quotient and _constant(quotient.inputs[0])
+        if reciprocal or (one is not None and one.size == 1 and one.item() == 1):
+            return x, (reciprocal or quotient).inputs[-1]
+    return None
+
+
+def _squares(tensor: gs.Tensor, x: gs.Tensor) -> bool:
+    """Whether ``tensor`` is ``x * x`` or ``x ** 2``."""
+    node = tensor.inputs[0] if len(tensor.inputs) == 1 else None
+    if node is None or node.op not in ("Mul", "Pow"):
+        return False
+    if node.op == "Mul":
+        return list(node.inputs) == [x, x]
+    exponent = _constant(node.inputs[1])
+    return node.inputs[0] is x and exponent is not None and exponent.size == 1 and exponent.item() == 2
+
+
+def _rms_epsilon(x: gs.Tensor, root: gs.Tensor) -> float | None:
+    """ε if ``root`` is ``sqrt(mean_c(x²) + ε)`` (the sum in either order), else None."""
+    sqrt = _producer(root, "Sqrt")
+    add = sqrt and _producer(sqrt.inputs[0], "Add")
+    for mean, eps in ((add.inputs[0], add.inputs[1]), (add.inputs[1], add.inputs[0])) if add else ():
+        reduce, eps = _producer(mean, "ReduceMean"), _constant(eps)
+        if reduce and eps is not None and eps.size == 1 and _squares(reduce.inputs[0], x) and _channel_axis_only(reduce):
+            return float(eps.item())
+    return None
 
 
 def fuse_rms_norms(graph: gs.Graph) -> int:
-    """``Div(x, Sqrt(Add(ReduceMean(Mul(x, x), axes=[1]), ε)))`` on a 4-D ``x`` → channels-last
-    RMSNormalization; returns how many were rewritten."""
+    """``x / sqrt(mean_c(x²) + ε)`` on a 4-D ``x`` → channels-last RMSNormalization; returns how many were
+    rewritten. The spellings of ``_divided`` and ``_squares``, the channel axis as 1 or -3."""
     count = 0
-    for div in [n for n in graph.nodes if n.op == "Div"]:
-        x, root = div.inputs
-        sqrt = _producer(root, "Sqrt")
-        add = sqrt and _producer(sqrt.inputs[0], "Add")
-        mean = add and _producer(add.inputs[0], "ReduceMean")
-        square = mean and _producer(mean.inputs[0], "Mul")
-        eps = add and _constant(add.inputs[1])
-        if not (square and eps is not None and eps.size == 1 and list(square.inputs) == [x, x]
-                and _channel_axis_only(mean) and x.shape is not None and len(x.shape) == 4
-                and isinstance(x.shape[1], int)):
+    for node in [n for n in graph.nodes if n.op in ("Div", "Mul")]:
+        x, root = _divided(node) or (None, None)
+        eps = _rms_epsilon(x, root) if x is not None else None
+        if eps is None or x.shape is None or len(x.shape) != 4 or not isinstance(x.shape[1], int):
             continue
-        name, out = div.name, div.outputs[0]
-        div.outputs.clear()
+        name, out = node.name, node.outputs[0]
+        node.outputs.clear()
         nhwc = gs.Variable(f"{name}_nhwc", dtype=np.float32)
         normed = gs.Variable(f"{name}_rms_nhwc", dtype=np.float32)
         scale = gs.Constant(f"{name}_rms_scale", np.ones(x.shape[1], np.float32))
         graph.nodes += [
             gs.Node("Transpose", f"{name}_to_nhwc", {"perm": [0, 2, 3, 1]}, [x], [nhwc]),
-            gs.Node("RMSNormalization", f"{name}_rms", {"axis": -1, "epsilon": float(eps.item())},
-                    [nhwc, scale], [normed]),
+            gs.Node("RMSNormalization", f"{name}_rms", {"axis": -1, "epsilon": eps}, [nhwc, scale], [normed]),
             gs.Node("Transpose", f"{name}_to_nchw", {"perm": [0, 3, 1, 2]}, [normed], [out]),
         ]
         count += 1

@@ -26,10 +26,8 @@ import copy
 import torch
 from torch import Tensor, nn
 
+from tmdeploy.export.template_lowering import PAD_LOGIT, PAD_MULTIPLE
 from tmdeploy.models.layers import TemplateMatching
-
-_PAD_MULTIPLE = 8
-_PAD_LOGIT = -1.0e4  # exp(-1e4 - m) underflows to exactly 0 in float32 for any realistic m
 
 
 def _folded_weights(tm: TemplateMatching) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -71,7 +69,7 @@ class FoldedSoftmax(_ExportForm):
         with torch.no_grad():
             self.templates.weight.zero_()
             self.templates.weight[:k] = weight
-            self.templates.bias.fill_(_PAD_LOGIT)
+            self.templates.bias.fill_(PAD_LOGIT)
             self.templates.bias[:k] = bias
             self.templates.bias[k] = null
             self.values.weight.zero_()
@@ -117,7 +115,7 @@ class ExplicitSoftmax(DeferredNormalization):
 
 _BUILDERS = {
     "folded": FoldedSoftmax,
-    "folded-padded": lambda tm: FoldedSoftmax(tm, pad_to_multiple=_PAD_MULTIPLE),
+    "folded-padded": lambda tm: FoldedSoftmax(tm, pad_to_multiple=PAD_MULTIPLE),
     "deferred": DeferredNormalization,
     "normalized": ExplicitSoftmax,
 }
