@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import warnings
 from pathlib import Path
 
@@ -26,11 +27,13 @@ from tmdeploy.export import precision as lowering
 from tmdeploy.export.metadata import ModelMetadata
 from tmdeploy.export.metadata import write as write_metadata
 from tmdeploy.export.options import AUTO_FORM, ExportOptions
+from tmdeploy.export.template_blocks import rewrite_template_blocks
 from tmdeploy.fileio import atomic_write, check_output
 from tmdeploy.threads import torch_threads
 from tmdeploy.values import MAX_BATCH  # the dynamo exporter needs an upper bound for the symbolic batch size
 
 INPUT_NAME = "images"
+log = logging.getLogger(__name__)
 
 
 class DeployModule(nn.Module):
@@ -96,9 +99,20 @@ def to_model_proto(deployable, options: ExportOptions) -> onnx.ModelProto:
     except Exception as err:
         raise TmdeployError(f"torch.onnx.export failed for {ckpt.card.arch}: {first_line(err)}") from err
     proto = graph.check(graph.clean_up(exported))
+    blocks, left = {}, ()
+    if options.tm_form != "reference":  # the user's own soft-max template blocks, found in the graph
+        blocks[options.tm_form] = forms.count_blocks(ckpt.module)
+        proto, rewrite = rewrite_template_blocks(proto, options.tm_form)
+        if rewrite.total:
+            proto = graph.check(proto)
+            scopes.update({new: scopes[old] for new, old in rewrite.node_origins.items() if old in scopes})
+            for form, count in rewrite.counts.items():
+                blocks[form] = blocks.get(form, 0) + count
+        left = rewrite.unrecognised
+        if rewrite.warning():
+            log.warning("%s", rewrite.warning())
     graph.attach_module_scopes(proto, scopes)
-    meta = metadata_for(ckpt, options, names, blocks={} if options.tm_form == "reference" else
-                        {options.tm_form: forms.count_blocks(ckpt.module)})
+    meta = metadata_for(ckpt, options, names, blocks=blocks, left=left)
     proto.producer_name, proto.producer_version = "tmdeploy", __version__
     write_metadata(proto, meta)
     graph.check_finite_values(proto)  # before calibration runs it: the values the FP32 graph really holds
@@ -151,8 +165,10 @@ def _dynamo(module: nn.Module, example: Tensor, opset: int, names: list[str]):
 _EXPORTERS = {"torchscript": _torchscript, "dynamo": _dynamo}
 
 
-def metadata_for(ckpt: Deployable, options: ExportOptions, outputs: list[str], blocks: dict[str, int]) -> ModelMetadata:
-    """The file's metadata; ``blocks``: the template-matching blocks rewritten, per form (none: no entry)."""
+def metadata_for(ckpt: Deployable, options: ExportOptions, outputs: list[str], blocks: dict[str, int],
+                 left=()) -> ModelMetadata:
+    """The file's metadata; ``blocks``: the template-matching blocks rewritten, per form (none: no entry);
+    ``left``: soft-max nodes that looked like template blocks and were left as exported."""
     card = ckpt.card
     blocks = {form: count for form, count in blocks.items() if count}
     return ModelMetadata(
@@ -161,7 +177,7 @@ def metadata_for(ckpt: Deployable, options: ExportOptions, outputs: list[str], b
         layout="NHWC" if options.bake_preprocess else "NCHW",
         input_dtype="uint8" if options.bake_preprocess else "float32",
         preprocess="baked" if options.bake_preprocess else "none",
-        precision=options.precision, tm_form=", ".join(blocks) or "none", tm_blocks=blocks, opset=options.opset, outputs=outputs,
+        precision=options.precision, tm_form=", ".join(sorted(blocks)) or "none", tm_blocks=blocks, tm_left=list(left), opset=options.opset, outputs=outputs,
         source_sha256=ckpt.sha256 or "", source_checkpoint=ckpt.path.name if ckpt.path else "",
         tmdeploy_version=__version__,
     )
