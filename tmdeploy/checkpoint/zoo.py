@@ -17,6 +17,7 @@ from tmdeploy.checkpoint.card import ModelCard, card_from_dict
 from tmdeploy.checkpoint.files import RawCheckpoint, read
 from tmdeploy.checkpoint.weights import fit_state_dict
 from tmdeploy.errors import TmdeployError, UsageError, first_line
+from tmdeploy.sanitize import clean
 from tmdeploy.values import MAX_CHANNELS, MAX_CLASSES, check_option
 
 BARE_NOTE = "bare state_dict: class names and normalization are placeholders"
@@ -72,7 +73,7 @@ def from_raw(raw: RawCheckpoint, arch: str | None, num_classes: int | None = Non
         meta = bare_card(raw.state_dict, arch, num_classes, in_chans)
     card = card_from_dict(meta, str(raw.path))
     if card.arch not in models.list_models():
-        raise TmdeployError(f"{raw.path}: unknown architecture '{card.arch[:100]}'; choose one of: "
+        raise TmdeployError(f"{raw.path}: unknown architecture '{clean(card.arch)[:100]}'; choose one of: "
                             f"{', '.join(models.list_models())} (or name the code that builds it with "
                             f"--arch FILE.py:FUNCTION)")
     return Checkpoint(card=card, state_dict=raw.state_dict, path=raw.path, sha256=raw.sha256)
