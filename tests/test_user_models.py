@@ -528,3 +528,39 @@ def test_from_module_refuses_what_is_not_a_classifier():
         tmdeploy.from_module(nn.Conv2d(1, 16, 3, padding=1), input_size=(1, 8, 8), class_names=["a"])
     with pytest.raises(UsageError, match="a bare nn.Module has no card"):
         export_onnx(nn.Linear(4, 2), "x.onnx")
+
+
+def test_bench_and_optimize_take_the_users_model_on_the_command_line(trained, user_split, tmp_path, capsys):
+    _, state, npz, _ = trained("paper")
+    _, mean, std = user_split
+    flags = [*_model_flags("paper", mean, std), "--data", f"npz:{npz}", "--threads", "1", "--batch", "1"]
+    assert main(["bench", str(state), *flags, "--backends", "pytorch,ort-fp32", "--min-time", "0.05",
+                 "--report-dir", str(tmp_path / "bench")]) == 0, capsys.readouterr().err
+    bench = json.loads((tmp_path / "bench" / "bench.json").read_text())
+    assert bench["data"]["split_by"].startswith("the user's own") and bench["model"]["arch"].endswith(":paper_tm_net")
+    assert main(["optimize", str(state), *flags, "--quick", "--precisions", "fp32", "--window-s", "0.05",
+                 "--profile-s", "1", "--quiet", "--out", str(tmp_path / "opt")]) == 0, capsys.readouterr().err
+    assert json.loads((tmp_path / "opt" / "status.json").read_text())["passed"]
+
+
+def test_a_plain_onnx_classifier_runs_without_tmdeploy_metadata(tmp_path, caplog):
+    """runtime.load (and so serve) takes any image classifier's ONNX file, saying what it read off the graph."""
+    from tmdeploy import runtime
+    from tmdeploy.engines.triton import write_model_repository
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=4).eval()
+    path = tmp_path / "plain.onnx"
+    torch.onnx.export(model, (torch.randn(2, 3, 16, 16),), str(path), dynamo=False, input_names=["x"],
+                      output_names=["out"], dynamic_axes={"x": {0: "n"}, "out": {0: "n"}})
+    x = np.random.default_rng(0).random((3, 3, 16, 16), dtype=np.float32)
+    with caplog.at_level("WARNING"), runtime.load(path) as predictor:
+        logits = predictor.predict(x)
+        labels = predictor.classify(x)
+    with torch.no_grad():
+        expected = model(torch.from_numpy(x)).numpy()
+    assert np.allclose(logits, expected, atol=1e-4) and labels == [str(i) for i in expected.argmax(1)]
+    assert "no tmdeploy metadata: assumed its input 'x' takes float32 images (N, 3, 16, 16)" in caplog.text
+    assert "classes 0..3" in caplog.text
+    model_dir = write_model_repository(path, tmp_path / "repo", name="plain", max_batch_size=8)
+    assert (model_dir / "1" / "model.onnx").is_file()
