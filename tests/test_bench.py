@@ -66,6 +66,7 @@ def test_eager_is_the_unit_of_the_ratios(tiny_result):
 
 def test_accuracy_and_agreement_are_fractions(tiny_result):
     assert tiny_result.data == {"spec": "digits", "split": "test", "samples": 6,
+                                "split_by": "tmdeploy's seeded stratified 80/20 split of digits (seed 0)",
                                 "agreement_with": "PyTorch eager on the CPU"}
     eager = tiny_result.backend("pytorch")
     assert eager.agreement == 1.0

@@ -3,8 +3,8 @@
 
 from tmdeploy.checkpoint.card import ModelCard, card_for
 from tmdeploy.checkpoint.deployable import Deployable, as_deployable, from_module, load_model
-from tmdeploy.checkpoint.files import FORMAT, SAVE_SUFFIXES, card_to_dict, check_finite, check_save_path, save
+from tmdeploy.checkpoint.files import FORMAT, SAFETENSORS_METADATA_KEY, SAVE_SUFFIXES, card_to_dict, check_finite, check_save_path, save
 from tmdeploy.checkpoint.zoo import Checkpoint, load
 
-__all__ = ["FORMAT", "SAVE_SUFFIXES", "Checkpoint", "Deployable", "ModelCard", "as_deployable", "card_for",
-           "card_to_dict", "check_finite", "check_save_path", "from_module", "load", "load_model", "save"]
+__all__ = ["FORMAT", "SAFETENSORS_METADATA_KEY", "SAVE_SUFFIXES", "Checkpoint", "Deployable", "ModelCard",
+           "as_deployable", "card_for", "card_to_dict", "check_finite", "check_save_path", "from_module", "load", "load_model", "save"]

@@ -23,7 +23,7 @@ from torch import nn
 
 from tmdeploy.checkpoint import user_code, zoo
 from tmdeploy.checkpoint.card import ModelCard, card_from_dict, check_card
-from tmdeploy.checkpoint.files import RawCheckpoint, check_readable, is_program, read
+from tmdeploy.checkpoint.files import RawCheckpoint, check_finite, check_readable, is_program, read
 from tmdeploy.checkpoint.program import load_program
 from tmdeploy.checkpoint.weights import load_weights
 from tmdeploy.errors import TmdeployError, UsageError, first_line
@@ -94,6 +94,7 @@ def load_model(path, *, arch: str | None = None, num_classes: int | None = None,
                                    num_classes=num_classes, **{**given, "input_size": size})
         return replace(program, exporter="dynamo")
     raw = read(path)
+    check_finite(raw.state_dict)  # as stored: a float64 1e300 turns Inf only in the float32 module
     if arch is not None and user_code.is_code_spec(arch):
         return _from_code(raw, arch, num_classes, in_chans, given)
     ckpt = zoo.from_raw(raw, arch, num_classes, in_chans)
