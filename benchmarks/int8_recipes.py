@@ -1,18 +1,20 @@
 """Benchmark: which INT8 recipe onnxruntime runs fastest on this CPU, and what each costs in agreement.
 
 The recipes are ``tmdeploy.export.precision.INT8_RECIPES``: per-tensor vs per-channel weight scales,
-QOperator (QLinearConv in the file) vs QDQ (pairs onnxruntime fuses when it loads the file), ``reduce_range``
-(7-bit weights, onnxruntime's advice for u8s8 on AVX2 without VNNI), quantizing the residual Adds too,
+QOperator (QLinearConv in the file) vs QDQ (pairs onnxruntime fuses when it loads the file), 8-bit weights
+(``onnxruntime-vnni``) against the default 7-bit ones (exact without VNNI too), quantizing the residual Adds too,
 leaving the template-matching value convolutions in float, and leaving out the channels-last rewrites of the
 float ops (``ort-plain-float``: what ``tmdeploy.export.channels_last`` buys); ``tensorrt`` is the symmetric
-signed recipe.
+signed recipe, whose agreement is measured in its own exact arithmetic (QDQ run op by op: onnxruntime's fusions
+off), as ``tmdeploy check`` judges it.
 
 Speed: every recipe's graph and the FP32 graph of one model run interleaved in one timing run; each ratio is
 the median over rounds of the paired per-round latency ratio FP32 / recipe (above 1: faster than FP32). They
 are timed on seeded untrained weights at ``--size`` (speed does not depend on the values), calibrated on
 digits upsampled to that size. Agreement: the same recipes on trained checkpoints (``--checkpoints``, else
 trained here with the default recipe), top-1 agreement with their FP32 graph on the whole digits test split.
-The CPU's flags and the recipes ``tmdeploy.bench.machine.int8_recipes`` picks for it are printed with the tables.
+The CPU's INT8 kind (VNNI, AMX, AVX2 only), its flags and the recipes ``tmdeploy.bench.machine.int8_recipes``
+picks for it are printed with the tables.
 
     PYTHONPATH=. python benchmarks/int8_recipes.py [--checkpoints rn26-tm.pt rn26.pt] [--size 32] [--threads N]
 """
@@ -71,8 +73,8 @@ def agreement(ckpt: checkpoint.Checkpoint, threads: int | None) -> dict[str, flo
     c, h, _ = ckpt.card.input_size
     images, _ = data.stack(data.load(ckpt.card.training_data, image_size=h, in_chans=c).test)
     x = data.normalize(images, ckpt.card.mean, ckpt.card.std).numpy()
-    top = {name: predict_all(OrtSession(g, ["CPUExecutionProvider"], threads), x, 32).argmax(axis=1)
-           for name, g in graphs(ckpt).items()}
+    top = {name: predict_all(OrtSession(g, ["CPUExecutionProvider"], threads, fuse=name != "tensorrt"), x, 32)
+           .argmax(axis=1) for name, g in graphs(ckpt).items()}
     return {name: float((t == top[FP32]).mean()) for name, t in top.items()} | {"images": len(x)}
 
 
@@ -104,7 +106,7 @@ def main() -> None:
             rows = [[name, *(f"{ratios[b][name]:.2f}×" for b in BATCHES), f"{agree[name]:.2%}"] for name in names]
             c, h, w = ckpt.card.input_size
             print_table(
-                f"{arch}: INT8 recipes on onnxruntime CPU, speed at 1×{args.size}×{args.size}",
+                f"{arch}: INT8 recipes on onnxruntime CPU ({machine.int8_kind(flags)}), speed at 1×{args.size}×{args.size}",
                 ["recipe", *(f"speed-up over FP32, batch {b}" for b in BATCHES),
                  f"agreement with FP32 ({agree['images']} digits test images, trained {c}×{h}×{w})"],
                 rows,

@@ -91,13 +91,18 @@ def load(path) -> onnx.ModelProto:
     return model
 
 
-def session(path, providers=CPU, provider_options=None):
-    """An onnxruntime InferenceSession for ``path`` (checked by :func:`load` first); its failures are ours."""
+def session(path, providers=CPU, provider_options=None, fuse: bool = True):
+    """An onnxruntime InferenceSession for ``path`` (checked by :func:`load` first); its failures are ours.
+
+    ``fuse=False``: no graph optimizations, so QDQ pairs run as float QuantizeLinear/DequantizeLinear ops
+    instead of being fused into onnxruntime's integer kernels."""
     import onnxruntime as ort
 
     load(path)
     options = ort.SessionOptions()
     options.log_severity_level = 4  # a kernel's failure reaches the user as our one line, not also as its log
+    if not fuse:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     try:
         return ort.InferenceSession(str(path), options, providers=list(providers), provider_options=provider_options)
     except Exception as err:  # onnxruntime raises its own Fail/InvalidGraph/NotImplemented/... types

@@ -29,21 +29,34 @@ def cpu_flags() -> list[str]:
     return [f for f in wanted if f in flags]
 
 
+def int8_kind(flags: list[str] | None = None) -> str:
+    """The CPU's INT8 dot-product features, the words the README's INT8 tables name their rows' machines by."""
+    flags = cpu_flags() if flags is None else flags
+    if "amx_int8" in flags:
+        return "AMX and VNNI" if any("vnni" in f for f in flags) else "AMX"
+    vnni = [f for f in ("avx512_vnni", "avx_vnni") if f in flags]
+    if vnni:
+        return f"VNNI ({', '.join(vnni)})"
+    return "AVX2 only (no VNNI or AMX)" if "avx2" in flags else "no AVX2"
+
+
 def int8_recipes(flags: list[str] | None = None) -> tuple[tuple[str, ...], str]:
     """The onnxruntime INT8 recipes worth trying on this CPU (names in ``tmdeploy.export.precision.INT8_RECIPES``)
     and why.
 
     u8s8 products run on VNNI (AVX-512 or AVX) or AMX as exact int32 dot products; on plain AVX2 onnxruntime's
-    kernels sum pairs of u8×s8 products in int16 (vpmaddubsw), which saturates unless the weights are 7-bit:
-    its documentation advises ``reduce_range`` there. With VNNI, quantizing the residual Adds as well was the
-    one variation that ran faster for rn26-tm in benchmarks/int8_recipes.py (1.75× FP32 at batch 32 against
-    1.54–1.61× on a Zen 4 EPYC, two runs); reduce_range bought nothing there.
+    kernels sum pairs of u8×s8 products in int16 (vpmaddubsw), which saturates unless the weights are 7-bit,
+    as the default ``onnxruntime`` recipe's are (tmdeploy.export.int8_saturation). With VNNI the 8-bit
+    ``onnxruntime-vnni`` recipe is worth timing too, and quantizing the residual Adds as well was the one
+    variation that ran faster for rn26-tm in benchmarks/int8_recipes.py (1.75× FP32 at batch 32 against
+    1.54–1.61× on a Zen 4 EPYC, two runs).
     """
     flags = cpu_flags() if flags is None else flags
     fast = [f for f in ("avx512_vnni", "avx_vnni", "amx_int8") if f in flags]
     if fast:
-        return ("onnxruntime", "ort-shortcuts"), f"{', '.join(fast)}: u8s8 dot products without saturation"
-    return ("ort-reduce-range",), "no VNNI/AMX: 7-bit weights keep AVX2's int16 sums from saturating"
+        return (("onnxruntime", "onnxruntime-vnni", "ort-shortcuts"),
+                f"{', '.join(fast)}: u8s8 dot products without saturation, so 8-bit weights are exact too")
+    return ("onnxruntime",), "no VNNI/AMX: only 7-bit weights keep AVX2's int16 pair sums from saturating"
 
 
 def describe(device: str = "cpu", ort_threads: int | None = None) -> dict:

@@ -53,12 +53,14 @@ class TorchSession:
 class OrtSession:
     """An onnxruntime session on the CPU: feeds are host arrays in the graph's input dtype."""
 
-    def __init__(self, proto, providers: list[str], threads: int | None = None) -> None:
+    def __init__(self, proto, providers: list[str], threads: int | None = None, fuse: bool = True) -> None:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
+        if not fuse:  # QDQ pairs run op by op in float: TensorRT's exact integer arithmetic, for agreement only
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         blob = proto.SerializeToString()
         self.artifact_bytes = len(blob)  # the .onnx file a deployment would ship
         self.session = ort.InferenceSession(blob, options, providers=providers)

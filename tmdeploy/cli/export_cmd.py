@@ -28,8 +28,8 @@ def register(sub) -> None:
     low = p.add_argument_group("lower precision, in the graph (verified on ONNX Runtime by tmdeploy check)")
     api_option(low, "--precision", EXPORT, choices=PRECISIONS, help="precision of the graph")
     api_option(low, "--int8-target", EXPORT, choices=INT8_TARGETS,
-               help="tensorrt (symmetric signed, as TensorRT requires) or onnxruntime (unsigned activations, "
-                    "fast on x86 CPUs)")
+               help="tensorrt (symmetric signed, as TensorRT requires), onnxruntime (unsigned activations, 7-bit "
+                    "weights: exact on any x86 CPU) or onnxruntime-vnni (8-bit weights: CPUs with VNNI or AMX only)")
     api_option(low, "--calib-data", EXPORT, shown="the data the checkpoint was trained on, as its card records",
                help="calibration data")
     api_option(low, "--keep-fp32", EXPORT, help="fp16: comma-separated op types or node names kept in FP32")

@@ -43,8 +43,21 @@ def describe(path: Path) -> dict:
         "producer": f"{model.producer_name} {model.producer_version}".strip(),
         "inputs": [tensor(v) for v in model.graph.input], "outputs": [tensor(v) for v in model.graph.output],
         "ops": graph.op_histogram(model), "parameters": graph.parameter_count(model),
-        "tmdeploy": tmdeploy_meta, "metadata_props": props, "note": note,
+        "tmdeploy": tmdeploy_meta, "metadata_props": props, "note": note, "int8_safe_on": _int8_safe_on(model, path),
     }
+
+
+def _int8_safe_on(model, path: Path) -> str | None:
+    """Where onnxruntime computes the file's integer convolutions exactly, read off its weights (so files
+    without tmdeploy's metadata get it too); None for a file without any."""
+    from tmdeploy.export import int8_saturation
+
+    try:
+        if not int8_saturation.pair_sums(model, path.parent):
+            return None
+        return int8_saturation.safe_on(model, path.parent)
+    except (ValueError, OSError) as err:  # weights that do not match their declared shape, unreadable data
+        return f"unknown: the INT8 weights cannot be read ({type(err).__name__})"
 
 
 def run(args) -> int:
@@ -76,6 +89,8 @@ def run(args) -> int:
     for key, value in (info["tmdeploy"] or info["metadata_props"]).items():
         meta.add_row(show(key), show(value))
     console.print(meta)
+    if info["int8_safe_on"]:
+        console.print(f"INT8 integer arithmetic exact on: {show(info['int8_safe_on'])}")
     if info["note"]:
         console.print(f"note: {show(info['note'])}")
     ops = Table("op", "count", title="op histogram")

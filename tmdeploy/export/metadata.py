@@ -35,6 +35,8 @@ class ModelMetadata:
     input_dtype: str = "float32"
     preprocess: str = "none"  # "none": feed normalized float NCHW; "baked": feed raw uint8 NHWC pixels
     precision: str = "fp32"
+    int8_recipe: str = ""  # INT8 files: the recipe (``tensorrt``, ``onnxruntime``, ``onnxruntime-vnni``, ...)
+    int8_safe_on: str = ""  # INT8 files: where the integer arithmetic is exact (tmdeploy.export.int8_saturation)
     tm_form: str = ""  # the export form of the template-matching blocks; "none" when no block was rewritten
     tm_blocks: dict = field(default_factory=dict)  # blocks rewritten, per form: {"normalized": 8}
     tm_left: list = field(default_factory=list)  # soft-max nodes like a TM block's, not recognised: left as exported
@@ -117,6 +119,8 @@ def _validate(meta: ModelMetadata) -> None:
                             f"reads format {METADATA_FORMAT}")
     if meta.precision not in PRECISIONS:
         raise TmdeployError(f"the ONNX file's tmdeploy metadata is malformed: unknown precision {meta.precision!r:.30}")
+    if not isinstance(meta.int8_recipe, str) or not isinstance(meta.int8_safe_on, str):
+        raise TmdeployError("the ONNX file's tmdeploy metadata is malformed: int8_recipe and int8_safe_on are text")
     if not (isinstance(meta.tm_blocks, dict) and all(isinstance(k, str) and isinstance(v, int)
                                                      and not isinstance(v, bool) and v >= 0
                                                      for k, v in meta.tm_blocks.items())):

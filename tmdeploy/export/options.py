@@ -14,7 +14,7 @@ DEFAULT_FORM = "normalized"  # fastest on ONNX Runtime CPU: see benchmarks/tm_fo
 AUTO_FORM = "auto"
 EXPORTERS = ("torchscript", "dynamo")
 PRECISIONS = ("fp32", "fp16", "int8")
-INT8_TARGETS = ("tensorrt", "onnxruntime")
+INT8_TARGETS = ("tensorrt", "onnxruntime", "onnxruntime-vnni")
 MIN_OPSET = 13  # ONNX Softmax before opset 13 flattens from the axis: a channel soft-max would be wrong
 
 
@@ -28,7 +28,9 @@ class ExportOptions:
     patch_logits: bool = False
     bake_preprocess: bool = False
     precision: str = "fp32"
-    int8_target: str = "tensorrt"  # "tensorrt": symmetric signed QDQ; "onnxruntime": unsigned activations
+    # "tensorrt": symmetric signed QDQ; "onnxruntime": unsigned activations, 7-bit weights (exact on any x86
+    # CPU); "onnxruntime-vnni": 8-bit weights, exact only with VNNI or AMX (tmdeploy.export.int8_saturation)
+    int8_target: str = "tensorrt"
     # calibration (INT8 scales, FP16 value ranges) from this data's train split; None: the data the checkpoint
     # was trained on, as its card records
     calib_data: str | None = None

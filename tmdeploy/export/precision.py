@@ -41,6 +41,7 @@ import onnx
 from tmdeploy import data
 from tmdeploy.errors import TmdeployError, UsageError, first_line
 from tmdeploy.export.channels_last import channels_last_float_ops
+from tmdeploy.export import int8_saturation
 from tmdeploy.export.graph import onnx_opset
 from tmdeploy.export.metadata import ModelMetadata, write
 from tmdeploy.export.options import INT8_TARGETS, ExportOptions  # noqa: F401 (INT8_TARGETS: tests use it here)
@@ -73,7 +74,7 @@ class Int8Recipe:
     signed_activations: bool  # symmetric QInt8 (TensorRT's requirement) or asymmetric QUInt8 (ORT's x86 kernels)
     per_channel: bool = True  # weight scales per output channel, or one per tensor
     qoperator: bool = False  # QLinearConv nodes in the file, or QDQ pairs that onnxruntime fuses when loading
-    reduce_range: bool = False  # 7-bit weights: onnxruntime's advice for u8s8 on AVX2 CPUs without VNNI
+    reduce_range: bool = False  # 7-bit weights: u8s8 pair sums fit AVX2's 16 bits (exact without VNNI)
     quantize_bias: bool = True  # INT32 biases; TensorRT's parser has no INT32 DequantizeLinear
     shortcuts: bool = False  # the residual Adds too (QLinearAdd), not only the convolutions
     value_convs: bool = True  # the template-matching blocks' value convolutions (ν), or leave them in float
@@ -82,15 +83,19 @@ class Int8Recipe:
     channels_last_float_ops: bool = True
 
 
+# The onnxruntime target's recipe has 7-bit weights: its pair sums fit AVX2's 16 bits, so the file computes
+# exactly on any x86 CPU, whichever exported it (tmdeploy.export.int8_saturation). Its variants change one
+# knob each; ``onnxruntime-vnni`` keeps 8-bit weights for CPUs with VNNI or AMX, and its metadata says so.
+_ONNXRUNTIME = Int8Recipe(signed_activations=False, reduce_range=True)
 INT8_RECIPES = {
     "tensorrt": Int8Recipe(signed_activations=True, quantize_bias=False, channels_last_float_ops=False),
-    "onnxruntime": Int8Recipe(signed_activations=False),
-    "ort-reduce-range": Int8Recipe(signed_activations=False, reduce_range=True),
-    "ort-per-tensor": Int8Recipe(signed_activations=False, per_channel=False),
-    "ort-qoperator": Int8Recipe(signed_activations=False, qoperator=True),
-    "ort-shortcuts": Int8Recipe(signed_activations=False, shortcuts=True),
-    "ort-float-values": Int8Recipe(signed_activations=False, value_convs=False),
-    "ort-plain-float": Int8Recipe(signed_activations=False, channels_last_float_ops=False),
+    "onnxruntime": _ONNXRUNTIME,
+    "onnxruntime-vnni": replace(_ONNXRUNTIME, reduce_range=False),
+    "ort-per-tensor": replace(_ONNXRUNTIME, per_channel=False),
+    "ort-qoperator": replace(_ONNXRUNTIME, qoperator=True),
+    "ort-shortcuts": replace(_ONNXRUNTIME, shortcuts=True),
+    "ort-float-values": replace(_ONNXRUNTIME, value_convs=False),
+    "ort-plain-float": replace(_ONNXRUNTIME, channels_last_float_ops=False),
 }
 
 
@@ -230,7 +235,8 @@ def to_int8(model: onnx.ModelProto, calibration: np.ndarray, target: str = "tens
 
     ``tensorrt``: symmetric signed INT8 activations and per-channel weights (zero points 0), biases left in
     float because TensorRT's parser has no INT32 DequantizeLinear. ``onnxruntime``: unsigned activations,
-    signed per-channel weights and INT32 biases, which ONNX Runtime's x86 kernels fuse into QLinearConv
+    signed 7-bit per-channel weights (exact on CPUs without VNNI too; ``onnxruntime-vnni``: 8-bit) and INT32
+    biases, which ONNX Runtime's x86 kernels fuse into QLinearConv
     (symmetric signed activations ran slower than FP32 there: docs/models.md, "INT8"). Soft-max exponents and
     normalisers stay in float for both. ``recipe`` (one of ``INT8_RECIPES``) overrides ``target``'s.
     """
@@ -351,8 +357,21 @@ def lower_precision(model: onnx.ModelProto, precision: str, *, meta: ModelMetada
     else:
         lowered = to_int8(model, calibration, int8_target, show_progress, int8_recipe)
     # the opset the file holds: onnxruntime's INT8 recipes raise it to 23 for RMSNormalization
-    write(lowered, replace(meta, precision=precision, opset=onnx_opset(lowered)))
+    meta = replace(meta, precision=precision, opset=onnx_opset(lowered))
+    if precision == "int8":
+        meta = replace(meta, **int8_description(lowered, int8_target, int8_recipe))
+    write(lowered, meta)
     return lowered
+
+
+def int8_description(lowered: onnx.ModelProto, target: str, recipe: Int8Recipe | None) -> dict[str, str]:
+    """The metadata an INT8 file carries about itself: its recipe's name, and where its integer arithmetic is
+    exact, read off its weights (so it holds whichever CPU exported it)."""
+    name = target if recipe is None else next((n for n, r in INT8_RECIPES.items() if r == recipe), "custom")
+    exact_on = int8_saturation.safe_on(lowered)
+    if name == "tensorrt":
+        exact_on = f"TensorRT; onnxruntime on {exact_on}"
+    return {"int8_recipe": name, "int8_safe_on": exact_on}
 
 
 def _split_keep_list(model: onnx.ModelProto, keep: Sequence[str]) -> tuple[list[str], list[str]]:

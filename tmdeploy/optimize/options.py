@@ -16,7 +16,7 @@ OUTPUT_FILES = {"model": "model.onnx", "status": "status.json", "report": "repor
 TARGETS = ("cpu", "cuda")  # what runs there: tmdeploy.optimize.candidates.RUNTIMES
 STRATEGIES = ("min-latency", "max-throughput", "max-throughput-under-latency")
 # the recipe names of tmdeploy.export.precision.INT8_RECIPES (that module imports torch; this one must not)
-INT8_RECIPE_NAMES = ("tensorrt", "onnxruntime", "ort-reduce-range", "ort-per-tensor", "ort-qoperator",
+INT8_RECIPE_NAMES = ("tensorrt", "onnxruntime", "onnxruntime-vnni", "ort-per-tensor", "ort-qoperator",
                      "ort-shortcuts", "ort-float-values")
 
 

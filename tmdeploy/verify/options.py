@@ -34,6 +34,10 @@ class CheckOptions:
     device: str = "cpu"  # the PyTorch reference always runs on the CPU
     cuda_options: dict | None = None  # onnxruntime CUDA provider options on top of FP32 arithmetic (optimize's)
     runtime: str = "onnxruntime"
+    # an INT8 file of TensorRT's recipe (signed activations), judged on the CPU: in TensorRT's exact integer
+    # arithmetic (its QDQ ops run one by one in float), not onnxruntime's x86 kernels, which can saturate
+    # without VNNI. False: as onnxruntime deploys it (optimize's candidates, timed that way)
+    tensorrt_int8_arithmetic: bool = True
 
     def validate(self) -> None:
         check_choice(self.device, DEVICES, "--device")

@@ -22,7 +22,7 @@ from polygraphy.logger import G_LOGGER
 from tmdeploy import data
 from tmdeploy.checkpoint import Deployable, as_deployable
 from tmdeploy.errors import TmdeployError, first_line
-from tmdeploy.export import metadata
+from tmdeploy.export import int8_saturation, metadata
 from tmdeploy.export.to_onnx import INPUT_NAME, DeployModule
 from tmdeploy.fileio import atomic_write, json_text
 from tmdeploy.sanitize import clean
@@ -47,6 +47,7 @@ class CheckReport:
     divergence: dict | None = None
     device: str = "cpu"  # onnxruntime's provider; the PyTorch reference ran on the CPU
     runtime: str = "onnxruntime"  # what ran the ONNX file
+    arithmetic: str = ""  # INT8 files: whose integer arithmetic was judged (INT8_ARITHMETIC)
 
     def to_json(self) -> str:
         return json_text(asdict(self))  # int8's infinite tolerances and a NaN graph's errors become null
@@ -68,6 +69,8 @@ class CheckReport:
             d = self.divergence
             lines += ["", f"First diverging block: `{d['block']}` ({d['type']}), first at `{d['module']}` "
                           f"({d['module_type']}), max abs error {d['max_abs_error']:.3g}"]
+        if self.arithmetic:
+            lines += ["", f"- INT8 arithmetic judged: {self.arithmetic}"]
         lines += [f"- warning: {w}" for w in self.warnings]
         return clean("\n".join(lines) + "\n", newlines=True)  # names in it come from the files
 
@@ -167,7 +170,7 @@ def check(model, onnx_path, options: CheckOptions = CheckOptions(), runner=None,
 def _check(ckpt: Deployable, onnx_path, options: CheckOptions, runner, references: References) -> CheckReport:
     options.validate()
     onnx_path = Path(onnx_path)
-    meta = metadata.read(onnx_path)
+    model, meta = metadata.read_model(onnx_path)
     base = DEFAULT_TOLERANCES.get(meta.precision, DEFAULT_TOLERANCES["fp32"])
     tol = Tolerance(atol=base.atol if options.atol is None else options.atol,
                     rtol=base.rtol if options.rtol is None else options.rtol,
@@ -178,11 +181,16 @@ def _check(ckpt: Deployable, onnx_path, options: CheckOptions, runner, reference
         warnings.append("the checkpoint is not the one this ONNX file was exported from (sha256 differs)")
     if list(meta.input_size) != list(ckpt.card.input_size):
         raise TmdeployError(f"input sizes differ: ONNX {meta.input_size}, checkpoint {list(ckpt.card.input_size)}")
+    arithmetic = ""
+    if meta.precision == "int8" and runner is None and options.runtime == "onnxruntime" and options.device == "cpu":
+        arithmetic, warning = _int8_arithmetic(model, onnx_path, options)
+        warnings += [warning] if warning else []
     with torch_threads(1):  # small batches: more threads only wait on each other, badly so on a shared machine
         reference = references.get(meta, options)
         if runner is None:
             runner = (OpenVinoRunner(onnx_path) if options.runtime == "openvino"
-                      else onnxrt_runner(onnx_path, device=options.device, cuda_options=options.cuda_options))
+                      else onnxrt_runner(onnx_path, device=options.device, cuda_options=options.cuda_options,
+                                         fuse=arithmetic != INT8_ARITHMETIC["tensorrt"]))
         try:
             results = Comparator.run([runner], data_loader=reference.feeds)
         except Exception as err:  # noqa: BLE001 - the runtime refused the graph or failed inside it
@@ -209,8 +217,26 @@ def _check(ckpt: Deployable, onnx_path, options: CheckOptions, runner, reference
     return CheckReport(
         onnx=str(onnx_path), checkpoint=str(ckpt.path or ""), precision=meta.precision, tolerance=asdict(tol),
         passed=passed, outputs=outputs, inputs=reference.source, batches=list(options.batches), warnings=warnings,
-        divergence=divergence, device=options.device, runtime=options.runtime,
+        divergence=divergence, device=options.device, runtime=options.runtime, arithmetic=arithmetic,
     )
+
+
+INT8_ARITHMETIC = {
+    "tensorrt": "TensorRT's exact integer arithmetic: its QDQ ops run one by one in float (onnxruntime's "
+                "fusions off), not on onnxruntime's x86 kernels, which it was not made for",
+    "onnxruntime": "onnxruntime's x86 integer kernels, as deployed",
+}
+
+
+def _int8_arithmetic(model, onnx_path: Path, options: CheckOptions) -> tuple[str, str | None]:
+    """How an INT8 file is judged on the CPU, and the warning for one that can saturate there without VNNI.
+
+    A file of TensorRT's recipe (signed activations) is judged in the arithmetic it was made for; judged on
+    onnxruntime's x86 kernels it would measure their 16-bit saturation on CPUs without VNNI instead
+    (tmdeploy.export.int8_saturation)."""
+    if options.tensorrt_int8_arithmetic and int8_saturation.signed_activations(model):
+        return INT8_ARITHMETIC["tensorrt"], None
+    return INT8_ARITHMETIC["onnxruntime"], int8_saturation.warning(model, onnx_path.parent)
 
 
 def report_names(stem: str) -> tuple[str, str]:

@@ -48,13 +48,15 @@ class TorchRunner(BaseRunner):
 
 
 def onnxrt_runner(onnx_path, mark_all: bool = False, name="onnxruntime", device: str = "cpu",
-                  cuda_options: dict | None = None) -> OnnxrtRunner:
+                  cuda_options: dict | None = None, fuse: bool = True) -> OnnxrtRunner:
     """polygraphy's onnxruntime runner on ``device``; ``mark_all`` also returns every intermediate tensor.
 
-    On CUDA in FP32 arithmetic (``onnxfile.CUDA_FP32``), with ``cuda_options`` on top (a candidate's layout)."""
+    On CUDA in FP32 arithmetic (``onnxfile.CUDA_FP32``), with ``cuda_options`` on top (a candidate's layout).
+    ``fuse=False``: without onnxruntime's graph optimizations (:func:`tmdeploy.onnxfile.session`)."""
     providers = onnxfile.providers(device, {**onnxfile.CUDA_FP32, **(cuda_options or {})} if device == "cuda" else None)
     if not mark_all:  # the session through tmdeploy's loader: a file it refuses is one clear error
-        return OnnxrtRunner(onnxfile.require_providers(onnxfile.session(onnx_path, providers), providers), name=name)
+        sess = onnxfile.session(onnx_path, providers, fuse=fuse)
+        return OnnxrtRunner(onnxfile.require_providers(sess, providers), name=name)
     onnxfile.load(onnx_path)
     source = BytesFromOnnx(ModifyOutputs(OnnxFromPath(str(onnx_path)), outputs=constants.MARK_ALL))
     return OnnxrtRunner(SessionFromOnnx(source, providers=providers), name=name)
