@@ -478,3 +478,16 @@ def test_channels_last_rewrites_change_nothing_but_rounding_in_every_form(export
     rewritten, plain = _run(graphs["onnxruntime"], x), _run(graphs["ort-plain-float"], x)
     assert np.abs(rewritten - plain).max() <= 0.02 * np.abs(plain).max()
     assert (rewritten.argmax(1) == plain.argmax(1)).mean() >= 0.99
+
+
+@pytest.mark.parametrize("flags, kind, recipes", [
+    (["avx2"], "AVX2 only (no VNNI or AMX)", ("onnxruntime",)),
+    (["avx2", "avx512f", "avx512_vnni"], "VNNI (avx512_vnni)", ("onnxruntime", "onnxruntime-vnni", "ort-shortcuts")),
+    (["avx2", "avx512_vnni", "amx_int8"], "AMX and VNNI", ("onnxruntime", "onnxruntime-vnni", "ort-shortcuts")),
+])
+def test_optimize_tries_8_bit_weights_only_where_the_cpu_sums_them_exactly(flags, kind, recipes):
+    from tmdeploy.bench import machine
+
+    picked, why = machine.int8_recipes(flags)
+    assert picked == recipes and why and machine.int8_kind(flags) == kind
+    assert all(name in precision.INT8_RECIPES for name in picked)
