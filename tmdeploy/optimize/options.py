@@ -15,9 +15,6 @@ from tmdeploy.values import MAX_SECONDS, MAX_SEED, MAX_THREADS, check_batches, c
 OUTPUT_FILES = {"model": "model.onnx", "status": "status.json", "report": "report.md", "latency": "latency.png"}
 TARGETS = ("cpu", "cuda")  # what runs there: tmdeploy.optimize.candidates.RUNTIMES
 STRATEGIES = ("min-latency", "max-throughput", "max-throughput-under-latency")
-# the recipe names of tmdeploy.export.precision.INT8_RECIPES (that module imports torch; this one must not)
-INT8_RECIPE_NAMES = ("tensorrt", "onnxruntime", "ort-reduce-range", "ort-per-tensor", "ort-qoperator",
-                     "ort-shortcuts", "ort-float-values")
 
 
 @dataclass(frozen=True)
@@ -82,7 +79,8 @@ class OptimizeOptions:
         if self.target == "cuda" and "openvino" in (self.runtimes or ()):
             raise UsageError("--runtimes openvino: OpenVINO is a CPU runtime, not a --target cuda candidate")
         for option, values, choices in (("--forms", self.forms, FORMS), ("--precisions", self.precisions, PRECISIONS),
-                                        ("--int8-recipes", self.int8_recipes, INT8_RECIPE_NAMES),
+                                        ("--int8-recipes", self.int8_recipes,
+                                         () if self.int8_recipes is None else int8_recipe_names()),
                                         ("--exporters", self.exporters, EXPORTERS),
                                         ("--runtimes", self.runtimes, tuple(RUNTIMES[self.target]))):
             if values is not None and not values:
@@ -113,6 +111,13 @@ class OptimizeOptions:
             check_output_dir(self.out, OUTPUT_FILES.values(), option="--out")
         if self.target == "cuda":
             _check_cuda()
+
+
+def int8_recipe_names() -> tuple[str, ...]:
+    """The names of tmdeploy.export.precision.INT8_RECIPES, the one table (imported here on use: it needs torch)."""
+    from tmdeploy.export.precision import INT8_RECIPES
+
+    return tuple(INT8_RECIPES)
 
 
 def _check_cuda() -> None:
