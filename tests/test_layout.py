@@ -178,3 +178,22 @@ def test_form_classes_are_named_after_their_forms():
 
     for form, cls in FORMS.items():
         assert cls == "".join(part.capitalize() for part in form.split("-")), (form, cls)
+
+
+def test_a_runtime_is_one_entry():
+    """Every stage reads its runtimes from tmdeploy.runtimes: the CLI's choices are the registry's, and a
+    runtime that is only a runtime (OpenVINO; TensorRT is a stage too) is spelled in a handful of files."""
+    from pathlib import Path
+
+    from tmdeploy import runtimes
+    from tmdeploy.bench.backends import NAMES
+    from tmdeploy.optimize.options import TARGETS
+    from tmdeploy.verify.options import DEVICES, RUNTIMES
+
+    assert TARGETS == DEVICES == runtimes.DEVICES == tuple(runtimes.RUNTIMES)
+    assert RUNTIMES == runtimes.CHECK_RUNTIMES
+    for entry in runtimes.ALL:
+        assert {f"{entry.bench_prefix}-{p}" for p in entry.bench} <= set(NAMES)
+    root = Path(runtimes.__file__).parent.parent
+    spelled = sorted(str(p.relative_to(root)) for p in root.rglob("*.py") if "openvino" in p.read_text().lower())
+    assert len(spelled) <= 4, spelled

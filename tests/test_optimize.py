@@ -194,7 +194,8 @@ def test_target_cuda_without_a_usable_cuda_provider_is_one_line_and_exit_1(tiny_
 
 
 def test_cuda_candidates_default_first_int8_only_where_tensorrt_runs_it():
-    from tmdeploy.optimize.candidates import CUDA_INT8, RUNTIMES, candidates
+    from tmdeploy.optimize.candidates import RUNTIMES, candidates
+    from tmdeploy.runtimes.onnxruntime import CUDA_INT8
 
     options = OptimizeOptions(target="cuda", forms=("normalized", "folded-padded"))
     todo = candidates(options, ("tensorrt",), tuple(RUNTIMES["cuda"]))

@@ -9,6 +9,7 @@ OPT = "tmdeploy.optimize.options:OptimizeOptions"
 
 def register(sub) -> None:
     from tmdeploy.optimize.options import STRATEGIES, TARGETS
+    from tmdeploy.runtimes import RUNTIMES
 
     p = sub.add_parser("optimize", help="the fastest deployment that keeps accuracy, chosen by measurement "
                                         "(exit 0: a candidate passed, 1: none did)")
@@ -27,9 +28,9 @@ def register(sub) -> None:
                                                "tensorrt; cuda: tensorrt",
                help="comma-separated INT8 recipes")
     api_option(p, "--exporters", OPT, help="comma-separated torch.onnx exporters")
-    api_option(p, "--runtimes", OPT, shown="cpu: onnxruntime, and openvino when installed; cuda: all present",
-               help="comma-separated runtimes that run the files (cpu: onnxruntime, openvino; cuda: onnxruntime, "
-                    "onnxruntime-cuda-graph, onnxruntime-cuda-graph-nhwc, onnxruntime-tensorrt, tensorrt)")
+    api_option(p, "--runtimes", OPT, shown="every one of the target installed",
+               help="comma-separated runtimes that run the files ("
+                    + "; ".join(f"{device}: {', '.join(names)}" for device, names in RUNTIMES.items()) + ")")
     api_option(p, "--data", OPT, help="held-out (test split) and calibration (train split) data; auto: the data the "
                                       "checkpoint was trained on")
     api_option(p, "--accuracy-limit", OPT, type=int, shown="all (--quick: 256)", help="at most this many test images")

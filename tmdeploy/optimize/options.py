@@ -9,11 +9,12 @@ from pathlib import Path
 from tmdeploy.errors import TmdeployError, UsageError, check_choice
 from tmdeploy.export.options import DEFAULT_FORM, EXPORTERS, FORMS, PRECISIONS
 from tmdeploy.fileio import check_output_dir
+from tmdeploy.runtimes import DEVICES, RUNTIMES, by_label, get, require, where
 from tmdeploy.values import MAX_SECONDS, MAX_SEED, MAX_THREADS, check_batches, check_option
 
 # what optimize writes into --out, named once: checked before the run, then written
 OUTPUT_FILES = {"model": "model.onnx", "status": "status.json", "report": "report.md", "latency": "latency.png"}
-TARGETS = ("cpu", "cuda")  # what runs there: tmdeploy.optimize.candidates.RUNTIMES
+TARGETS = DEVICES  # where the model will run: each has its runtimes (tmdeploy.runtimes)
 STRATEGIES = ("min-latency", "max-throughput", "max-throughput-under-latency")
 
 
@@ -34,9 +35,9 @@ class OptimizeOptions:
     # tensorrt; on CUDA, tensorrt (INT8 on a GPU is TensorRT's)
     int8_recipes: tuple[str, ...] | None = None
     exporters: tuple[str, ...] = ("torchscript",)  # dynamo gives the same graph in ~10 s per export
-    # what runs the files (tmdeploy.optimize.candidates.RUNTIMES); None: on the CPU, onnxruntime, and OpenVINO
-    # (its FP32 and FP16 files) when it is installed; on CUDA, every one, onnxruntime's TensorRT provider
-    # where this onnxruntime has it
+    # what runs the files (tmdeploy.runtimes); None: every runtime of the target whose probe passes (on the
+    # CPU, onnxruntime and the optional ones installed; on CUDA, onnxruntime's TensorRT provider where this
+    # onnxruntime has it, tmdeploy's TensorRT engine always, listed SKIPPED where TensorRT is missing)
     runtimes: tuple[str, ...] | None = None
     # accuracy on its test split, calibration on its train split; "auto": the data the checkpoint was trained on
     data: str = "auto"
@@ -63,8 +64,6 @@ class OptimizeOptions:
                        window_s=min(self.window_s, 0.2), profile_s=min(self.profile_s, 10.0))
 
     def validate(self) -> None:
-        from tmdeploy.optimize.candidates import RUNTIMES  # it imports this module
-
         check_choice(self.target, TARGETS, "--target")
         check_choice(self.strategy, STRATEGIES, "--strategy")
         if (self.strategy == "max-throughput-under-latency") != (self.latency_ms is not None):
@@ -76,8 +75,11 @@ class OptimizeOptions:
         check_option("--min-agreement", self.min_agreement, 0.0, 1.0)
         if self.min_top1 is not None:
             check_option("--min-top1", self.min_top1, 0.0, 1.0)
-        if self.target == "cuda" and "openvino" in (self.runtimes or ()):
-            raise UsageError("--runtimes openvino: OpenVINO is a CPU runtime, not a --target cuda candidate")
+        for name in self.runtimes or ():  # another target's runtime: the choices, and where it runs
+            if get(name, self.target) is None and where(name):
+                raise UsageError(f"unknown --runtimes '{name}'; choose one of: {', '.join(RUNTIMES[self.target])} "
+                                 f"({by_label(name)} is a {' and '.join(d.upper() for d in where(name))} runtime, "
+                                 f"not a --target {self.target} candidate)")
         for option, values, choices in (("--forms", self.forms, FORMS), ("--precisions", self.precisions, PRECISIONS),
                                         ("--int8-recipes", self.int8_recipes,
                                          () if self.int8_recipes is None else int8_recipe_names()),
@@ -87,10 +89,9 @@ class OptimizeOptions:
                 raise UsageError(f"{option} needs at least one of: {', '.join(choices)}")
             for value in values or ():
                 check_choice(value, choices, option)
-        if "openvino" in (self.runtimes or ()):  # asked for by name: a missing install is the one hint
-            from tmdeploy.optional import require
-
-            require("openvino", "openvino", "OpenVINO")
+        for name in self.runtimes or ():  # asked for by name: a missing install is the one hint
+            if RUNTIMES[self.target][name].missing == "drop":  # (the others are listed SKIPPED with it)
+                require(RUNTIMES[self.target][name])
         if self.accuracy_limit is not None:
             check_option("--accuracy-limit", self.accuracy_limit, 1, 10**9)
         for option, value in (("--atol", self.atol), ("--rtol", self.rtol)):

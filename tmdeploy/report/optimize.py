@@ -12,6 +12,7 @@ from tmdeploy.fileio import atomic_write
 from tmdeploy.optimize.options import OUTPUT_FILES
 from tmdeploy.report.markdown import MARKS, number, percent, table
 from tmdeploy.report.plots import _figure
+from tmdeploy.runtimes import by_label
 from tmdeploy.sanitize import clean
 
 _MARK = {"OK": MARKS["passed"], "FAILED": MARKS["failed"], "SKIPPED": MARKS["skipped"]}
@@ -31,8 +32,6 @@ def _errors(cand: dict) -> list[str]:
 
 def _runs_on(decision: dict) -> str:
     """How the choice must be run to be as fast as measured (older status files name no provider)."""
-    if decision.get("runtime") == "openvino":
-        return ", to be run by OpenVINO."
     if decision.get("engine"):
         return f", with its TensorRT engine `{decision['engine']}`."
     if decision.get("provider") and decision["provider"] != "CPUExecutionProvider":
@@ -41,6 +40,8 @@ def _runs_on(decision: dict) -> str:
         runs = [name + (f" ({', '.join(f'{k}={v}' for k, v in options.items())})" if options else "")
                 for name, options in providers if name != "CPUExecutionProvider"]
         return f", to be run by onnxruntime with {' then '.join(runs)}."
+    if decision.get("runtime", "onnxruntime") != "onnxruntime":  # a runtime that reads the file itself
+        return f", to be run by {by_label(decision['runtime'])}."
     return "."
 
 
@@ -113,9 +114,10 @@ def to_markdown(status: dict) -> str:
     lines += ["", "## Reproduce a parity check without tmdeploy", "",
               "In this folder (inputs and PyTorch's outputs saved in polygraphy's JSON formats):", ""]
     lines += [f"- `{c['name']}`: `{c['reproduce']['command']}`" for c in status["candidates"] if c.get("reproduce")]
-    if any("why_not_polygraphy" in (c.get("reproduce") or {}) for c in status["candidates"]):
-        lines += ["", "The OpenVINO candidates' lines are `tmdeploy check --runtime openvino`: polygraphy has no "
-                      "OpenVINO runner."]
+    for runtime in dict.fromkeys(c["runtime"] for c in status["candidates"]
+                                 if "why_not_polygraphy" in (c.get("reproduce") or {})):
+        lines += ["", f"The {by_label(runtime)} candidates' lines are `tmdeploy check --runtime {runtime}`: polygraphy "
+                      f"has no {by_label(runtime)} runner."]
     lines.append("")
     return clean("\n".join(lines), newlines=True)
 
