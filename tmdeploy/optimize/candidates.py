@@ -13,12 +13,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from tmdeploy import onnxfile
+from tmdeploy.bench.timing import FAILED, OK, SKIPPED  # noqa: F401 (bench's words: the steps' statuses)
 from tmdeploy.export.options import DEFAULT_FORM
 from tmdeploy.optimize.options import OptimizeOptions
 from tmdeploy.runtimes import RUNTIMES, Runtime
 
 STEPS = ("build", "parity", "accuracy", "profile")
-OK, FAILED, SKIPPED = "OK", "FAILED", "SKIPPED"
 
 
 @dataclass
@@ -64,7 +64,7 @@ class Candidate:
 
     @property
     def status(self) -> str:
-        """OK when every step is; else the first step's that is not."""
+        """ok when every step is; else the first step's that is not."""
         return next((s.status for s in self.steps if s.status != OK), OK)
 
     @property
@@ -93,10 +93,10 @@ class Candidate:
 
 def candidates(options: OptimizeOptions, int8_recipes: tuple[str, ...], runtimes: tuple[str, ...],
                missing: dict[str, str] | None = None) -> list[Candidate]:
-    """Every candidate ``options`` ask for on ``runtimes`` of ``options.target``, the default FP32 export first
+    """Every candidate ``options`` ask for on ``runtimes`` of ``options.device``, the default FP32 export first
     (it is the unit of the speed-ups). A runtime in ``missing`` (name → why) is listed SKIPPED with its
     reason, and so are the INT8 files of a runtime that runs INT8 badly (its ``int8_skipped``)."""
-    table = RUNTIMES[options.target]
+    table = RUNTIMES[options.device]
     out = [_candidate(DEFAULT_FORM, "torchscript", "fp32", None, table["onnxruntime"], missing)]
     for runtime in map(table.get, runtimes):
         for exporter in options.exporters:

@@ -18,9 +18,15 @@ TARGETS = DEVICES  # where the model will run: each has its runtimes (tmdeploy.r
 STRATEGIES = ("min-latency", "max-throughput", "max-throughput-under-latency")
 
 
+WINDOW_S, QUICK_WINDOW_S = 0.5, 0.2
+PROFILE_S, QUICK_PROFILE_S = 90.0, 10.0
+QUICK_ACCURACY_LIMIT = 256
+
+
 @dataclass(frozen=True)
 class OptimizeOptions:
-    target: str = "cpu"
+    device: str = "cpu"  # where the model will run (--device, as bench and check say)
+    target: str | None = None  # deprecated, for one release: the old name of device (--target)
     # min-latency: lowest p50 at the smallest batch; max-throughput: most images/s at the largest batch;
     # max-throughput-under-latency: most images/s at any batch whose p99 stays within latency_ms
     strategy: str = "min-latency"
@@ -44,8 +50,10 @@ class OptimizeOptions:
     accuracy_limit: int | None = None  # at most this many held-out images; None: all (--quick: 256)
     atol: float | None = None  # parity tolerances; None: the precision's defaults (tmdeploy.verify.stats)
     rtol: float | None = None
-    window_s: float = 0.5  # seconds of timed iterations per candidate in one timing window (--quick: 0.2)
-    profile_s: float = 90.0  # time budget for timing windows, all batch sizes together (--quick: 10)
+    # seconds of timed iterations per candidate in one timing window; None: WINDOW_S (--quick: QUICK_WINDOW_S)
+    window_s: float | None = None
+    # time budget for timing windows, all batch sizes together; None: PROFILE_S (--quick: QUICK_PROFILE_S)
+    profile_s: float | None = None
     stable_within: float = 0.03  # two windows agree: the same fastest (ties within this), its speed-up moved less
     # after the first window, candidates this many times slower than the fastest are not timed again
     screen_slower: float = 1.25
@@ -55,16 +63,26 @@ class OptimizeOptions:
     out: Path | None = None  # the output folder; None: <checkpoint stem>-optimized beside the checkpoint
     show_progress: bool = True
 
+    def __post_init__(self) -> None:
+        if self.target is not None:  # the deprecated name: checked under its own flag, then it is the device
+            check_choice(self.target, TARGETS, "--target")
+            if self.device not in ("cpu", self.target):
+                raise UsageError(f"--target {self.target} and --device {self.device}: give --device only")
+            object.__setattr__(self, "device", self.target)
+            object.__setattr__(self, "target", None)
+
     def effective(self) -> "OptimizeOptions":
-        """The options with --quick applied to what was left at None or its default."""
-        if not self.quick:
-            return self
-        return replace(self, forms=self.forms or (DEFAULT_FORM,),
-                       accuracy_limit=self.accuracy_limit or 256,
-                       window_s=min(self.window_s, 0.2), profile_s=min(self.profile_s, 10.0))
+        """The options with what was left unset (None) filled: --quick's values where it is given, else the
+        defaults; an explicit value wins either way."""
+        quick = self.quick
+        return replace(self, forms=self.forms if self.forms is not None or not quick else (DEFAULT_FORM,),
+                       accuracy_limit=self.accuracy_limit or (QUICK_ACCURACY_LIMIT if quick else None),
+                       window_s=self.window_s if self.window_s is not None else QUICK_WINDOW_S if quick else WINDOW_S,
+                       profile_s=(self.profile_s if self.profile_s is not None
+                                  else QUICK_PROFILE_S if quick else PROFILE_S))
 
     def validate(self) -> None:
-        check_choice(self.target, TARGETS, "--target")
+        check_choice(self.device, TARGETS, "--device")
         check_choice(self.strategy, STRATEGIES, "--strategy")
         if (self.strategy == "max-throughput-under-latency") != (self.latency_ms is not None):
             raise UsageError("a latency bound (MS) goes with --strategy max-throughput-under-latency, and only there")
@@ -75,30 +93,31 @@ class OptimizeOptions:
         check_option("--min-agreement", self.min_agreement, 0.0, 1.0)
         if self.min_top1 is not None:
             check_option("--min-top1", self.min_top1, 0.0, 1.0)
-        for name in self.runtimes or ():  # another target's runtime: the choices, and where it runs
-            if get(name, self.target) is None and where(name):
-                raise UsageError(f"unknown --runtimes '{name}'; choose one of: {', '.join(RUNTIMES[self.target])} "
+        for name in self.runtimes or ():  # another device's runtime: the choices, and where it runs
+            if get(name, self.device) is None and where(name):
+                raise UsageError(f"unknown --runtimes '{name}'; choose one of: {', '.join(RUNTIMES[self.device])} "
                                  f"({by_label(name)} is a {' and '.join(d.upper() for d in where(name))} runtime, "
-                                 f"not a --target {self.target} candidate)")
+                                 f"not a --device {self.device} candidate)")
         for option, values, choices in (("--forms", self.forms, FORMS), ("--precisions", self.precisions, PRECISIONS),
                                         ("--int8-recipes", self.int8_recipes,
                                          () if self.int8_recipes is None else int8_recipe_names()),
                                         ("--exporters", self.exporters, EXPORTERS),
-                                        ("--runtimes", self.runtimes, tuple(RUNTIMES[self.target]))):
+                                        ("--runtimes", self.runtimes, tuple(RUNTIMES[self.device]))):
             if values is not None and not values:
                 raise UsageError(f"{option} needs at least one of: {', '.join(choices)}")
             for value in values or ():
                 check_choice(value, choices, option)
         for name in self.runtimes or ():  # asked for by name: a missing install is the one hint
-            if RUNTIMES[self.target][name].missing == "drop":  # (the others are listed SKIPPED with it)
-                require(RUNTIMES[self.target][name])
+            if RUNTIMES[self.device][name].missing == "drop":  # (the others are listed SKIPPED with it)
+                require(RUNTIMES[self.device][name])
         if self.accuracy_limit is not None:
             check_option("--accuracy-limit", self.accuracy_limit, 1, 10**9)
         for option, value in (("--atol", self.atol), ("--rtol", self.rtol)):
             if value is not None:
                 check_option(option, value, 0.0, math.inf)
-        check_option("--window-s", self.window_s, 0.0, MAX_SECONDS)
-        check_option("--profile-s", self.profile_s, 0.0, MAX_SECONDS)
+        for option, value in (("--window-s", self.window_s), ("--profile-s", self.profile_s)):
+            if value is not None:
+                check_option(option, value, 0.0, MAX_SECONDS)
         check_option("--stable-within", self.stable_within, 0.0, 1.0)
         check_option("--screen-slower", self.screen_slower, 1.0, 1e6)
         if self.threads is not None:
@@ -110,7 +129,7 @@ class OptimizeOptions:
             data.check_spec(self.data)
         if self.out is not None:
             check_output_dir(self.out, OUTPUT_FILES.values(), option="--out")
-        if self.target == "cuda":
+        if self.device == "cuda":
             _check_cuda()
 
 
@@ -129,5 +148,5 @@ def _check_cuda() -> None:
 
     onnxfile.providers("cuda")  # names the onnxruntime-gpu install step
     if not torch.cuda.is_available():  # CUDA-event timing and TensorRT's inputs are torch's
-        raise TmdeployError("--target cuda: PyTorch sees no CUDA device on this machine")
+        raise TmdeployError("--device cuda: PyTorch sees no CUDA device on this machine")
 

@@ -86,9 +86,9 @@ def optimize(model, options: OptimizeOptions = OptimizeOptions()) -> OptimizeRes
     check_output_dir(out, OUTPUT_FILES.values(), ckpt.path, option="--out")  # the checkpoint too, now known
     given = None if isinstance(options.data, str) and options.data == "auto" else data.as_source(options.data)
     spec = calibration_data(ckpt, given, option="--data")
-    picked, why = machine.int8_recipes() if options.target == "cpu" else GPU_INT8
+    picked, why = machine.int8_recipes() if options.device == "cpu" else GPU_INT8
     recipes = options.int8_recipes or tuple(dict.fromkeys((*picked, "tensorrt")))
-    installed, missing = _runtimes(options.target)
+    installed, missing = _runtimes(options.device)
     options = replace(options, forms=options.forms or FORMS, runtimes=options.runtimes or installed)
     todo = candidates(options, recipes, options.runtimes, missing)
     with tempfile.TemporaryDirectory(prefix="tmdeploy-optimize-") as scratch, \
@@ -219,11 +219,11 @@ def _parity(ckpt, cand: Candidate, spec: str, options: OptimizeOptions, scratch:
     first = not reference.exists()  # the inputs and PyTorch's outputs are the same for every candidate
     # held-out images, not random tensors: INT8 scales are calibrated for images, and on N(0, 1) noise
     # rn26-tm's INT8 graphs agreed with PyTorch on 81% of inputs while agreeing on 100% of digits test images
-    on_cuda = options.target == "cuda"
+    on_cuda = options.device == "cuda"
     check_options = CheckOptions(data=spec, seed=options.seed, atol=options.atol, rtol=options.rtol,
                                  save_inputs=inputs if first else None, save_outputs=reference if first else None,
                                  runtime=cand.runtime if cand.entry.runner else "onnxruntime",
-                                 device=options.target, cuda_options=plain(cand.provider_options) if on_cuda else None)
+                                 device=options.device, cuda_options=plain(cand.provider_options) if on_cuda else None)
     path = scratch / "candidates" / f"{cand.name}.onnx"
     runner = None
     # a runtime without a runner of its own (TensorRT, onnxruntime's TensorRT provider): the session that is
@@ -344,7 +344,7 @@ def _stable_windows(calls: dict, batch: int, budget_s: float, options: OptimizeO
     # that settle the ranking are spent on the contenders
     screening = Budget(min_time=options.window_s / 4, min_iterations=3, min_rounds=3, warmup=2, chunk_time=0.03)
     timer = wall_timer
-    if options.target == "cuda":  # GPU time, as `bench --device cuda` measures it
+    if options.device == "cuda":  # GPU time, as `bench --device cuda` measures it
         from tmdeploy.bench.cuda import event_timer as timer
     start = time.perf_counter()
     windows: list[dict[str, Samples]] = []
@@ -453,10 +453,10 @@ def _environment(options: OptimizeOptions, recipe: tuple[str, str]) -> dict:
     """The machine and library versions; on CUDA also the GPU, and the CUDA builds of torch and onnxruntime."""
     import polygraphy
 
-    info = machine.describe(options.target, options.threads)
+    info = machine.describe(options.device, options.threads)
     info.update({"onnx": onnx.__version__, "polygraphy": polygraphy.__version__, "numpy": np.__version__,
                  "tmdeploy": __version__, "int8_recipes_for_this_cpu": {"recipes": list(recipe[0]), "why": recipe[1]}})
-    if options.target == "cuda":
+    if options.device == "cuda":
         import onnxruntime as ort
         from onnxruntime.capi import build_and_package_info as ort_build
 
@@ -469,6 +469,7 @@ def _environment(options: OptimizeOptions, recipe: tuple[str, str]) -> dict:
 def _status(ckpt, options, todo, profile, decision, held_out, recipes, recipe) -> dict:
     opts = {k: (list(v) if isinstance(v, tuple) else str(v) if isinstance(v, Path) else v)
             for k, v in asdict(replace(options, data=data.spec_text(options.data))).items() if k != "show_progress"}
+    opts["target"] = opts["device"]  # the old name, recorded for one release
     c, h, w = ckpt.card.input_size
     return {
         "format": STATUS_FORMAT,

@@ -15,7 +15,8 @@ from tmdeploy.report.plots import _figure
 from tmdeploy.runtimes import by_label
 from tmdeploy.sanitize import clean
 
-_MARK = {"OK": MARKS["passed"], "FAILED": MARKS["failed"], "SKIPPED": MARKS["skipped"]}
+# status.json's words (upper case in files written before they were bench's): the bench table's marks
+_MARK = {"ok": MARKS["passed"], "failed": MARKS["failed"], "skipped": MARKS["skipped"]}
 
 
 def _stat(cand: dict, batch: int) -> dict | None:
@@ -86,7 +87,7 @@ def to_markdown(status: dict) -> str:
         acc = c.get("accuracy") or {}
         big = _stat(c, max(batches))
         rows.append([f"`{c['name']}`" + (" (default)" if c["default_export"] else ""), c["precision"],
-                     _MARK[c["status"]], number(c["size_mb"]), number(c["build_s"]), *_errors(c),
+                     _MARK[c["status"].lower()], number(c["size_mb"]), number(c["build_s"]), *_errors(c),
                      percent(acc.get("top1")), percent(acc.get("agreement")), number(acc.get("top1_drop_points")),
                      *(number((_stat(c, b) or {}).get("p50_ms")) for b in batches),
                      f"{big['throughput']:,.0f}" if big else "–", *(_speedup(_stat(c, b)) for b in batches)])
@@ -94,7 +95,7 @@ def to_markdown(status: dict) -> str:
     if any(s.get("first_window_only") for c in status["candidates"] for s in c["latency"]):
         lines += ["†: screened out after the first timing window; its numbers and speed-up come from that window "
                   "(paired with the default export's rounds there), the others' from the last two.", ""]
-    failed = [c for c in status["candidates"] if c["status"] != "OK"]
+    failed = [c for c in status["candidates"] if c["status"].lower() != "ok"]
     if failed:
         lines += ["## Not chosen because", ""] + [f"- `{c['name']}` ({c['status']}): {c['reason']}" for c in failed]
         lines.append("")
