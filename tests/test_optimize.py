@@ -276,7 +276,7 @@ def test_tm_form_auto_exports_the_fastest_form_with_its_timings(tiny_tm, tmp_pat
     from tmdeploy.bench.timing import Budget
     from tmdeploy.export import ExportOptions, FORMS, to_model_proto
     from tmdeploy.optimize import export_auto
-    from tmdeploy.optimize import forms as auto
+    from tmdeploy.optimize import auto_form as auto
 
     with pytest.raises(UsageError, match="tmdeploy.optimize.export_auto"):
         to_model_proto(tiny_tm, ExportOptions(tm_form="auto"))

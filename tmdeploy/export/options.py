@@ -12,7 +12,7 @@ from tmdeploy.errors import UsageError, check_choice
 # blocks (tmdeploy.export.template_lowering) has one lowering per form. Iterating gives the names.
 FORMS = {"folded": "Folded", "folded-padded": "FoldedPadded", "deferred": "Deferred", "normalized": "Normalized"}
 DEFAULT_FORM = "normalized"  # fastest on ONNX Runtime CPU: see benchmarks/tm_forms.py and the README table
-# times the forms for this model on ONNX Runtime CPU and exports the fastest (tmdeploy.optimize.forms); the
+# times the forms for this model on ONNX Runtime CPU and exports the fastest (tmdeploy.optimize.auto_form); the
 # fixed default stays the default, so CI exports do not depend on a machine's load
 AUTO_FORM = "auto"
 # internal, never a --tm-form choice: the training form exported as it is (no block rewritten); parity tests
