@@ -122,20 +122,20 @@ def test_optimize_on_cuda_picks_the_fastest_passing_candidate_and_names_its_prov
     status = json.loads((out / "status.json").read_text(), parse_constant=lambda name: pytest.fail(name))
     by_name = {c["name"]: c for c in status["candidates"]}
     default = status["candidates"][0]
-    assert default["name"] == "normalized-fp32" and default["default_export"] and default["status"] == "OK", default
+    assert default["name"] == "normalized-fp32" and default["default_export"] and default["status"] == "ok", default
     assert (default["provider"], default["provider_options"]) == ("CUDAExecutionProvider", {"use_tf32": "0"})
     for name in ("normalized-fp32-cuda-graph", "normalized-fp32-cuda-graph-nhwc"):
-        assert by_name[name]["status"] == "OK", by_name[name]
+        assert by_name[name]["status"] == "ok", by_name[name]
     for name in ("normalized-fp16", "normalized-fp16-cuda-graph"):  # an untrained model's FP16 may flip a class
-        assert by_name[name]["steps"][0]["status"] == "OK" and by_name[name]["errors"], by_name[name]
-    assert by_name["normalized-int8-tensorrt"]["status"] == "SKIPPED"  # the CUDA provider's INT8: never tried
+        assert by_name[name]["steps"][0]["status"] == "ok" and by_name[name]["errors"], by_name[name]
+    assert by_name["normalized-int8-tensorrt"]["status"] == "skipped"  # the CUDA provider's INT8: never tried
     for c in status["candidates"]:
         assert c["runtime"] != "openvino"
-        if c["status"] == "OK":
+        if c["status"] == "ok":
             assert [s["batch"] for s in c["latency"]] == [1, 8] and all(s["p50_ms"] > 0 for s in c["latency"])
     env = status["environment"]
     assert env["gpu"] == torch.cuda.get_device_name() and env["cuda"] and env["onnxruntime_cuda"]
-    passing = {c["name"]: c["latency"][0]["p50_ms"] for c in status["candidates"] if c["status"] == "OK"}
+    passing = {c["name"]: c["latency"][0]["p50_ms"] for c in status["candidates"] if c["status"] == "ok"}
     decision = status["decision"]
     assert decision["chosen"] == min(passing, key=passing.get)
     meta = {p.key: p.value for p in onnx.load(str(out / "model.onnx")).metadata_props}

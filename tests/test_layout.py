@@ -152,3 +152,48 @@ def test_package_inits_only_re_export():
             if not (docstring or dunders or isinstance(node, (ast.Import, ast.ImportFrom))):
                 code.append(f"{path.relative_to(root)}:{node.lineno}")
     assert not code, code
+
+
+def test_every_name_list_is_its_table():
+    """The torch-free name lists (the CLI's choices, option validation) and the tables that implement them hold
+    the same names: a form, exporter or INT8 recipe added in one place is a choice everywhere."""
+    import inspect
+
+    from tmdeploy.export import forms, options, precision, template_lowering, to_onnx
+    from tmdeploy.optimize.options import OptimizeOptions, int8_recipe_names
+
+    classes = {name for name, obj in vars(forms).items()
+               if inspect.isclass(obj) and issubclass(obj, forms._ExportForm) and obj is not forms._ExportForm}
+    assert classes == set(options.FORMS.values())
+    assert set(template_lowering._LOWERINGS) == set(options.FORMS)
+    assert set(to_onnx._EXPORTERS) == set(options.EXPORTERS)
+    assert int8_recipe_names() == tuple(precision.INT8_RECIPES)
+    assert set(options.INT8_TARGETS) <= set(precision.INT8_RECIPES)
+    for recipe in precision.INT8_RECIPES:  # every recipe lower_precision takes, optimize takes
+        OptimizeOptions(int8_recipes=(recipe,)).validate()
+
+
+def test_form_classes_are_named_after_their_forms():
+    from tmdeploy.export.options import FORMS
+
+    for form, cls in FORMS.items():
+        assert cls == "".join(part.capitalize() for part in form.split("-")), (form, cls)
+
+
+def test_a_runtime_is_one_entry():
+    """Every stage reads its runtimes from tmdeploy.runtimes: the CLI's choices are the registry's, and a
+    runtime that is only a runtime (OpenVINO; TensorRT is a stage too) is spelled in a handful of files."""
+    from pathlib import Path
+
+    from tmdeploy import runtimes
+    from tmdeploy.bench.backends import NAMES
+    from tmdeploy.optimize.options import TARGETS
+    from tmdeploy.verify.options import DEVICES, RUNTIMES
+
+    assert TARGETS == DEVICES == runtimes.DEVICES == tuple(runtimes.RUNTIMES)
+    assert RUNTIMES == runtimes.CHECK_RUNTIMES
+    for entry in runtimes.ALL:
+        assert {f"{entry.bench_prefix}-{p}" for p in entry.bench} <= set(NAMES)
+    root = Path(runtimes.__file__).parent.parent
+    spelled = sorted(str(p.relative_to(root)) for p in root.rglob("*.py") if "openvino" in p.read_text().lower())
+    assert len(spelled) <= 4, spelled

@@ -49,14 +49,14 @@ def test_writes_strict_status_with_a_record_per_candidate_and_step(run_dir):
     assert {"normalized-fp16", "normalized-int8-tensorrt"} <= set(names)  # --quick: the default form only
     for c in status["candidates"]:
         assert [s["step"] for s in c["steps"]] == ["build", "parity", "accuracy", "profile"]
-        assert {s["status"] for s in c["steps"]} <= {"OK", "FAILED", "SKIPPED"}
+        assert {s["status"] for s in c["steps"]} <= {"ok", "failed", "skipped"}
         assert c["size_mb"] > 0 and c["build_s"] > 0 and c["tolerance"] and c["errors"]["max_abs_error"] >= 0
         assert 0 <= c["accuracy"]["agreement"] <= 1
         assert c["reproduce"]["command"].startswith("polygraphy run " if c["runtime"] == "onnxruntime"
                                                     else "tmdeploy check ")
         assert c["onnxruntime_providers"] == ([["CPUExecutionProvider", {}]] if c["runtime"] == "onnxruntime"
                                               else None)
-        if c["status"] == "OK":
+        if c["status"] == "ok":
             assert [s["batch"] for s in c["latency"]] == [1, 4]
             assert all(s["p50_ms"] <= s["p99_ms"] and s["throughput"] > 0 for s in c["latency"])
     env = status["environment"]
@@ -67,7 +67,7 @@ def test_writes_strict_status_with_a_record_per_candidate_and_step(run_dir):
 
 def test_the_choice_is_the_fastest_passing_candidate_in_its_own_table(run_dir):
     status = _strict((run_dir / "status.json").read_text())
-    passing = {c["name"]: c["latency"][0]["speedup_vs_default"] for c in status["candidates"] if c["status"] == "OK"}
+    passing = {c["name"]: c["latency"][0]["speedup_vs_default"] for c in status["candidates"] if c["status"] == "ok"}
     decision = status["decision"]
     assert decision["strategy"] == "min-latency" and decision["batch"] == 1
     assert decision["chosen"] == max(passing, key=passing.get)  # the speed-up beside the default export ranks
@@ -102,7 +102,7 @@ def test_the_report_names_every_provider_setting_a_deployment_needs():
 
 def test_reproduction_command_rechecks_parity_without_tmdeploy(run_dir):
     status = _strict((run_dir / "status.json").read_text())
-    chosen = min((c for c in status["candidates"] if c["status"] == "OK" and c["runtime"] == "onnxruntime"),
+    chosen = min((c for c in status["candidates"] if c["status"] == "ok" and c["runtime"] == "onnxruntime"),
                  key=lambda c: c["latency"][0]["p50_ms"])  # OpenVINO's is tmdeploy's: tests/test_openvino.py
     polygraphy = str(Path(sys.executable).with_name("polygraphy"))
     argv = chosen["reproduce"]["command"].split()
@@ -121,10 +121,10 @@ def test_an_impossible_tolerance_fails_every_candidate_with_its_numbers(tiny_tm,
     status = _strict((out / "status.json").read_text())
     for c in status["candidates"]:
         parity = c["steps"][1]
-        assert c["status"] == "FAILED" and parity["status"] == "FAILED"
+        assert c["status"] == "failed" and parity["status"] == "failed"
         assert c["errors"]["max_abs_error"] > 0 and c["tolerance"]["atol"] == 0
         assert f"max abs error {c['errors']['max_abs_error']:.3g} beyond atol 0" in parity["reason"]
-        assert c["steps"][3]["status"] == "SKIPPED" and not c["latency"]
+        assert c["steps"][3]["status"] == "skipped" and not c["latency"]
     assert not (out / "model.onnx").exists()
 
 
@@ -140,7 +140,7 @@ def test_an_accuracy_floor_nothing_meets_exits_1_and_keeps_the_old_model(tiny_tm
     status = _strict((out / "status.json").read_text())
     assert status["passed"] is False and status["decision"] is None
     accuracy = status["candidates"][0]["steps"][2]
-    assert accuracy["status"] == "FAILED" and "top-1" in accuracy["reason"] and "(by " in accuracy["reason"]
+    assert accuracy["status"] == "failed" and "top-1" in accuracy["reason"] and "(by " in accuracy["reason"]
     assert "**No candidate passed**" in (out / "report.md").read_text()
 
 
@@ -194,7 +194,8 @@ def test_target_cuda_without_a_usable_cuda_provider_is_one_line_and_exit_1(tiny_
 
 
 def test_cuda_candidates_default_first_int8_only_where_tensorrt_runs_it():
-    from tmdeploy.optimize.candidates import CUDA_INT8, RUNTIMES, candidates
+    from tmdeploy.optimize.candidates import RUNTIMES, candidates
+    from tmdeploy.runtimes.onnxruntime import CUDA_INT8
 
     options = OptimizeOptions(target="cuda", forms=("normalized", "folded-padded"))
     todo = candidates(options, ("tensorrt",), tuple(RUNTIMES["cuda"]))
@@ -246,7 +247,7 @@ def test_the_cuda_runtimes_offered_are_the_ones_present():
 def _timed(name: str, *stats) -> Candidate:
     cand = Candidate(name, "normalized", "torchscript", "fp32")
     for step in cand.steps:
-        step.status = "OK"
+        step.status = "ok"
     cand.latency = [{"batch": b, "p50_ms": p50, "p99_ms": p99, "throughput": thr} for b, p50, p99, thr in stats]
     return cand
 
@@ -255,7 +256,7 @@ def test_strategies_choose_by_their_own_measure():
     a = _timed("a", (1, 1.0, 1.2, 1000), (32, 10.0, 12.0, 3200))
     b = _timed("b", (1, 0.8, 3.0, 1250), (32, 14.0, 20.0, 2300))
     c = _timed("c", (1, 0.5, 0.6, 2000), (32, 6.0, 7.0, 5300))
-    c.steps[1].status = "FAILED"  # the fastest, but wrong: never chosen
+    c.steps[1].status = "failed"  # the fastest, but wrong: never chosen
     todo = [a, b, c]
     assert _decide(todo, OptimizeOptions())["chosen"] == "b"
     assert _decide(todo, OptimizeOptions(strategy="max-throughput"))["chosen"] == "a"
@@ -275,7 +276,7 @@ def test_tm_form_auto_exports_the_fastest_form_with_its_timings(tiny_tm, tmp_pat
     from tmdeploy.bench.timing import Budget
     from tmdeploy.export import ExportOptions, FORMS, to_model_proto
     from tmdeploy.optimize import export_auto
-    from tmdeploy.optimize import forms as auto
+    from tmdeploy.optimize import auto_form as auto
 
     with pytest.raises(UsageError, match="tmdeploy.optimize.export_auto"):
         to_model_proto(tiny_tm, ExportOptions(tm_form="auto"))
@@ -317,3 +318,28 @@ def test_an_interrupted_run_changes_no_file(tiny_tm, tmp_path):
     assert err.strip() == "tmdeploy: error: interrupted by SIGINT"
     assert sorted(p.name for p in out.iterdir()) == before
     assert (out / "status.json").read_text() == '{"from": "last week"}\n'
+
+
+def test_quick_fills_only_what_was_left_unset():
+    quick = OptimizeOptions(quick=True).effective()
+    assert (quick.window_s, quick.profile_s, quick.accuracy_limit, quick.forms) == (0.2, 10.0, 256, ("normalized",))
+    mine = OptimizeOptions(quick=True, window_s=1.0, profile_s=30.0, accuracy_limit=1000,
+                           forms=("deferred",)).effective()
+    assert (mine.window_s, mine.profile_s, mine.accuracy_limit, mine.forms) == (1.0, 30.0, 1000, ("deferred",))
+    plain = OptimizeOptions().effective()
+    assert (plain.window_s, plain.profile_s, plain.accuracy_limit, plain.forms) == (0.5, 90.0, None, None)
+
+
+def test_target_is_the_deprecated_name_of_device(tiny_tm, tmp_path, capsys):
+    assert OptimizeOptions(target="cuda") == OptimizeOptions(device="cuda")
+    with pytest.raises(UsageError, match="give --device only"):
+        OptimizeOptions(target="cpu", device="cuda")
+    out = tmp_path / "out"
+    argv = ["optimize", str(tiny_tm.path), "--target", "cpu", "--quick", "--precisions", "fp32", "--batch", "1",
+            "--profile-s", "0", "--window-s", "0", "--accuracy-limit", "16", "--threads", "1", "--quiet",
+            "--out", str(out)]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert err.count("deprecated") == 1 and "use --device" in err
+    status = json.loads((out / "status.json").read_text())
+    assert status["options"]["device"] == status["options"]["target"] == "cpu"

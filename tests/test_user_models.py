@@ -281,7 +281,7 @@ def test_python_api_exports_checks_and_optimizes(name, trained, user_split, tmp_
     assert result.passed and (tmp_path / "opt" / "model.onnx").is_file()
     status = result.status
     assert status["data"]["split_by"].startswith("the user's own")
-    built = [c for c in status["candidates"] if c["steps"][0]["status"] == "OK"]
+    built = [c for c in status["candidates"] if c["steps"][0]["status"] == "ok"]
     assert {c["precision"] for c in built} >= {"fp32", "fp16", "int8"}
 
 
@@ -296,10 +296,10 @@ def test_optimize_times_one_graph_where_the_forms_are_one_graph(trained, user_sp
                                                   batches=(1,), window_s=0.05, profile_s=1.0, accuracy_limit=32,
                                                   data=f"npz:{npz}", out=tmp_path / "opt", show_progress=False))
     records = {c["name"]: c for c in result.status["candidates"]}
-    assert records["normalized-fp32"]["status"] == "OK"
+    assert records["normalized-fp32"]["status"] == "ok"
     for form in ("folded", "folded-padded", "deferred"):
         build = records[f"{form}-fp32"]["steps"][0]
-        assert build["status"] == "SKIPPED" and build["reason"] == "the same graph as normalized-fp32"
+        assert build["status"] == "skipped" and build["reason"] == "the same graph as normalized-fp32"
 
 
 # ---- torch.export programs ------------------------------------------------------------------------------------------

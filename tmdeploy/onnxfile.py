@@ -109,26 +109,6 @@ def session(path, providers=CPU, provider_options=None, fuse: bool = True):
         raise TmdeployError(f"onnxruntime cannot load {path}: {first_line(err) or type(err).__name__}") from err
 
 
-def openvino_compiled(model: bytes | str, threads: int | None = None, what: str = "the ONNX model"):
-    """``model`` (ONNX bytes, or a file's path) read and compiled by OpenVINO for its CPU, computing in FP32.
-
-    OpenVINO defaults to bf16 on CPUs with AVX512-BF16 or AMX (it did on the AMD EPYC here: errors up to 6e-3
-    on a tiny model's FP32 logits), so FP32 is asked for; the latency hint, as callers run one request at a
-    time.
-    """
-    from tmdeploy.optional import require
-
-    ov = require("openvino", "openvino", "OpenVINO")
-    config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
-    if threads:
-        config["INFERENCE_NUM_THREADS"] = threads
-    core = ov.Core()
-    try:
-        return core.compile_model(core.read_model(model), "CPU", config)
-    except Exception as err:  # OpenVINO raises RuntimeError with its whole frontend log
-        raise TmdeployError(f"OpenVINO cannot compile {what}: {first_line(err) or type(err).__name__}") from err
-
-
 def _check_external_data(model: onnx.ModelProto, path: Path) -> None:
     """Every external data location must name a regular file inside the model's directory."""
     base = path.parent.resolve()

@@ -15,9 +15,10 @@ from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
-from tmdeploy.bench.sessions import OpenVinoSession, OrtSession, Session, Skip, TorchSession
-from tmdeploy.errors import TmdeployError
-from tmdeploy.optional import require
+from tmdeploy.bench.sessions import OrtSession, Session, Skip, TorchSession
+from tmdeploy.runtimes import ALL as RUNTIME_ENTRIES
+from tmdeploy.runtimes import Request, by_label, where
+from tmdeploy.runtimes import get as get_runtime
 
 if TYPE_CHECKING:  # the backend names are read without torch (option validation, the CLI)
     from tmdeploy.checkpoint import Deployable
@@ -34,7 +35,7 @@ class Context:
     batches: tuple[int, ...]
     calib_data: str | None = None  # None: no calibration data, so no FP16/INT8 backend
     compile_backend: str = "inductor"
-    threads: int | None = None  # onnxruntime's and OpenVINO's threads (PyTorch's are set by the caller); None: default
+    threads: int | None = None  # the ONNX runtimes' CPU threads (PyTorch's are set by the caller); None: default
     _graphs: dict = field(default_factory=dict)
     _calibration: object = None  # calibration_loader(calib_data), made on first use
     _tmp: tempfile.TemporaryDirectory | None = None
@@ -75,39 +76,6 @@ class Context:
             warnings.filterwarnings("ignore", message="the float32 number", module="onnxconverter_common")
             return lower_precision(fp32, precision, meta=meta, calib_data=self.calib_data, show_progress=False,
                                    calibration=self._calibration(meta) if self._calibration else None, **target)
-
-
-class TrtSession:
-    """A TensorRT engine run by polygraphy's TrtRunner; inputs and outputs stay on the GPU."""
-
-    def __init__(self, proto, workdir: Path, batches: tuple[int, ...], name: str) -> None:
-        """Built into ``workdir/name.plan`` (with its sidecar) for every batch size in ``batches``."""
-        import onnx
-
-        from tmdeploy.engines.profiles import BatchProfile
-        from tmdeploy.engines.tensorrt import INPUT_NAME, build_engine, open_engine
-
-        onnx_path = workdir / f"{name}.onnx"
-        if not onnx_path.exists():  # optimize has written the candidate's file there already
-            onnx.save(proto, str(onnx_path))
-        profile = BatchProfile(min(batches), max(batches), max(batches))
-        engine = build_engine(onnx_path, batch=profile)
-        self.artifact_bytes = Path(engine).stat().st_size
-        self.runner, _ = open_engine(engine)
-        self.input_name = INPUT_NAME
-
-    def bind(self, x: np.ndarray) -> Callable[[], object]:
-        import torch
-
-        xt = torch.from_numpy(x).cuda()
-        return lambda: self.runner.infer({self.input_name: xt}, copy_outputs_to_host=False)["logits"]
-
-    def fetch(self, output) -> np.ndarray:
-        host = output.cpu() if hasattr(output, "cpu") else output.numpy()  # torch tensor or polygraphy DeviceView
-        return np.asarray(host, dtype=np.float32)
-
-    def close(self) -> None:
-        self.runner.deactivate()
 
 
 # ---- builders ---------------------------------------------------------------------------------------
@@ -153,27 +121,21 @@ def _ort_cuda_graph(precision: str, ctx: Context) -> Session:
     return OrtCudaGraphSession(ctx.onnx(precision))
 
 
-def _openvino(ctx: Context) -> Session:
-    if ctx.device != "cpu":
-        raise Skip("OpenVINO runs on the CPU here: use --device cpu")
-    try:
-        require("openvino", "openvino", "OpenVINO")
-    except TmdeployError as err:
-        raise Skip(str(err)) from None
-    return OpenVinoSession(ctx.onnx("fp32"), ctx.threads)
+_WHERE = {"cpu": "the CPU", "cuda": "NVIDIA GPUs"}
 
 
-def _trt(precision: str, ctx: Context) -> Session:
-    from tmdeploy.engines.tensorrt import import_tensorrt
-
-    if ctx.device != "cuda":
-        raise Skip("TensorRT runs on NVIDIA GPUs: use --device cuda")
-    try:
-        import_tensorrt()
-    except TmdeployError as err:
-        raise Skip(str(err)) from None
-    return TrtSession(ctx.onnx(precision, "tensorrt" if precision == "int8" else None), ctx.workdir, ctx.batches,
-                      f"trt-{precision}")
+def _runtime(name: str, precision: str, ctx: Context) -> Session:
+    """A runtime's own session (tmdeploy.runtimes) on the exported file; a note where it cannot run here."""
+    entry = get_runtime(name, ctx.device)
+    if entry is None:
+        devices = where(name)
+        raise Skip(f"{by_label(name)} runs on {' and '.join(_WHERE[d] for d in devices)} here: "
+                   f"use --device {devices[0]}")
+    reason = entry.probe()
+    if reason:
+        raise Skip(reason)
+    proto = ctx.onnx(precision, entry.bench_int8_recipe if precision == "int8" else None)
+    return entry.open(entry, proto, Request(ctx.threads, ctx.workdir, ctx.batches, f"{entry.bench_prefix}-{precision}"))
 
 
 @dataclass(frozen=True)
@@ -201,10 +163,10 @@ BACKENDS = (
             cuda_only=True),
     Backend("ort-int8", "ONNX Runtime INT8 (onnxruntime recipe)", "int8", partial(_ort, "int8", "onnxruntime")),
     Backend("ort-int8-trt", "ONNX Runtime INT8 (TensorRT recipe)", "int8", partial(_ort, "int8", "tensorrt")),
-    Backend("openvino-fp32", "OpenVINO FP32", "fp32", _openvino),
-    Backend("trt-fp32", "TensorRT FP32", "fp32", partial(_trt, "fp32")),
-    Backend("trt-fp16", "TensorRT FP16", "fp16", partial(_trt, "fp16")),
-    Backend("trt-int8", "TensorRT INT8", "int8", partial(_trt, "int8")),
+    # every other runtime's, from its entry: {bench_prefix}-{precision}, listed on either device (a note says
+    # where it runs)
+    *(Backend(f"{r.bench_prefix}-{p}", f"{r.label} {p.upper()}", p, partial(_runtime, r.name, p))
+      for r in RUNTIME_ENTRIES for p in r.bench),
 )
 NAMES = tuple(b.name for b in BACKENDS)
 

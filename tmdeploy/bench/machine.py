@@ -6,6 +6,8 @@ import os
 import platform
 from pathlib import Path
 
+from tmdeploy.runtimes import VERSIONED, versions
+
 
 def cpu_model() -> str:
     """The CPU's marketing name from /proc/cpuinfo (Linux), else what platform knows."""
@@ -67,7 +69,8 @@ def describe(device: str = "cpu", ort_threads: int | None = None) -> dict:
     info = {
         "cpu": cpu_model(), "cores": os.cpu_count(), "cpu_flags": cpu_flags(), "python": platform.python_version(),
         "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "onnxruntime": onnxruntime.__version__,
-        "onnxruntime_threads": ort_threads or "default", "device": device, "openvino": openvino_version(),
+        "onnxruntime_threads": ort_threads or "default", "device": device,
+        **versions(),  # the optional runtimes' (None: not installed)
     }
     if device == "cuda":
         info["gpu"] = torch.cuda.get_device_name()
@@ -87,15 +90,6 @@ def tensorrt_version() -> str | None:
     return tensorrt.__version__
 
 
-def openvino_version() -> str | None:
-    """OpenVINO's version, None where the optional extra is not installed."""
-    try:
-        import openvino
-    except ImportError:
-        return None
-    return openvino.__version__
-
-
 def summary(info: dict) -> str:
     """One line naming the machine, for a table's caption."""
     where = f"{info['cpu']}, {info['cores']} cores"
@@ -103,4 +97,4 @@ def summary(info: dict) -> str:
         where = f"{info['gpu']} on {where}"
     return (f"{where}; torch {info['torch']} ({info['torch_threads']} threads), "
             f"onnxruntime {info['onnxruntime']} ({info['onnxruntime_threads']} threads)"
-            + (f", openvino {info['openvino']}" if info.get("openvino") else ""))
+            + "".join(f", {name} {info[name]}" for name in VERSIONED if info.get(name)))

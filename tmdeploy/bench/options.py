@@ -24,7 +24,7 @@ class BenchOptions:
     data: str | None = "auto"
     accuracy_limit: int | None = None  # at most this many test images
     compile_backend: str = "inductor"
-    threads: int | None = None  # CPU threads for PyTorch, onnxruntime and OpenVINO alike; None: each library's default
+    threads: int | None = None  # CPU threads for PyTorch and every ONNX runtime alike; None: each library's default
     seed: int = 0
     # accuracy floors (fractions): a backend below one fails, and `tmdeploy bench` exits 1; None: no floor
     min_top1: float | None = None

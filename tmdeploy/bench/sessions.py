@@ -78,28 +78,3 @@ class OrtSession:
 
     def close(self) -> None:
         pass
-
-
-class OpenVinoSession:
-    """The ONNX graph read and compiled by OpenVINO for the CPU; one infer request, fed host arrays."""
-
-    def __init__(self, proto, threads: int | None = None, what: str = "the ONNX model") -> None:
-        from tmdeploy.onnxfile import openvino_compiled
-
-        blob = proto.SerializeToString()
-        self.artifact_bytes = len(blob)  # OpenVINO reads the .onnx file itself: it is what ships
-        compiled = openvino_compiled(blob, threads, what)
-        self.input_dtype = compiled.input(0).element_type.to_dtype()  # as OrtSession: what the graph takes
-        self.request = compiled.create_infer_request()
-
-    def bind(self, x: np.ndarray) -> Callable[[], object]:
-        feed = np.ascontiguousarray(x, dtype=self.input_dtype)
-        # share_inputs: the feed is already contiguous in the graph's dtype, so the timed call copies nothing
-        # in (~7 % of rn26's batch-32 call); outputs stay copied, since callers keep them past the next call
-        return lambda: self.request.infer({0: feed}, share_inputs=True)[0]
-
-    def fetch(self, output) -> np.ndarray:
-        return np.asarray(output, dtype=np.float32)
-
-    def close(self) -> None:
-        pass

@@ -18,7 +18,7 @@ from tmdeploy import data
 from tmdeploy.bench import machine
 from tmdeploy.bench.backends import BASELINE, Context, Skip, by_name, default_names, predict_all
 from tmdeploy.bench.sessions import TorchSession
-from tmdeploy.bench.timing import error_line, latency_stats, measure, paired_ratio, wall_timer
+from tmdeploy.bench.timing import FAILED, OK, SKIPPED, error_line, latency_stats, measure, paired_ratio, wall_timer
 from tmdeploy.bench.options import BenchOptions
 from tmdeploy.checkpoint import Deployable, as_deployable
 from tmdeploy.export.to_onnx import calibration_data
@@ -30,7 +30,7 @@ class BackendResult:
     name: str
     label: str
     precision: str
-    status: str = "ok"  # ok | failed | skipped
+    status: str = OK  # OK | FAILED | SKIPPED (tmdeploy.bench.timing)
     note: str = ""
     setup_s: float = 0.0  # building it: export, quantization, session or engine creation
     built: bool = False  # tells "could not build" from "built, then failed" when status is failed
@@ -42,7 +42,7 @@ class BackendResult:
     outcome: str = ""  # passed | failed (built, then failed or below a floor) | not built | skipped
 
     def fail(self, note: str) -> None:
-        self.status, self.note = "failed", note
+        self.status, self.note = FAILED, note
 
 
 @dataclass
@@ -117,7 +117,7 @@ def _build(ctx: Context, results: list[BackendResult], sessions: dict, reporter)
             size = getattr(sessions[result.name], "artifact_bytes", None)
             result.size_mb = None if size is None else size / 1e6
         except Skip as note:
-            result.status, result.note = "skipped", str(note)
+            result.status, result.note = SKIPPED, str(note)
         except Exception as err:  # noqa: BLE001 - one backend that cannot be built must not end the run
             result.fail(f"build failed: {error_line(err)}")
         result.setup_s = time.perf_counter() - start
@@ -131,7 +131,7 @@ def _inputs(ckpt: Deployable, batch: int, seed: int) -> np.ndarray:
 
 def _time_batch(ctx: Context, batch: int, sessions: dict, results: list[BackendResult], options: BenchOptions,
                 reporter) -> None:
-    live = {r.name: r for r in results if r.status == "ok"}
+    live = {r.name: r for r in results if r.status == OK}
     x = _inputs(ctx.ckpt, batch, options.seed)
     calls = {}
     for name, result in live.items():
@@ -178,7 +178,7 @@ def _accuracy(ctx: Context, test_set, sessions: dict, results: list[BackendResul
     On a GPU the reference stays on the CPU, so GPU eager (TF32 convolutions by default) is judged too.
     """
     x, labels, description = test_set
-    live = [r for r in results if r.status == "ok"]
+    live = [r for r in results if r.status == OK]
     predictions = {}
     for i, result in enumerate(live):
         reporter.accuracy(result.label, i, len(live))
@@ -203,11 +203,11 @@ def judge(results: list[BackendResult], options: BenchOptions) -> None:
     """Each backend's outcome, as Ultralytics' table shows it; a floor judges only backends that ran."""
     floors = [("top-1", "top1", options.min_top1), ("agreement", "agreement", options.min_agreement)]
     for r in results:
-        if r.status == "ok":
+        if r.status == OK:
             r.below_floor = [f"{what} {getattr(r, key):.2%} < {floor:.2%}" for what, key, floor in floors
                              if floor is not None and getattr(r, key) is not None and getattr(r, key) < floor]
-        r.outcome = ("skipped" if r.status == "skipped" else "not built" if not r.built
-                     else "failed" if r.status == "failed" or r.below_floor else "passed")
+        r.outcome = ("skipped" if r.status == SKIPPED else "not built" if not r.built
+                     else "failed" if r.status == FAILED or r.below_floor else "passed")
 
 
 def floor_failures(result: BenchResult) -> list[str]:

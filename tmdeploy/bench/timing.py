@@ -23,6 +23,9 @@ import numpy as np
 
 from tmdeploy.errors import first_line
 
+# the status words of every record: bench.json's backends, optimize's status.json candidates and their steps
+OK, FAILED, SKIPPED = "ok", "failed", "skipped"
+
 Call = Callable[[], object]
 Timer = Callable[[Call], float]  # runs the call once, returns its latency in seconds
 

@@ -24,7 +24,7 @@ def register(sub) -> None:
     api_option(p, "--accuracy-limit", BENCH, type=int, shown="all", help="at most this many test images")
     api_option(p, "--compile-backend", BENCH, help="torch.compile backend")
     api_option(p, "--threads", BENCH, type=int, shown="each library's own",
-               help="CPU threads for PyTorch, onnxruntime and OpenVINO alike")
+               help="CPU threads for PyTorch and every ONNX runtime alike")
     api_option(p, "--seed", BENCH, type=int, help="seed of the timing inputs and the data split")
     api_option(p, "--min-top1", BENCH, type=float, shown="none",
                help="top-1 floor (fraction): a backend below it, or one that fails, makes the exit status 1")

@@ -8,6 +8,7 @@ CHECK = "tmdeploy.verify.options:CheckOptions"
 
 
 def register(sub) -> None:
+    from tmdeploy.runtimes import where
     from tmdeploy.verify.options import DEVICES, RUNTIMES
 
     p = sub.add_parser("check", help="compare an ONNX file with the PyTorch checkpoint (exit 0 pass, 1 mismatch)")
@@ -26,7 +27,8 @@ def register(sub) -> None:
     api_option(p, "--save-outputs", CHECK, type=Path, help="PyTorch outputs as polygraphy RunResults JSON")
     api_option(p, "--device", CHECK, choices=DEVICES, help="where onnxruntime runs the graph (PyTorch: on the CPU)")
     api_option(p, "--runtime", CHECK, choices=RUNTIMES,
-               help="what runs the ONNX file (openvino: pip install \"tmdeploy[openvino]\", CPU only)")
+               help="what runs the ONNX file (" + ", ".join(f"{r}: {'/'.join(where(r)).upper()}" for r in RUNTIMES)
+                    + "; an optional one names its install line when missing)")
     api_option(p, "--localize", CHECK, action="store_true", help="on failure, name the first diverging block")
     p.add_argument("--report-dir", type=Path, default=None, help="where to write the JSON/Markdown report "
                    "(default: beside the ONNX file)")

@@ -55,64 +55,8 @@ def options(args):
 
 
 def run(args) -> int:
-    import tempfile
+    from tmdeploy import deploy
 
-    from tmdeploy.errors import UsageError
-    from tmdeploy.export import export_onnx
-    from tmdeploy.export.options import AUTO_FORM
-    from tmdeploy.fileio import check_output, check_output_dir
-
-    export, target = options(args)
-    export.validate()  # before the (slow) checkpoint load and export, so a bad option fails at once
-    target.validate()
-    batch = target.profile()
-    if args.out is not None and target.format == "triton":  # a Triton --out is the repository directory
-        check_output_dir(args.out, option="--out")
-    elif args.out is not None:
-        check_output(args.out, args.checkpoint, option="--out")
-    onnx_out = args.out
-    if target.format == "trt" and args.out is not None:  # the ONNX file goes beside the engine, not the checkpoint
-        onnx_out = args.out.with_suffix(".onnx")
-        if onnx_out == args.out:
-            raise UsageError(f"--out {args.out}: with --format trt it names the engine; use a .plan or .engine suffix")
-        check_output(onnx_out, args.checkpoint, option="--out")
-    if target.timing_cache is not None:  # TensorRT writes it: the same rules as every other output
-        check_output(target.timing_cache, args.checkpoint, option="--timing-cache")
-    engine = target.builds_engine()
-    if engine:  # before anything is written: without TensorRT a failed export changes no file
-        from tmdeploy.engines.tensorrt import UNSIGNED_INT8, import_tensorrt
-
-        if export.precision == "int8" and export.int8_target != "tensorrt":
-            raise UsageError(f"--format {target.format} builds a TensorRT engine, and an INT8 graph that {UNSIGNED_INT8}")
-        import_tensorrt()
-    ckpt = load_checkpoint(args)
-    with tempfile.TemporaryDirectory(prefix="tmdeploy-") as scratch:
-        # Triton gets copies in its repository: the ONNX file and engine are built in scratch space, so
-        # nothing is written beside the checkpoint, outside --out.
-        if target.format == "triton":
-            onnx_out = Path(scratch, "model.onnx")
-        if export.tm_form == AUTO_FORM:
-            from tmdeploy.optimize import export_auto
-
-            path = export_auto(ckpt, onnx_out, export)
-        else:
-            path = export_onnx(ckpt, onnx_out, export)
-        if target.format != "triton":
-            print(f"wrote {path}")
-        if engine:
-            from tmdeploy.engines.tensorrt import build_engine
-
-            engine_out = args.out if target.format == "trt" else None
-            path = build_engine(path, engine_out, batch=batch, workspace_mib=target.workspace_mib,
-                                timing_cache=target.timing_cache, force=target.force)
-            if target.format != "triton":
-                print(f"wrote {path} (+ {path.name}.json sidecar)")
-        if target.format == "triton":
-            from tmdeploy.engines.triton import model_name, write_model_repository
-
-            repo = args.out or args.checkpoint.parent / "model_repository"
-            model_dir = write_model_repository(path, repo, name=model_name(args.checkpoint), max_batch_size=batch.max)
-            served = "a TensorRT engine" if engine else "the ONNX file (onnxruntime)"
-            print(f"wrote Triton model repository {model_dir}, serving {served}")
+    plan = deploy.plan(*options(args), args.out, args.checkpoint)  # before the (slow) checkpoint load
+    deploy.write(load_checkpoint(args), plan)
     return 0
-

@@ -1,5 +1,7 @@
 """`tmdeploy optimize`: which file to ship — every candidate built, checked, timed, and the best one chosen."""
 
+import argparse
+import sys
 from pathlib import Path
 
 from tmdeploy.cli._common import add_checkpoint_args, api_option, api_values, comma_list, int_list, load_checkpoint
@@ -8,13 +10,15 @@ OPT = "tmdeploy.optimize.options:OptimizeOptions"
 
 
 def register(sub) -> None:
-    from tmdeploy.optimize.options import STRATEGIES, TARGETS
+    from tmdeploy.optimize.options import PROFILE_S, QUICK_PROFILE_S, QUICK_WINDOW_S, STRATEGIES, TARGETS, WINDOW_S
+    from tmdeploy.runtimes import RUNTIMES
 
     p = sub.add_parser("optimize", help="the fastest deployment that keeps accuracy, chosen by measurement "
                                         "(exit 0: a candidate passed, 1: none did)")
     add_checkpoint_args(p)
-    api_option(p, "--target", OPT, choices=TARGETS,
+    api_option(p, "--device", OPT, choices=TARGETS,
                help="where the model will run (cuda: onnxruntime's CUDA provider, its CUDA graph, TensorRT)")
+    api_option(p, "--target", OPT, help=argparse.SUPPRESS)  # deprecated: --device's old name, for one release
     api_option(p, "--strategy", OPT, nargs="+", metavar="NAME [MS]", choices=STRATEGIES,
                help="how to choose: min-latency, max-throughput, or max-throughput-under-latency MS")
     api_option(p, "--batch", OPT, "batches", help="batch sizes to time")
@@ -27,23 +31,26 @@ def register(sub) -> None:
                                                "tensorrt; cuda: tensorrt",
                help="comma-separated INT8 recipes")
     api_option(p, "--exporters", OPT, help="comma-separated torch.onnx exporters")
-    api_option(p, "--runtimes", OPT, shown="cpu: onnxruntime, and openvino when installed; cuda: all present",
-               help="comma-separated runtimes that run the files (cpu: onnxruntime, openvino; cuda: onnxruntime, "
-                    "onnxruntime-cuda-graph, onnxruntime-cuda-graph-nhwc, onnxruntime-tensorrt, tensorrt)")
+    api_option(p, "--runtimes", OPT, shown="every one of the target installed",
+               help="comma-separated runtimes that run the files ("
+                    + "; ".join(f"{device}: {', '.join(names)}" for device, names in RUNTIMES.items()) + ")")
     api_option(p, "--data", OPT, help="held-out (test split) and calibration (train split) data; auto: the data the "
                                       "checkpoint was trained on")
     api_option(p, "--accuracy-limit", OPT, type=int, shown="all (--quick: 256)", help="at most this many test images")
     api_option(p, "--atol", OPT, type=float, shown="by precision", help="parity: absolute tolerance")
     api_option(p, "--rtol", OPT, type=float, shown="by precision", help="parity: relative tolerance")
-    api_option(p, "--window-s", OPT, type=float, help="seconds per candidate in one timing window (--quick: 0.2)")
-    api_option(p, "--profile-s", OPT, type=float, help="time budget of all timing windows (--quick: 10)")
+    api_option(p, "--window-s", OPT, type=float, shown=f"{WINDOW_S:g} (--quick: {QUICK_WINDOW_S:g})",
+               help="seconds per candidate in one timing window")
+    api_option(p, "--profile-s", OPT, type=float, shown=f"{PROFILE_S:g} (--quick: {QUICK_PROFILE_S:g})",
+               help="time budget of all timing windows")
     api_option(p, "--stable-within", OPT, type=float,
                help="two timing windows agree: the same fastest candidate, its speed-up moved less than this")
     api_option(p, "--screen-slower", OPT, type=float,
                help="after the first timing window, drop candidates this many times slower than the fastest")
     api_option(p, "--threads", OPT, type=int, shown="onnxruntime's own", help="CPU threads for every candidate")
     api_option(p, "--seed", OPT, type=int, help="seed of the parity and timing inputs and the data split")
-    api_option(p, "--quick", OPT, action="store_true", help="the default form only, short timing: about a minute")
+    api_option(p, "--quick", OPT, action="store_true",
+               help="the default form only, short timing: about a minute (what you set yourself stays)")
     api_option(p, "--out", OPT, type=Path, shown="<checkpoint>-optimized/",
                help="output folder: model.onnx, status.json, report.md, latency.png, candidates/, repro/")
     p.add_argument("--quiet", action="store_true", help="no live table")
@@ -77,6 +84,9 @@ def run(args) -> int:
 
     opt = options(args)
     opt.effective().validate()  # before the (slow) checkpoint load, so a bad option fails at once
+    if args.target is not None:
+        print("tmdeploy: warning: --target is deprecated and goes in the next release: use --device",
+              file=sys.stderr)
     ckpt = load_checkpoint(args)
     result = optimize(ckpt, opt)
     paths = write_optimize_report(result.status, result.out)

@@ -26,6 +26,7 @@ import copy
 import torch
 from torch import Tensor, nn
 
+from tmdeploy.export.options import FORMS
 from tmdeploy.export.template_lowering import PAD_LOGIT, PAD_MULTIPLE
 from tmdeploy.models.layers import TemplateMatching
 
@@ -54,7 +55,7 @@ class _ExportForm(nn.Module):
         return self(x), self.scores(x)
 
 
-class FoldedSoftmax(_ExportForm):
+class Folded(_ExportForm):
     """``Conv(K+1 or padded) → Softmax(axis=1) → Conv``: the null option as one more template channel."""
 
     def __init__(self, tm: TemplateMatching, pad_to_multiple: int = 1) -> None:
@@ -79,7 +80,14 @@ class FoldedSoftmax(_ExportForm):
         return self.values(torch.softmax(self.templates(x), dim=1))
 
 
-class DeferredNormalization(_ExportForm):
+class FoldedPadded(Folded):
+    """``folded`` with the K+1 channels padded to a multiple of 8: odd channel counts defeat channel blocking."""
+
+    def __init__(self, tm: TemplateMatching) -> None:
+        super().__init__(tm, pad_to_multiple=PAD_MULTIPLE)
+
+
+class Deferred(_ExportForm):
     """Soft-max normalised after the value conv: C_out divisions per pixel instead of K."""
 
     def __init__(self, tm: TemplateMatching) -> None:
@@ -105,20 +113,12 @@ class DeferredNormalization(_ExportForm):
         return self.values(e) / denominator
 
 
-class ExplicitSoftmax(DeferredNormalization):
+class Normalized(Deferred):
     """The soft-max written out on the K template channels, then the value conv: K divisions per pixel."""
 
     def forward(self, x: Tensor) -> Tensor:
         e, denominator = self.exponentials(x)
         return self.values(e / denominator)
-
-
-_BUILDERS = {
-    "folded": FoldedSoftmax,
-    "folded-padded": lambda tm: FoldedSoftmax(tm, pad_to_multiple=PAD_MULTIPLE),
-    "deferred": DeferredNormalization,
-    "normalized": ExplicitSoftmax,
-}
 
 
 def count_blocks(model: nn.Module) -> int:
@@ -128,8 +128,8 @@ def count_blocks(model: nn.Module) -> int:
 
 def apply_form(model: nn.Module, form: str) -> nn.Module:
     """A copy of ``model`` with every TemplateMatching module replaced by its export form
-    (one of ``tmdeploy.export.options.FORMS``, which ``ExportOptions.validate`` checks)."""
-    build = _BUILDERS[form]
+    (one of ``tmdeploy.export.options.FORMS``, which ``ExportOptions.validate`` checks, and names its class)."""
+    build = globals()[FORMS[form]]
     model = copy.deepcopy(model).eval()
     targets = [(name, module) for name, module in model.named_modules() if isinstance(module, TemplateMatching)]
     for name, module in targets:

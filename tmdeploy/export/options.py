@@ -7,12 +7,19 @@ from dataclasses import dataclass
 
 from tmdeploy.errors import UsageError, check_choice
 
-FORMS = ("folded", "folded-padded", "deferred", "normalized")
+# The TM export forms (docs/models.md, "Export forms"), each with the name of its PyTorch module in
+# tmdeploy.export.forms (imported there on use: it needs torch); the graph-level rewrite of a user's own
+# blocks (tmdeploy.export.template_lowering) has one lowering per form. Iterating gives the names.
+FORMS = {"folded": "Folded", "folded-padded": "FoldedPadded", "deferred": "Deferred", "normalized": "Normalized"}
 DEFAULT_FORM = "normalized"  # fastest on ONNX Runtime CPU: see benchmarks/tm_forms.py and the README table
-# times the forms for this model on ONNX Runtime CPU and exports the fastest (tmdeploy.optimize.forms); the
+# times the forms for this model on ONNX Runtime CPU and exports the fastest (tmdeploy.optimize.auto_form); the
 # fixed default stays the default, so CI exports do not depend on a machine's load
 AUTO_FORM = "auto"
-EXPORTERS = ("torchscript", "dynamo")
+# internal, never a --tm-form choice: the training form exported as it is (no block rewritten); parity tests
+# and benchmarks compare the forms against it
+TRAINING_FORM = "reference"
+# the torch.onnx exporters, each with its function in tmdeploy.export.to_onnx (imported there on use: torch)
+EXPORTERS = {"torchscript": "torchscript_graph", "dynamo": "dynamo_graph"}
 PRECISIONS = ("fp32", "fp16", "int8")
 INT8_TARGETS = ("tensorrt", "onnxruntime", "onnxruntime-vnni")
 MIN_OPSET = 13  # ONNX Softmax before opset 13 flattens from the axis: a channel soft-max would be wrong

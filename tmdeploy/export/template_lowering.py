@@ -131,7 +131,7 @@ def _template_scores(emit: _Emitter, block: TemplateBlock, weight: np.ndarray, b
 
 
 def _exponentials(emit: _Emitter, block: TemplateBlock, s: gs.Variable, opset: int) -> tuple[gs.Variable, gs.Variable]:
-    """``e = exp(s − m)`` and ``Σe + exp(μ − m)``, m = max(max_k s_k, μ): as ``forms.DeferredNormalization``
+    """``e = exp(s − m)`` and ``Σe + exp(μ − m)``, m = max(max_k s_k, μ): as ``forms.Deferred``
     exports them, the pattern ``channels_last.drop_softmax_shifts`` looks for."""
     null = emit.constant("null_logit", np.full((1,) * block.rank, block.null_logit, emit.dtype))
     axes = emit.constant("axes", np.array([1], np.int64))

@@ -26,7 +26,7 @@ from tmdeploy.export import forms, graph
 from tmdeploy.export import precision as lowering
 from tmdeploy.export.metadata import ModelMetadata
 from tmdeploy.export.metadata import write as write_metadata
-from tmdeploy.export.options import AUTO_FORM, ExportOptions
+from tmdeploy.export.options import AUTO_FORM, EXPORTERS, TRAINING_FORM, ExportOptions
 from tmdeploy.export.template_blocks import rewrite_template_blocks
 from tmdeploy.fileio import atomic_write, check_output
 from tmdeploy.threads import torch_threads
@@ -61,11 +61,11 @@ def output_names(patch_logits: bool) -> list[str]:
 
 
 def deploy_module(deployable: Deployable, options: ExportOptions) -> DeployModule:
-    """The module the ONNX graph must match. ``options.tm_form`` "reference" keeps the training form."""
+    """The module the ONNX graph must match. ``options.tm_form`` TRAINING_FORM keeps the training form."""
     model = deployable.copy_module()
     if options.patch_logits and not deployable.has_patch_logits:
         raise UsageError(f"--patch-logits: {deployable.card.arch} has no per-patch class map (use a -cls or -aux model)")
-    if options.tm_form != "reference":
+    if options.tm_form != TRAINING_FORM:
         model = forms.apply_form(model, options.tm_form)
     card = deployable.card
     return DeployModule(model, card.mean, card.std, options.bake_preprocess, options.patch_logits).eval()
@@ -100,7 +100,7 @@ def to_model_proto(deployable, options: ExportOptions) -> onnx.ModelProto:
         raise TmdeployError(f"torch.onnx.export failed for {ckpt.card.arch}: {first_line(err)}") from err
     proto = graph.check(graph.clean_up(exported))
     blocks, left = {}, ()
-    if options.tm_form != "reference":  # the user's own soft-max template blocks, found in the graph
+    if options.tm_form != TRAINING_FORM:  # the user's own soft-max template blocks, found in the graph
         blocks[options.tm_form] = forms.count_blocks(ckpt.module)
         proto, rewrite = rewrite_template_blocks(proto, options.tm_form)
         if rewrite.total:
@@ -132,7 +132,7 @@ def calibration_data(ckpt: Deployable, spec: str | None, option: str = "--calib-
     return spec
 
 
-def _torchscript(module: nn.Module, example: Tensor, opset: int, names: list[str]):
+def torchscript_graph(module: nn.Module, example: Tensor, opset: int, names: list[str]):
     """The TorchScript exporter: traces once, in a fraction of a second. Eval-mode BatchNorm after a Conv
     comes out folded already; the rest goes through the same passes as the dynamo graph."""
     buffer = io.BytesIO()
@@ -149,7 +149,7 @@ def _torchscript(module: nn.Module, example: Tensor, opset: int, names: list[str
     return proto, graph.torchscript_scopes(proto, [name for name, _ in module.named_modules() if name])
 
 
-def _dynamo(module: nn.Module, example: Tensor, opset: int, names: list[str]):
+def dynamo_graph(module: nn.Module, example: Tensor, opset: int, names: list[str]):
     """The torch.export-based exporter (torch's default): about 10 s for rn26, the same graph after clean-up."""
     import onnx_ir as ir
 
@@ -162,7 +162,8 @@ def _dynamo(module: nn.Module, example: Tensor, opset: int, names: list[str]):
     return proto, graph.dynamo_scopes(proto)
 
 
-_EXPORTERS = {"torchscript": _torchscript, "dynamo": _dynamo}
+# by name: the table, torch-free for the CLI's choices, is tmdeploy.export.options.EXPORTERS
+_EXPORTERS = {name: globals()[function] for name, function in EXPORTERS.items()}
 
 
 def metadata_for(ckpt: Deployable, options: ExportOptions, outputs: list[str], blocks: dict[str, int],

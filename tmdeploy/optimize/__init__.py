@@ -8,5 +8,5 @@ from tmdeploy.optional import lazy_exports
 __getattr__, __all__ = lazy_exports(__name__, {
     "OptimizeOptions": "tmdeploy.optimize.options", "STRATEGIES": "tmdeploy.optimize.options",
     "OptimizeResult": "tmdeploy.optimize.search", "optimize": "tmdeploy.optimize.search",
-    "export_auto": "tmdeploy.optimize.forms", "fastest_form": "tmdeploy.optimize.forms",
+    "export_auto": "tmdeploy.optimize.auto_form", "fastest_form": "tmdeploy.optimize.auto_form",
 })

@@ -1,9 +1,9 @@
 """The candidates ``tmdeploy optimize`` tries on a target, and what is recorded about each.
 
 A candidate is one ONNX file: a TM export form, an exporter, and a precision (with its INT8 recipe), and
-the runtime that runs it (:data:`RUNTIMES`: on the CPU, onnxruntime or OpenVINO reading the same FP32 or FP16
-file; on CUDA, onnxruntime's CUDA provider with IO binding or with its own CUDA graph, onnxruntime's TensorRT
-provider, or a TensorRT engine built from the file). Each goes through the steps build → parity → accuracy →
+the runtime that runs it (:mod:`tmdeploy.runtimes`: on the CPU, onnxruntime or another runtime reading the
+same file; on CUDA, onnxruntime's CUDA provider with IO binding or with its own CUDA graph, onnxruntime's
+TensorRT provider, or a TensorRT engine built from the file). Each goes through the steps build → parity → accuracy →
 profile; a step that cannot be taken is SKIPPED or FAILED with its reason, and the candidate is eligible only
 when all of them are OK.
 """
@@ -13,47 +13,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from tmdeploy import onnxfile
+from tmdeploy.bench.timing import FAILED, OK, SKIPPED  # noqa: F401 (bench's words: the steps' statuses)
 from tmdeploy.export.options import DEFAULT_FORM
 from tmdeploy.optimize.options import OptimizeOptions
+from tmdeploy.runtimes import RUNTIMES, Runtime
 
 STEPS = ("build", "parity", "accuracy", "profile")
-OK, FAILED, SKIPPED = "OK", "FAILED", "SKIPPED"
-# measured on an H100 (README, "On a GPU"): no QDQ pair was fused into an integer kernel
-CUDA_INT8 = ("onnxruntime's CUDA provider runs QDQ convolutions in float (INT8 rounding at worse than FP32 speed, "
-             "measured on an H100): INT8 on a GPU is TensorRT's job")
-
-
-@dataclass(frozen=True)
-class Runtime:
-    """What runs a candidate's file, and the settings a deployment must use to get the speed measured."""
-
-    name: str  # the --runtimes value
-    suffix: str | None  # in candidate names
-    provider: str | None  # onnxruntime's execution provider; None: not onnxruntime
-    provider_options: dict = field(default_factory=dict)
-    # onnxruntime's TensorRT provider: what CUDA, which runs the nodes TensorRT does not take, is set to
-    cuda_fallback_options: dict | None = None
-    int8: bool = True  # runs INT8 (QDQ) files
-    int8_skipped: str = ""  # where it does not: listed SKIPPED with this reason (else left out)
-
-
-_GRAPH = {**onnxfile.CUDA_FP32, "enable_cuda_graph": "1"}
-RUNTIMES = {
-    "cpu": {r.name: r for r in (
-        Runtime("onnxruntime", None, onnxfile.CPU[0]),
-        Runtime("openvino", "openvino", None, int8=False),
-    )},
-    "cuda": {r.name: r for r in (
-        Runtime("onnxruntime", None, onnxfile.CUDA, onnxfile.CUDA_FP32, int8=False, int8_skipped=CUDA_INT8),
-        Runtime("onnxruntime-cuda-graph", "cuda-graph", onnxfile.CUDA, _GRAPH, int8=False),
-        # channels-last convolutions: the fastest onnxruntime configuration for rn26-tm on the H100
-        # (benchmarks/gpu_tm_cost.py, folded-padded form)
-        Runtime("onnxruntime-cuda-graph-nhwc", "cuda-graph-nhwc", onnxfile.CUDA, {**_GRAPH, "prefer_nhwc": "1"},
-                int8=False),
-        Runtime("onnxruntime-tensorrt", "ort-trt", onnxfile.TENSORRT, cuda_fallback_options=onnxfile.CUDA_FP32),
-        Runtime("tensorrt", "trt", None),
-    )},
-}
 
 
 @dataclass
@@ -72,6 +37,7 @@ class Candidate:
     precision: str
     int8_recipe: str | None = None
     runtime: str = "onnxruntime"
+    device: str = "cpu"  # where its runtime runs it: the runtime's entry is RUNTIMES[device][runtime]
     provider: str | None = onnxfile.CPU[0]  # onnxruntime's execution provider; None: another runtime
     provider_options: dict = field(default_factory=dict)  # what a deployment sets to run it as timed
     cuda_fallback_options: dict | None = None  # with onnxruntime's TensorRT provider: CUDA's, for the rest
@@ -85,6 +51,10 @@ class Candidate:
     latency: list[dict] = field(default_factory=list)  # per batch size
     reproduce: dict | None = None  # the command that re-checks its parity (polygraphy's, where it can)
 
+    @property
+    def entry(self) -> Runtime:
+        return RUNTIMES[self.device][self.runtime]
+
     def step(self, name: str) -> Step:
         return next(s for s in self.steps if s.step == name)
 
@@ -94,7 +64,7 @@ class Candidate:
 
     @property
     def status(self) -> str:
-        """OK when every step is; else the first step's that is not."""
+        """ok when every step is; else the first step's that is not."""
         return next((s.status for s in self.steps if s.status != OK), OK)
 
     @property
@@ -123,16 +93,16 @@ class Candidate:
 
 def candidates(options: OptimizeOptions, int8_recipes: tuple[str, ...], runtimes: tuple[str, ...],
                missing: dict[str, str] | None = None) -> list[Candidate]:
-    """Every candidate ``options`` ask for on ``runtimes`` of ``options.target``, the default FP32 export first
+    """Every candidate ``options`` ask for on ``runtimes`` of ``options.device``, the default FP32 export first
     (it is the unit of the speed-ups). A runtime in ``missing`` (name → why) is listed SKIPPED with its
-    reason, and so are the INT8 files of a runtime that runs INT8 badly (:data:`CUDA_INT8`)."""
-    table = RUNTIMES[options.target]
+    reason, and so are the INT8 files of a runtime that runs INT8 badly (its ``int8_skipped``)."""
+    table = RUNTIMES[options.device]
     out = [_candidate(DEFAULT_FORM, "torchscript", "fp32", None, table["onnxruntime"], missing)]
     for runtime in map(table.get, runtimes):
         for exporter in options.exporters:
             for form in options.forms:
                 for precision in options.precisions:
-                    if precision == "int8" and not runtime.int8 and not runtime.int8_skipped:
+                    if precision not in runtime.precisions and not (precision == "int8" and runtime.int8_skipped):
                         continue
                     for recipe in int8_recipes if precision == "int8" else (None,):
                         cand = _candidate(form, exporter, precision, recipe, runtime, missing)
@@ -147,5 +117,5 @@ def _candidate(form: str, exporter: str, precision: str, recipe: str | None, run
                                   runtime.suffix)))
     skipped = (missing or {}).get(runtime.name) or (runtime.int8_skipped if precision == "int8" else "")
     fallback = None if runtime.cuda_fallback_options is None else dict(runtime.cuda_fallback_options)
-    return Candidate(name, form, exporter, precision, recipe, runtime.name, runtime.provider,
+    return Candidate(name, form, exporter, precision, recipe, runtime.name, runtime.device, runtime.provider,
                      dict(runtime.provider_options), fallback, skipped)

@@ -7,9 +7,9 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from tmdeploy.optimize.candidates import STEPS, Candidate
+from tmdeploy.optimize.candidates import FAILED, OK, SKIPPED, STEPS, Candidate
 
-_STYLE = {"OK": "green", "FAILED": "red", "SKIPPED": "dim"}
+_STYLE = {OK: "green", FAILED: "red", SKIPPED: "dim"}
 
 
 class LiveTable:
@@ -57,7 +57,7 @@ class LiveTable:
                 if self.running.get(cand.name) == step.step:
                     cells.append(Text("…", style="yellow"))
                 else:
-                    shown = step.status if step.status != "SKIPPED" or step.reason != "not reached" else ""
+                    shown = step.status if step.status != SKIPPED or step.reason != "not reached" else ""
                     cells.append(Text(shown, style=_STYLE.get(step.status, "")))
             p50 = ", ".join(f"{s['p50_ms']:.3g}" for s in cand.latency)
             throughput = f"{cand.latency[-1]['throughput']:,.0f}" if cand.latency else ""

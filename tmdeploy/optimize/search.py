@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import shlex
 import shutil
 import statistics
 import tempfile
@@ -30,8 +29,7 @@ from polygraphy.common import TensorMetadata
 
 from tmdeploy import __version__, data, onnxfile
 from tmdeploy.bench import machine
-from tmdeploy.bench.backends import TrtSession, predict_all
-from tmdeploy.bench.sessions import OpenVinoSession, OrtSession
+from tmdeploy.bench.backends import predict_all
 from tmdeploy.bench.suite import cpu_reference_predictions, held_out_images
 from tmdeploy.bench.timing import Budget, Samples, error_line, latency_stats, measure, paired_ratio, wall_timer
 from tmdeploy.checkpoint import Deployable, as_deployable
@@ -42,9 +40,11 @@ from tmdeploy.export.options import FORMS
 from tmdeploy.export.precision import INT8_RECIPES, calibration_loader, lower_precision
 from tmdeploy.export.to_onnx import INPUT_NAME, calibration_data
 from tmdeploy.fileio import atomic_write, check_output_dir, json_text
-from tmdeploy.optimize.candidates import FAILED, OK, RUNTIMES, SKIPPED, Candidate, candidates
+from tmdeploy.optimize.candidates import FAILED, OK, SKIPPED, Candidate, candidates
 from tmdeploy.optimize.options import OUTPUT_FILES, OptimizeOptions
 from tmdeploy.optimize.progress import LiveTable
+from tmdeploy.runtimes import RUNTIMES, Line, Request
+from tmdeploy.runtimes.onnxruntime import plain
 from tmdeploy.threads import torch_threads
 from tmdeploy.verify.options import CheckOptions
 from tmdeploy.verify.parity import References, check
@@ -86,9 +86,9 @@ def optimize(model, options: OptimizeOptions = OptimizeOptions()) -> OptimizeRes
     check_output_dir(out, OUTPUT_FILES.values(), ckpt.path, option="--out")  # the checkpoint too, now known
     given = None if isinstance(options.data, str) and options.data == "auto" else data.as_source(options.data)
     spec = calibration_data(ckpt, given, option="--data")
-    picked, why = machine.int8_recipes() if options.target == "cpu" else GPU_INT8
+    picked, why = machine.int8_recipes() if options.device == "cpu" else GPU_INT8
     recipes = options.int8_recipes or tuple(dict.fromkeys((*picked, "tensorrt")))
-    installed, missing = _runtimes(options.target)
+    installed, missing = _runtimes(options.device)
     options = replace(options, forms=options.forms or FORMS, runtimes=options.runtimes or installed)
     todo = candidates(options, recipes, options.runtimes, missing)
     with tempfile.TemporaryDirectory(prefix="tmdeploy-optimize-") as scratch, \
@@ -120,57 +120,29 @@ def optimize(model, options: OptimizeOptions = OptimizeOptions()) -> OptimizeRes
 
 
 def _runtimes(target: str) -> tuple[tuple[str, ...], dict[str, str]]:
-    """The runtimes tried by default on ``target``, and those listed SKIPPED, with why: OpenVINO where it is
-    installed; onnxruntime's TensorRT provider where this onnxruntime has it; tmdeploy's TensorRT engine
-    always, SKIPPED where the tensorrt module does not import."""
-    if target == "cpu":
-        return ("onnxruntime", "openvino") if machine.openvino_version() else ("onnxruntime",), {}
-    import onnxruntime as ort
-
-    from tmdeploy.engines.tensorrt import import_tensorrt
-    from tmdeploy.errors import TmdeployError
-
-    names = tuple(RUNTIMES["cuda"])
-    missing = {}
-    if onnxfile.TENSORRT not in ort.get_available_providers():
-        names = tuple(n for n in names if n != "onnxruntime-tensorrt")
-        missing["onnxruntime-tensorrt"] = f"this onnxruntime has no {onnxfile.TENSORRT}"
-    try:
-        import_tensorrt()
-    except TmdeployError as err:
-        missing["tensorrt"] = str(err)
-    return names, missing
+    """The runtimes tried by default on ``target``, and those listed SKIPPED, with why: each runtime whose
+    probe passes; one whose probe fails is left out, or listed SKIPPED where its entry says so
+    (tmdeploy's TensorRT engine, where the tensorrt module does not import)."""
+    names, missing = [], {}
+    for runtime in RUNTIMES[target].values():
+        reason = runtime.probe()
+        if reason and runtime.missing == "drop":
+            continue
+        names.append(runtime.name)
+        if reason:
+            missing[runtime.name] = reason
+    return tuple(names), missing
 
 
 def _session(cand: Candidate, proto: onnx.ModelProto, options: OptimizeOptions, scratch: Path, sessions: dict):
     """The bench stage's session for the candidate's runtime and provider settings, made once, so parity (where
     polygraphy cannot run it), accuracy and timing run what ships."""
     if cand.name not in sessions:
-        sessions[cand.name] = _open(cand, proto, options, scratch)
+        # a TensorRT engine beside the candidate's file, for every batch size it is given
+        request = Request(options.threads, scratch / "candidates", (*options.batches, *CheckOptions().batches),
+                          cand.name)
+        sessions[cand.name] = cand.entry.open(cand.entry, proto, request)
     return sessions[cand.name]
-
-
-def _open(cand: Candidate, proto: onnx.ModelProto, options: OptimizeOptions, scratch: Path):
-    if cand.runtime == "openvino":
-        return OpenVinoSession(proto, options.threads, f"{cand.name}.onnx")
-    if cand.provider == onnxfile.CPU[0]:
-        return OrtSession(proto, list(onnxfile.CPU), options.threads)
-    if cand.runtime == "tensorrt":  # the engine beside the candidate's file, for every batch size it is given
-        batches = (*options.batches, *CheckOptions().batches)
-        return TrtSession(proto, scratch / "candidates", batches, cand.name)
-    from tmdeploy.bench.cuda import OrtCudaGraphSession, OrtIoBindingSession
-
-    if cand.provider == onnxfile.TENSORRT:
-        return OrtIoBindingSession(proto, cand.cuda_fallback_options, cand.provider_options)
-    if cand.provider_options.get("enable_cuda_graph") == "1":
-        return OrtCudaGraphSession(proto, _plain(cand.provider_options))
-    return OrtIoBindingSession(proto, cand.provider_options)
-
-
-def _plain(provider_options: dict) -> dict:
-    """The options without onnxruntime's CUDA graph, which needs IO-bound fixed addresses: what polygraphy's
-    runner and CLI can run; a graph replays the same kernels."""
-    return {k: v for k, v in provider_options.items() if k != "enable_cuda_graph"}
 
 
 class _Quiet:
@@ -196,7 +168,7 @@ def _build(ckpt, cand: Candidate, calibration, options: OptimizeOptions, scratch
         if fp32_key not in graphs:
             graphs[fp32_key] = to_model_proto(ckpt, ExportOptions(tm_form=cand.form, exporter=cand.exporter))
         key = (cand.form, cand.exporter, cand.precision, cand.int8_recipe)
-        if key not in graphs:  # an FP16 graph serves onnxruntime and OpenVINO alike: lowered once
+        if key not in graphs:  # an FP16 graph serves every runtime alike: lowered once
             fp32 = graphs[fp32_key]
             meta = ModelMetadata.from_props(props(fp32))
             with _Quiet():
@@ -207,7 +179,7 @@ def _build(ckpt, cand: Candidate, calibration, options: OptimizeOptions, scratch
         path = scratch / "candidates" / f"{cand.name}.onnx"
         path.parent.mkdir(exist_ok=True)
         onnx.save(proto, str(path))
-        if cand.provider != onnxfile.CPU[0]:  # its build is OpenVINO's compile, the CUDA session, the engine too
+        if cand.provider != onnxfile.CPU[0]:  # its build is the runtime's compile, the CUDA session, the engine too
             _session(cand, proto, options, scratch, sessions)
     except Exception as err:  # noqa: BLE001 - a candidate that cannot be built is a record, not the end
         cand.mark("build", FAILED, error_line(err), time.perf_counter() - start)
@@ -247,16 +219,17 @@ def _parity(ckpt, cand: Candidate, spec: str, options: OptimizeOptions, scratch:
     first = not reference.exists()  # the inputs and PyTorch's outputs are the same for every candidate
     # held-out images, not random tensors: INT8 scales are calibrated for images, and on N(0, 1) noise
     # rn26-tm's INT8 graphs agreed with PyTorch on 81% of inputs while agreeing on 100% of digits test images
-    on_cuda = options.target == "cuda"
+    on_cuda = options.device == "cuda"
     check_options = CheckOptions(data=spec, seed=options.seed, atol=options.atol, rtol=options.rtol,
                                  save_inputs=inputs if first else None, save_outputs=reference if first else None,
-                                 runtime="openvino" if cand.runtime == "openvino" else "onnxruntime",
-                                 device=options.target, cuda_options=_plain(cand.provider_options) if on_cuda else None,
+                                 runtime=cand.runtime if cand.entry.runner else "onnxruntime",
+                                 device=options.device, cuda_options=plain(cand.provider_options) if on_cuda else None,
                                  tensorrt_int8_arithmetic=False)  # judged as it is timed: onnxruntime's kernels
     path = scratch / "candidates" / f"{cand.name}.onnx"
     runner = None
-    # TensorRT and OpenVINO: the session that is timed, built (compiled) once in the build step
-    if cand.provider in (None, onnxfile.TENSORRT):
+    # a runtime without a runner of its own (TensorRT, onnxruntime's TensorRT provider): the session that is
+    # timed, built once in the build step
+    if cand.entry.runner is None:
         c, h, w = ckpt.card.input_size
         runner = SessionRunner(sessions[cand.name], TensorMetadata().add(INPUT_NAME, np.float32, (-1, c, h, w)),
                                "logits", name=cand.runtime)
@@ -284,8 +257,7 @@ def _parity_reason(tol: dict, stats: dict) -> str:
 
 def _reproduce_command(ckpt, cand: Candidate, check_options: CheckOptions, tol: dict, stats: dict) -> dict:
     """The CLI line, run in the output folder, that re-checks this file's logits against PyTorch's: polygraphy's
-    own, without tmdeploy, for onnxruntime (on CUDA: its CUDA or TensorRT provider) and TensorRT engines; for
-    OpenVINO, which polygraphy cannot run, the same check by ``tmdeploy check --runtime openvino``.
+    own, without tmdeploy, where polygraphy runs the runtime; else ``tmdeploy check --runtime`` (the entry's).
 
     FP32/FP16 use the precision's tolerances. INT8 is judged by top-1 agreement, which polygraphy does not
     check: its line bounds the errors at the measured maximum instead, a regression check.
@@ -295,30 +267,10 @@ def _reproduce_command(ckpt, cand: Candidate, check_options: CheckOptions, tol: 
     else:
         atol, rtol = float(f"{stats['max_abs_error'] * 1.01 + 1e-6:.3g}"), 0.0
         what = "the measured max abs error (INT8 is judged by top-1 agreement, which polygraphy does not check)"
-    if cand.runtime == "openvino":
-        command = (f"tmdeploy check {shlex.quote(str(ckpt.path or 'CHECKPOINT'))} candidates/{cand.name}.onnx "
-                   f"--runtime openvino --data {shlex.quote(data.spec_text(check_options.data))} --seed {check_options.seed} "
-                   f"--atol {atol:g} --rtol {rtol:g}")
-        return {"command": command, "cwd": "the output folder", "tolerances": what,
-                "why_not_polygraphy": "polygraphy has no OpenVINO runner; this runs the same Comparator check "
-                                      "with tmdeploy's OpenVinoRunner on the same held-out images"}
     loads = f"--load-inputs {REPRO[0]} --load-outputs {REPRO[1]} --atol {atol:g} --rtol {rtol:g}"
-    if cand.runtime == "tensorrt":  # the engine itself, as built and timed
-        return {"command": f"polygraphy run candidates/{cand.name}.plan --trt {loads}", "cwd": "the output folder",
-                "tolerances": what}
-    if cand.provider == onnxfile.CPU[0]:
-        return {"command": f"polygraphy run candidates/{cand.name}.onnx --onnxrt {loads}",
-                "cwd": "the output folder", "tolerances": what}
-    # polygraphy's CLI takes no provider options: NVIDIA's libraries read this variable instead of use_tf32=0
-    providers = "tensorrt cuda" if cand.provider == onnxfile.TENSORRT else "cuda"
-    command = (f"NVIDIA_TF32_OVERRIDE=0 polygraphy run candidates/{cand.name}.onnx --onnxrt --providers {providers} "
-               f"{loads}")
-    out = {"command": command, "cwd": "the output folder", "tolerances": what}
-    unset = sorted(set(_plain(cand.provider_options)) - set(onnxfile.CUDA_FP32))
-    if unset:
-        out["note"] = (f"polygraphy's CLI cannot set {', '.join(unset)}: this line runs the file in the CUDA "
-                       f"provider's default layout; the parity step ran it with {', '.join(unset)}")
-    return out
+    line = Line(cand.name, str(ckpt.path or "CHECKPOINT"), data.spec_text(check_options.data), check_options.seed,
+                loads, atol, rtol, what, cand.provider_options)
+    return cand.entry.reproduce(cand.entry, line)
 
 
 def _accuracy(cand: Candidate, protos: dict, sessions: dict, test_set, reference: np.ndarray,
@@ -393,7 +345,7 @@ def _stable_windows(calls: dict, batch: int, budget_s: float, options: OptimizeO
     # that settle the ranking are spent on the contenders
     screening = Budget(min_time=options.window_s / 4, min_iterations=3, min_rounds=3, warmup=2, chunk_time=0.03)
     timer = wall_timer
-    if options.target == "cuda":  # GPU time, as `bench --device cuda` measures it
+    if options.device == "cuda":  # GPU time, as `bench --device cuda` measures it
         from tmdeploy.bench.cuda import event_timer as timer
     start = time.perf_counter()
     windows: list[dict[str, Samples]] = []
@@ -502,10 +454,10 @@ def _environment(options: OptimizeOptions, recipe: tuple[str, str]) -> dict:
     """The machine and library versions; on CUDA also the GPU, and the CUDA builds of torch and onnxruntime."""
     import polygraphy
 
-    info = machine.describe(options.target, options.threads)
+    info = machine.describe(options.device, options.threads)
     info.update({"onnx": onnx.__version__, "polygraphy": polygraphy.__version__, "numpy": np.__version__,
                  "tmdeploy": __version__, "int8_recipes_for_this_cpu": {"recipes": list(recipe[0]), "why": recipe[1]}})
-    if options.target == "cuda":
+    if options.device == "cuda":
         import onnxruntime as ort
         from onnxruntime.capi import build_and_package_info as ort_build
 
@@ -518,6 +470,7 @@ def _environment(options: OptimizeOptions, recipe: tuple[str, str]) -> dict:
 def _status(ckpt, options, todo, profile, decision, held_out, recipes, recipe) -> dict:
     opts = {k: (list(v) if isinstance(v, tuple) else str(v) if isinstance(v, Path) else v)
             for k, v in asdict(replace(options, data=data.spec_text(options.data))).items() if k != "show_progress"}
+    opts["target"] = opts["device"]  # the old name, recorded for one release
     c, h, w = ckpt.card.input_size
     return {
         "format": STATUS_FORMAT,

@@ -12,9 +12,11 @@ from tmdeploy.fileio import atomic_write
 from tmdeploy.optimize.options import OUTPUT_FILES
 from tmdeploy.report.markdown import MARKS, number, percent, table
 from tmdeploy.report.plots import _figure
+from tmdeploy.runtimes import by_label
 from tmdeploy.sanitize import clean
 
-_MARK = {"OK": MARKS["passed"], "FAILED": MARKS["failed"], "SKIPPED": MARKS["skipped"]}
+# status.json's words (upper case in files written before they were bench's): the bench table's marks
+_MARK = {"ok": MARKS["passed"], "failed": MARKS["failed"], "skipped": MARKS["skipped"]}
 
 
 def _stat(cand: dict, batch: int) -> dict | None:
@@ -31,8 +33,6 @@ def _errors(cand: dict) -> list[str]:
 
 def _runs_on(decision: dict) -> str:
     """How the choice must be run to be as fast as measured (older status files name no provider)."""
-    if decision.get("runtime") == "openvino":
-        return ", to be run by OpenVINO."
     if decision.get("engine"):
         return f", with its TensorRT engine `{decision['engine']}`."
     if decision.get("provider") and decision["provider"] != "CPUExecutionProvider":
@@ -41,6 +41,8 @@ def _runs_on(decision: dict) -> str:
         runs = [name + (f" ({', '.join(f'{k}={v}' for k, v in options.items())})" if options else "")
                 for name, options in providers if name != "CPUExecutionProvider"]
         return f", to be run by onnxruntime with {' then '.join(runs)}."
+    if decision.get("runtime", "onnxruntime") != "onnxruntime":  # a runtime that reads the file itself
+        return f", to be run by {by_label(decision['runtime'])}."
     return "."
 
 
@@ -85,7 +87,7 @@ def to_markdown(status: dict) -> str:
         acc = c.get("accuracy") or {}
         big = _stat(c, max(batches))
         rows.append([f"`{c['name']}`" + (" (default)" if c["default_export"] else ""), c["precision"],
-                     _MARK[c["status"]], number(c["size_mb"]), number(c["build_s"]), *_errors(c),
+                     _MARK[c["status"].lower()], number(c["size_mb"]), number(c["build_s"]), *_errors(c),
                      percent(acc.get("top1")), percent(acc.get("agreement")), number(acc.get("top1_drop_points")),
                      *(number((_stat(c, b) or {}).get("p50_ms")) for b in batches),
                      f"{big['throughput']:,.0f}" if big else "–", *(_speedup(_stat(c, b)) for b in batches)])
@@ -93,7 +95,7 @@ def to_markdown(status: dict) -> str:
     if any(s.get("first_window_only") for c in status["candidates"] for s in c["latency"]):
         lines += ["†: screened out after the first timing window; its numbers and speed-up come from that window "
                   "(paired with the default export's rounds there), the others' from the last two.", ""]
-    failed = [c for c in status["candidates"] if c["status"] != "OK"]
+    failed = [c for c in status["candidates"] if c["status"].lower() != "ok"]
     if failed:
         lines += ["## Not chosen because", ""] + [f"- `{c['name']}` ({c['status']}): {c['reason']}" for c in failed]
         lines.append("")
@@ -113,9 +115,10 @@ def to_markdown(status: dict) -> str:
     lines += ["", "## Reproduce a parity check without tmdeploy", "",
               "In this folder (inputs and PyTorch's outputs saved in polygraphy's JSON formats):", ""]
     lines += [f"- `{c['name']}`: `{c['reproduce']['command']}`" for c in status["candidates"] if c.get("reproduce")]
-    if any("why_not_polygraphy" in (c.get("reproduce") or {}) for c in status["candidates"]):
-        lines += ["", "The OpenVINO candidates' lines are `tmdeploy check --runtime openvino`: polygraphy has no "
-                      "OpenVINO runner."]
+    for runtime in dict.fromkeys(c["runtime"] for c in status["candidates"]
+                                 if "why_not_polygraphy" in (c.get("reproduce") or {})):
+        lines += ["", f"The {by_label(runtime)} candidates' lines are `tmdeploy check --runtime {runtime}`: polygraphy "
+                      f"has no {by_label(runtime)} runner."]
     lines.append("")
     return clean("\n".join(lines), newlines=True)
 

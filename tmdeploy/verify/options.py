@@ -8,12 +8,12 @@ from pathlib import Path
 
 from tmdeploy.errors import UsageError, check_choice
 from tmdeploy.fileio import check_output
+from tmdeploy.runtimes import CHECK_RUNTIMES, DEVICES, get, require, where
 from tmdeploy.values import MAX_ITERATIONS, MAX_SEED, check_batches, check_option
 
 MAX_CHECK_IMAGES = 1_000_000
 
-DEVICES = ("cpu", "cuda")  # where onnxruntime runs the graph: its CPU or its CUDA provider
-RUNTIMES = ("onnxruntime", "openvino")  # what runs the ONNX file (OpenVINO: the optional extra, on the CPU)
+RUNTIMES = CHECK_RUNTIMES  # what runs the ONNX file: the runtimes with a runner of their own (tmdeploy.runtimes)
 
 
 @dataclass
@@ -42,15 +42,14 @@ class CheckOptions:
     def validate(self) -> None:
         check_choice(self.device, DEVICES, "--device")
         check_choice(self.runtime, RUNTIMES, "--runtime")
-        if self.runtime == "openvino":  # before anything loads: a missing install is the one install hint
-            if self.device != "cpu":
-                raise UsageError("--runtime openvino runs on the CPU: leave out --device cuda")
-            if self.localize:
-                raise UsageError("--localize runs onnxruntime on every intermediate tensor: "
-                                 "not with --runtime openvino")
-            from tmdeploy.optional import require
-
-            require("openvino", "openvino", "OpenVINO")
+        runtime = get(self.runtime, self.device)
+        if runtime is None:
+            raise UsageError(f"--runtime {self.runtime} runs on {'/'.join(where(self.runtime)).upper()}: "
+                             f"not --device {self.device}")
+        if self.localize and runtime.provider is None:
+            raise UsageError("--localize runs onnxruntime on every intermediate tensor: "
+                             f"not with --runtime {self.runtime}")
+        require(runtime)  # before anything loads: a missing install is the one install hint
         if self.device == "cuda":  # before anything loads: an onnxruntime without the CUDA provider is one line
             from tmdeploy import onnxfile
 

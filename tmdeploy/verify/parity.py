@@ -27,7 +27,8 @@ from tmdeploy.export.to_onnx import INPUT_NAME, DeployModule
 from tmdeploy.fileio import atomic_write, json_text
 from tmdeploy.sanitize import clean
 from tmdeploy.threads import torch_threads
-from tmdeploy.verify.runners import OpenVinoRunner, TorchRunner, onnxrt_runner
+from tmdeploy.runtimes import get as get_runtime
+from tmdeploy.verify.runners import TorchRunner, onnxrt_runner
 from tmdeploy.verify.options import CheckOptions
 from tmdeploy.verify.stats import DEFAULT_TOLERANCES, Tolerance, output_stats
 
@@ -157,7 +158,7 @@ def check(model, onnx_path, options: CheckOptions = CheckOptions(), runner=None,
     """Run the model (a Deployable or a zoo checkpoint) and the ONNX file side by side and compare every output.
 
     ``runner``: a polygraphy runner to judge instead of the one ``options`` name (optimize's TensorRT
-    candidates, which onnxruntime and OpenVINO cannot run); ``onnx_path`` still gives the metadata.
+    candidates, which the runtimes' own runners cannot run); ``onnx_path`` still gives the metadata.
     ``references``: PyTorch's side kept from earlier checks of ``ckpt`` (optimize's candidates)."""
     ckpt = references.ckpt if references is not None else as_deployable(model)
     if references is not None and model is not references.given and model is not ckpt:
@@ -188,9 +189,11 @@ def _check(ckpt: Deployable, onnx_path, options: CheckOptions, runner, reference
     with torch_threads(1):  # small batches: more threads only wait on each other, badly so on a shared machine
         reference = references.get(meta, options)
         if runner is None:
-            runner = (OpenVinoRunner(onnx_path) if options.runtime == "openvino"
-                      else onnxrt_runner(onnx_path, device=options.device, cuda_options=options.cuda_options,
-                                         fuse=arithmetic != INT8_ARITHMETIC["tensorrt"]))
+            if arithmetic == INT8_ARITHMETIC["tensorrt"]:  # TensorRT's arithmetic: onnxruntime without fusions
+                runner = onnxrt_runner(onnx_path, fuse=False)
+            else:
+                runtime = get_runtime(options.runtime, options.device)
+                runner = runtime.runner(runtime, onnx_path, options)
         try:
             results = Comparator.run([runner], data_loader=reference.feeds)
         except Exception as err:  # noqa: BLE001 - the runtime refused the graph or failed inside it

@@ -1,4 +1,5 @@
-"""Polygraphy runners for the two sides of a parity check: PyTorch, and the runtime that runs the ONNX file."""
+"""Polygraphy runners for the two sides of a parity check: PyTorch, and onnxruntime or a timed session running
+the ONNX file (other runtimes' runners are their entries', tmdeploy.runtimes)."""
 
 from __future__ import annotations
 
@@ -86,39 +87,3 @@ class SessionRunner(BaseRunner):
 
     def deactivate_impl(self):
         pass
-
-
-class OpenVinoRunner(BaseRunner):
-    """Runs an ONNX file with OpenVINO on the CPU inside polygraphy's Comparator.
-
-    Written here because polygraphy has no OpenVINO runner; OpenVINO reads the ONNX file itself, so this
-    checks the file as OpenVINO will run it, not a conversion of it.
-    """
-
-    def __init__(self, onnx_path, name="openvino"):
-        super().__init__(name=name, prefix="openvino-runner")
-        self.onnx_path = onnx_path
-
-    def activate_impl(self):
-        graph = onnxfile.load(self.onnx_path).graph  # a file tmdeploy refuses is refused with the same message
-        # the file's names, matched by position: OpenVINO may name a port after a Cast it inserted (FP16 graphs)
-        self.input_names, self.output_names = [i.name for i in graph.input], [o.name for o in graph.output]
-        self.compiled = onnxfile.openvino_compiled(str(self.onnx_path), what=str(self.onnx_path))
-        self.request = self.compiled.create_infer_request()
-
-    def get_input_metadata_impl(self):
-        meta = TensorMetadata()
-        for name, port in zip(self.input_names, self.compiled.inputs):
-            meta.add(name, port.element_type.to_dtype(), [d.get_length() if d.is_static else -1
-                                                          for d in port.partial_shape])
-        return meta
-
-    def infer_impl(self, feed_dict):
-        start = time.perf_counter()
-        results = self.request.infer([np.ascontiguousarray(feed_dict[name]) for name in self.input_names])
-        self.inference_time = time.perf_counter() - start
-        ports = self.compiled.outputs
-        return OrderedDict((name, np.array(results[port])) for name, port in zip(self.output_names, ports))
-
-    def deactivate_impl(self):
-        del self.request, self.compiled
