@@ -2,7 +2,8 @@
 
 Triton does the HTTP/gRPC endpoints and the dynamic batching; PyTriton hands each batch to a Python
 function that runs ``runtime.Predictor`` (onnxruntime, or TensorRT for a ``.plan``). Ports: HTTP on
-``port``, gRPC on ``port + 1``, metrics on ``port + 2`` unless given.
+``port`` (the checking front of :mod:`tmdeploy.kserve`, Triton's own HTTP endpoint behind it on a loopback
+port), gRPC on ``port + 1``, metrics on ``port + 2`` unless given.
 
 Two facts of nvidia-pytriton 0.7 this module works around or checks (both measured):
 - its Python backend stub loads ``libpython3.X.so`` through the system library path, which can find
@@ -18,16 +19,18 @@ import logging
 import os
 import socket
 import sysconfig
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from tmdeploy import runtime, signals
+from tmdeploy import kserve, runtime, signals
 from tmdeploy.engines.triton import check_batching, model_name, model_signature
 from tmdeploy.errors import TmdeployError, UsageError
 from tmdeploy.optional import require
 
+MONITOR_S = 0.5  # how often serve() checks that Triton still runs
 
 
 def library_path_with(libdir: str, current: str | None) -> str:
@@ -111,9 +114,17 @@ def _infer_function(predictor: runtime.Predictor):
     return infer
 
 
+def _loopback_port() -> int:
+    """A free port on 127.0.0.1 for Triton's own HTTP endpoint, behind the front; Triton binds it a moment later."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 @contextlib.contextmanager
 def running(model_path, **options):
-    """Start Triton with the model bound and ready; yields the ``pytriton.triton.Triton``; stops it on exit.
+    """Start Triton with the model bound and ready behind the checking HTTP front (:mod:`tmdeploy.kserve`);
+    yields the ``pytriton.triton.Triton``; stops it on exit, however the block ends (a signal included).
 
     ``options``: the fields of :class:`ServeOptions`.
     """
@@ -128,17 +139,25 @@ def running(model_path, **options):
     from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
     from pytriton.triton import Triton, TritonConfig
 
-    predictor = runtime.load(model_path, providers=opts.providers)
     os.environ["LD_LIBRARY_PATH"] = library_path_with(sysconfig.get_config_var("LIBDIR"),
                                                       os.environ.get("LD_LIBRARY_PATH"))
     http_port, grpc_port, metrics_port = opts.ports
-    config = TritonConfig(http_address=opts.host, http_port=http_port, grpc_address=opts.host, grpc_port=grpc_port,
-                          metrics_address=opts.host, metrics_port=metrics_port)
+    upstream_port = _loopback_port()
+    config = TritonConfig(http_address="127.0.0.1", http_port=upstream_port, grpc_address=opts.host,
+                          grpc_port=grpc_port, metrics_address=opts.host, metrics_port=metrics_port)
 
     def tensors(specs):
         return [Tensor(name=s.name, dtype=np.dtype(s.dtype), shape=s.dims) for s in specs]
 
-    with predictor, Triton(config=config) as triton:
+    with contextlib.ExitStack() as stack:
+        predictor = stack.enter_context(runtime.load(model_path, providers=opts.providers))
+        stack.enter_context(kserve.front(opts.host, http_port, kserve.Contract.of(name, sig, opts.max_batch),
+                                         upstream_port))
+        with signals.deferred():  # a signal now would come between tritonserver's fork and the handle stop() uses
+            triton = Triton(config=config)
+            stack.callback(triton.stop)
+            triton._run_server()  # pytriton's start of the process alone; run() below starts it only once
+        triton.run()  # waits until Triton is ready
         triton.bind(
             model_name=name, infer_func=_infer_function(predictor),
             inputs=tensors(sig.inputs), outputs=tensors(sig.outputs),
@@ -152,10 +171,14 @@ def running(model_path, **options):
 def serve(model_path, **options) -> None:
     """Serve until SIGINT (Ctrl-C) or SIGTERM (how service managers stop), then stop Triton cleanly.
 
+    The signal comes out as :class:`tmdeploy.signals.Interrupted` (the command line exits 130 or 143). If
+    Triton stops by itself, a TmdeployError (exit 1), so that a service manager restarts the command.
     ``options`` as for ``running``. Call from the main thread (it handles the signals).
     """
     opts = ServeOptions(**options)
     with signals.handled(), running(model_path, **options) as triton:
         log.warning("serving %s at http://%s:%d (Triton HTTP/gRPC, dynamic batching); Ctrl-C or SIGTERM stops",
                     model_name(model_path, opts.name), opts.host, opts.port)
-        triton.serve()
+        while triton.is_alive():  # not triton.serve(): it takes a signal for a normal end and returns
+            time.sleep(MONITOR_S)
+    raise TmdeployError("the Triton server stopped by itself (crashed or killed); the model is no longer served")
