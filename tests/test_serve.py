@@ -119,10 +119,35 @@ def triton_processes(pid):
     return found
 
 
+def descendants(pid):
+    """Every process below ``pid`` now: tritonserver, its stub, PyTriton's multiprocessing manager and tracker."""
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+    found, todo = [], [pid]
+    while todo:
+        below = todo.pop()
+        children = [child for child, parent in parents.items() if parent == below]
+        found += children
+        todo += children
+    return found
+
+
+def running_of(pids):
+    """Those of ``pids`` still running (a zombie has ended; it only waits for its parent to reap it)."""
+    def runs(pid):
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        except OSError:
+            return False
+
+    return [pid for pid in pids if runs(pid)]
+
+
 def wait_gone(pids, timeout_s=30):
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and any(Path(f"/proc/{p}/cmdline").exists() and
-                                              Path(f"/proc/{p}/cmdline").read_bytes() for p in pids):
+    while running_of(pids) and time.monotonic() < deadline:
         time.sleep(0.2)
 
 
@@ -209,14 +234,15 @@ def test_check_request_takes_the_good_and_names_what_is_wrong_with_the_bad(tmp_p
         with pytest.raises(kserve.BadRequest) as refused:
             kserve.check_request(contract, json.dumps(body).encode(), None)
         messages[what] = str(refused.value)
-    assert messages["2^31 batch, 64 values"] == "input 'images': batch 2147483648 is outside 1..16 (the server's max batch)"
+    assert messages["2^31 batch, 64 values"] == ("input 'images': batch 2147483648 is outside 1..16 "
+                                                 "(the server's max batch)")
     assert messages["2^63-1 elements, rank 1"] == "input 'images': shape has rank 1; the model takes [batch, 1, 8, 8]"
     assert messages["too few values"] == "input 'images': 127 values for shape [2, 1, 8, 8], which holds 128"
     assert messages["wrong datatype"] == "input 'images': datatype 'UINT8'; the model takes FP32"
     header = json.dumps({"inputs": [{"name": "images", "shape": [1, 1, 8, 8], "datatype": "FP32",
                                      "parameters": {"binary_data_size": 256}}]}).encode()
     kserve.check_request(contract, header + bytes(256), len(header))
-    for body, length, message in ((header + bytes(255), len(header), "declare 256 binary bytes; the request carries 255"),
+    for body, length, message in ((header + bytes(255), len(header), "declare 256 binary bytes; the request carries"),
                                   (header.replace(b"256", b"1024"), len(header) + 1, "binary_data_size 1024 is not 64"),
                                   (header, len(header) + 1, "outside the body's"), (b"{", None, "not JSON")):
         with pytest.raises(kserve.BadRequest, match=message):
@@ -269,7 +295,7 @@ def test_cli_serves_concurrent_requests_batched_like_onnxruntime_and_stops_on_si
     with pytest.raises(httpclient.InferenceServerException, match="images"):
         infer(url, "tiny", np.zeros((2, 3, 8, 8), np.float32))
     stats = urllib.request.urlopen(f"http://127.0.0.1:{port + 2}/metrics", timeout=30).read().decode()
-    children = triton_processes(proc.pid)
+    children = descendants(proc.pid)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=120) == 143, served.stderr()
     assert served.stderr()[0].startswith("serving tiny at http://127.0.0.1:")
@@ -286,4 +312,48 @@ def test_cli_serves_concurrent_requests_batched_like_onnxruntime_and_stops_on_si
     assert executions < len(requests)  # Triton batched requests together
     with pytest.raises(OSError):  # the Triton process went with it
         socket.create_connection(("127.0.0.1", port), timeout=2).close()
-    assert len(children) == 2 and triton_processes(proc.pid) == []  # tritonserver and its stub, both gone
+    assert len(children) >= 4 and running_of(children) == [] and triton_processes(proc.pid) == []
+
+
+def tritonserver_of(pids):
+    (server,) = [p for p in pids if b"bin/tritonserver" in Path(f"/proc/{p}/cmdline").read_bytes()]
+    return server
+
+
+@needs_pytriton
+@pytest.mark.timeout(300)
+def test_cli_exits_1_in_one_line_when_triton_dies(tmp_path):
+    server = Served(tmp_path, write_model(tmp_path / "tiny.onnx"))
+    try:
+        server.wait_ready()
+        children = descendants(server.proc.pid)
+        os.kill(tritonserver_of(triton_processes(server.proc.pid)), signal.SIGKILL)  # how a crash looks to us
+        assert server.proc.wait(timeout=120) == 1
+    finally:
+        server.stop()
+    assert server.stderr()[-1] == ("tmdeploy: error: the Triton server stopped by itself (crashed or killed); "
+                                   "the model is no longer served")
+    assert not any("Traceback" in line or line.startswith("tmdeploy:") for line in server.stderr()[:-1])
+    wait_gone(children)  # the stub sees its server gone and ends by itself
+    assert len(children) >= 4 and running_of(children) == [] and triton_processes(server.proc.pid) == []
+
+
+@needs_pytriton
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("signum, when", [(signal.SIGTERM, "tritonserver started"),
+                                          (signal.SIGINT, "the model's stub started")])
+def test_a_signal_while_starting_stops_every_child_and_exits_in_one_line(tmp_path, signum, when):
+    server = Served(tmp_path, write_model(tmp_path / "tiny.onnx"))
+    wanted = 1 if signum == signal.SIGTERM else 2
+    try:
+        deadline = time.monotonic() + 120
+        while len(triton_processes(server.proc.pid)) < wanted and time.monotonic() < deadline:
+            assert server.proc.poll() is None, server.stderr()
+            time.sleep(0.02)
+        children = descendants(server.proc.pid)
+        server.proc.send_signal(signum)
+        assert server.proc.wait(timeout=120) == 128 + signum, server.stderr()
+    finally:
+        server.stop()
+    assert server.stderr() == [f"tmdeploy: error: interrupted by {signal.Signals(signum).name}"]  # no traceback
+    assert len(children) >= wanted and running_of(children) == [] and triton_processes(server.proc.pid) == []

@@ -114,6 +114,23 @@ def _infer_function(predictor: runtime.Predictor):
     return infer
 
 
+def _signals_through_gevent() -> None:
+    """PyTriton waits for Triton with tritonclient.http, whose gevent hub runs our signal handler when a signal
+    comes meanwhile; the hub prints what the handler raises (a traceback and a timestamp) before it passes it
+    on to the main greenlet, unless the type is in the hub's NOT_ERROR, gevent's setting for exactly this."""
+    from gevent.hub import Hub
+
+    if not issubclass(signals.Interrupted, Hub.NOT_ERROR):
+        Hub.NOT_ERROR = (*Hub.NOT_ERROR, signals.Interrupted)
+
+
+def _quiet_stop() -> None:
+    """Before our stop of Triton: a tritonserver still starting exits non-zero on the SIGINT that stops it, and
+    PyTriton warns "exited with failure" for it; that one is ours, not a failure. Its exit callback runs in
+    another thread after the stop, so the level stays (PyTriton logs nothing else at WARNING after a stop)."""
+    logging.getLogger("pytriton.server.triton_server").setLevel(logging.ERROR)
+
+
 def _loopback_port() -> int:
     """A free port on 127.0.0.1 for Triton's own HTTP endpoint, behind the front; Triton binds it a moment later."""
     with socket.socket() as probe:
@@ -136,6 +153,7 @@ def running(model_path, **options):
     check_batching(opts.max_batch, None, opts.max_queue_delay_us, 1, sig.batch_range)
     check_ports_free(opts.host, *opts.ports)
     _import_pytriton()
+    _signals_through_gevent()
     from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
     from pytriton.triton import Triton, TritonConfig
 
@@ -156,6 +174,7 @@ def running(model_path, **options):
         with signals.deferred():  # a signal now would come between tritonserver's fork and the handle stop() uses
             triton = Triton(config=config)
             stack.callback(triton.stop)
+            stack.callback(_quiet_stop)
             triton._run_server()  # pytriton's start of the process alone; run() below starts it only once
         triton.run()  # waits until Triton is ready
         triton.bind(
