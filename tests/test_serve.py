@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gzip
 import importlib.util
 import json
 import os
@@ -31,14 +32,14 @@ needs_pytriton = pytest.mark.skipif(importlib.util.find_spec("pytriton") is None
                                     reason="nvidia-pytriton is not installed (pip install 'tmdeploy[serve]')")
 
 
-def infer(url, model, x, timeout=60.0):
+def infer(url, model, x, timeout=60.0, compression=None):
     import tritonclient.http as httpclient
 
     client = httpclient.InferenceServerClient(url, connection_timeout=timeout, network_timeout=timeout)
     try:
         tensor = httpclient.InferInput("images", list(x.shape), "FP32")
         tensor.set_data_from_numpy(x)
-        result = client.infer(model, [tensor])
+        result = client.infer(model, [tensor], request_compression_algorithm=compression)
         return result.as_numpy("logits"), result.as_numpy("patch_logits")
     finally:
         client.close()
@@ -117,6 +118,19 @@ def triton_processes(pid):
         except OSError:
             continue
     return found
+
+
+def cmdline(pid):
+    return Path(f"/proc/{pid}/cmdline").read_bytes()
+
+
+def tritonserver_of(pids):
+    (server,) = [p for p in pids if b"bin/tritonserver" in cmdline(p)]
+    return server
+
+
+def assert_close(actual, expected):
+    np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-5)
 
 
 def descendants(pid):
@@ -262,12 +276,21 @@ def test_requests_that_do_not_fit_the_model_are_400_and_the_server_keeps_serving
         assert status == 400 and list(answer) == ["error"] and "\n" not in answer["error"], (what, status, answer)
         status, answer = post(served.url, GOOD)  # the server is still there, and right
         assert status == 200, (what, answer)
-    np.testing.assert_allclose(np.float32(answer["outputs"][0]["data"]).reshape(2, 3), expected, rtol=1e-5, atol=1e-5)
+    assert_close(np.float32(answer["outputs"][0]["data"]).reshape(2, 3), expected)
     header = json.dumps({"inputs": [{"name": "images", "shape": [2**31, 1, 8, 8], "datatype": "FP32",
                                      "parameters": {"binary_data_size": 256}}]}).encode()
     assert post(served.url, header + bytes(256), {"Inference-Header-Content-Length": str(len(header))})[0] == 400
     assert post(served.url, b"x" * 64, {"Content-Length": str(10**12)})[0] == 413
     assert post(served.url, GOOD, path="/v2/models/tiny/generate")[0] == 404
+    bad = gzip.compress(json.dumps(BAD_REQUESTS["2^63-1 elements, rank 1"]).encode())
+    assert post(served.url, bad, {"Content-Encoding": "gzip"})[0] == 400
+    x = np.float32(GOOD["inputs"][0]["data"]).reshape(2, 1, 8, 8)
+    for algorithm in ("gzip", "deflate"):
+        assert_close(infer(served.url, "tiny", x, compression=algorithm)[0], expected)
+    # Triton's own HTTP endpoint: on the loopback, behind the front
+    arguments = cmdline(tritonserver_of(triton_processes(served.proc.pid))).split(b"\0")
+    assert arguments[arguments.index(b"--http-address") + 1] == b"127.0.0.1"
+    assert int(arguments[arguments.index(b"--http-port") + 1]) != served.port
     # gRPC reaches Triton directly: its frontend takes the values as sent, and its core refuses the shape
     request = service_pb2.ModelInferRequest(model_name="tiny")
     request.inputs.add(name="images", datatype="FP32", shape=[2**63 - 1])
@@ -313,11 +336,6 @@ def test_cli_serves_concurrent_requests_batched_like_onnxruntime_and_stops_on_si
     with pytest.raises(OSError):  # the Triton process went with it
         socket.create_connection(("127.0.0.1", port), timeout=2).close()
     assert len(children) >= 4 and running_of(children) == [] and triton_processes(proc.pid) == []
-
-
-def tritonserver_of(pids):
-    (server,) = [p for p in pids if b"bin/tritonserver" in Path(f"/proc/{p}/cmdline").read_bytes()]
-    return server
 
 
 @needs_pytriton

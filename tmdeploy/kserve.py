@@ -39,7 +39,7 @@ BODY_SLACK = 1 << 20  # the JSON around the values: names, parameters, requested
 OPEN_DIMS_BODY = 256 << 20  # the bound when a graph leaves H or W open, so the size is not known ahead
 # Headers that belong to one connection, not to the request (RFC 9110 §7.6.1); the front sets its own.
 _HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer", "upgrade", "host",
-        "content-length", "content-encoding", "server", "date"}
+        "content-length", "content-encoding", "expect", "server", "date"}
 _INFER = re.compile(r"/v2/models/([^/]+)(?:/versions/([^/]+))?/infer")
 
 
