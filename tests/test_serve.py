@@ -256,7 +256,11 @@ def test_check_request_takes_the_good_and_names_what_is_wrong_with_the_bad(tmp_p
     header = json.dumps({"inputs": [{"name": "images", "shape": [1, 1, 8, 8], "datatype": "FP32",
                                      "parameters": {"binary_data_size": 256}}]}).encode()
     kserve.check_request(contract, header + bytes(256), len(header))
-    for body, length, message in ((header + bytes(255), len(header), "declare 256 binary bytes; the request carries"),
+    smuggled = b'{"inputs": [{"name": "images", "shape": [9223372036854775807], "shape": [1, 1, 8, 8], ' \
+               b'"datatype": "FP32", "data": [' + b", ".join([b"0.0"] * 64) + b']}]}'
+    for body, length, message in ((smuggled, None, "names a key twice"),
+                                  (json.dumps(GOOD).encode("utf-16"), None, "not JSON"),
+                                  (header + bytes(255), len(header), "declare 256 binary bytes; the request carries"),
                                   (header.replace(b"256", b"1024"), len(header) + 1, "binary_data_size 1024 is not 64"),
                                   (header, len(header) + 1, "outside the body's"), (b"{", None, "not JSON")):
         with pytest.raises(kserve.BadRequest, match=message):
@@ -284,6 +288,9 @@ def test_requests_that_do_not_fit_the_model_are_400_and_the_server_keeps_serving
     assert post(served.url, GOOD, path="/v2/models/tiny/generate")[0] == 404
     bad = gzip.compress(json.dumps(BAD_REQUESTS["2^63-1 elements, rank 1"]).encode())
     assert post(served.url, bad, {"Content-Encoding": "gzip"})[0] == 400
+    shape = '"shape": [2, 1, 8, 8]'
+    smuggled = json.dumps(GOOD).replace(shape, f'"shape": [{2**62}], {shape}')
+    assert post(served.url, smuggled.encode())[0] == 400  # Triton's parser may take the first "shape"
     x = np.float32(GOOD["inputs"][0]["data"]).reshape(2, 1, 8, 8)
     for algorithm in ("gzip", "deflate"):
         assert_close(infer(served.url, "tiny", x, compression=algorithm)[0], expected)

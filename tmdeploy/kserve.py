@@ -22,6 +22,7 @@ import logging
 import math
 import re
 import socket
+import sys
 import threading
 import urllib.parse
 import zlib
@@ -130,7 +131,7 @@ def _check_input(rule: InputRule, tensor: dict, max_batch: int) -> int:
     parameters = tensor.get("parameters", {})
     if not isinstance(parameters, dict):
         raise BadRequest(f"{what}: 'parameters' must be an object")
-    if "shared_memory_region" in parameters:
+    if any(str(key).startswith("shared_memory") for key in parameters):
         raise BadRequest(f"{what}: shared-memory inputs are not served; send the values in the request")
     size = parameters.get("binary_data_size")
     if size is not None:
@@ -148,6 +149,15 @@ def _check_input(rule: InputRule, tensor: dict, max_batch: int) -> int:
     return 0
 
 
+def _unique_keys(pairs):
+    """A JSON object whose keys are unique: with a key twice, Python's json keeps the last value and Triton's
+    parser may take the first, so the request checked would not be the request served."""
+    found = dict(pairs)
+    if len(found) != len(pairs):
+        raise BadRequest("a JSON object in the request names a key twice")
+    return found
+
+
 def check_request(contract: Contract, body: bytes, header_length: int | None) -> None:
     """Raise :class:`BadRequest` unless ``body`` is an infer request Triton can take for ``contract``'s model.
 
@@ -157,8 +167,8 @@ def check_request(contract: Contract, body: bytes, header_length: int | None) ->
     if header_length is not None and not 0 <= header_length <= len(body):
         raise BadRequest(f"Inference-Header-Content-Length {header_length} is outside the body's {len(body)} bytes")
     header, binary = (body, b"") if header_length is None else (body[:header_length], body[header_length:])
-    try:
-        request = json.loads(header)
+    try:  # UTF-8 only, as Triton reads it (json.loads alone would also take UTF-16 and UTF-32)
+        request = json.loads(header.decode("utf-8"), object_pairs_hook=_unique_keys)
     except (ValueError, RecursionError) as err:
         raise BadRequest(f"the request is not JSON: {_quote(err)}") from None
     inputs = request.get("inputs") if isinstance(request, dict) else None
@@ -199,26 +209,28 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def _checked_body(self) -> bytes:
         contract = self.server.contract
+        keep_alive = not self.close_connection
+        self.close_connection = True  # until the body is read: its bytes must not be taken for the next request
         found = _INFER.fullmatch(urllib.parse.urlsplit(self.path).path)
         if not found or urllib.parse.unquote(found.group(1)) != contract.model or found.group(2) not in (None, "1"):
             raise BadRequest(f"tmdeploy serve takes POST only at /v2/models/{contract.model}[/versions/1]/infer",
                              404)
-        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            self.close_connection = True
-            raise BadRequest("send the request with a Content-Length, not chunked", 411)
+        for name in ("Content-Length", "Content-Encoding", "Inference-Header-Content-Length"):
+            if len(self.headers.get_all(name, [])) > 1:  # which one counts would differ between servers
+                raise BadRequest(f"the request gives {name} twice")
+        if self.headers.get("Transfer-Encoding"):
+            raise BadRequest("send the request with a Content-Length, without Transfer-Encoding", 411)
         try:
             length = int(self.headers.get("Content-Length", ""))
         except ValueError:
-            self.close_connection = True
             raise BadRequest("the request needs a Content-Length", 411) from None
         if not 0 <= length <= contract.max_body:
-            self.close_connection = True
             raise BadRequest(f"a body of {length} bytes; a request to this model holds at most {contract.max_body}",
                              413)
         body = self.rfile.read(length)
         if len(body) != length:
-            self.close_connection = True
             raise BadRequest(f"the body ended after {len(body)} of {length} bytes")
+        self.close_connection = not keep_alive
         body = self._decoded(body, contract.max_body)
         header_length = self.headers.get("Inference-Header-Content-Length")
         try:
@@ -254,6 +266,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             upstream.request(self.command, self.path, body=body, headers=headers)
             response = upstream.getresponse()
             data = response.read()
+        except ValueError as err:  # a header http.client will not send on
+            self._answer_error(400, f"a header that cannot be forwarded: {_quote(err)}")
+            return
         except (OSError, http.client.HTTPException):
             self._answer_error(503, "the model server is not available (starting or stopped)")
             return
@@ -274,6 +289,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
+        if self.close_connection:
+            self.send_header("Connection", "close")
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(data)
@@ -287,6 +304,12 @@ class _FrontServer(http.server.ThreadingHTTPServer):
         self.contract = contract
         self.upstream_port = upstream_port
         super().__init__(address, _Handler)
+
+    def handle_error(self, request, client_address) -> None:
+        """One log line, not socketserver's traceback on stderr: mostly a client that left mid-answer."""
+        err = sys.exc_info()[1]
+        (log.debug if isinstance(err, OSError) else log.warning)("request from %s failed: %s: %s",
+                                                                  client_address[0], type(err).__name__, err)
 
 
 @contextlib.contextmanager
