@@ -299,12 +299,14 @@ def test_requests_that_do_not_fit_the_model_are_400_and_the_server_keeps_serving
     assert arguments[arguments.index(b"--http-address") + 1] == b"127.0.0.1"
     assert int(arguments[arguments.index(b"--http-port") + 1]) != served.port
     # gRPC reaches Triton directly: its frontend takes the values as sent, and its core refuses the shape
-    request = service_pb2.ModelInferRequest(model_name="tiny")
-    request.inputs.add(name="images", datatype="FP32", shape=[2**63 - 1])
-    request.raw_input_contents.append(bytes(256))
     with grpc.insecure_channel(f"127.0.0.1:{served.port + 1}") as channel:
-        with pytest.raises(grpc.RpcError, match="unexpected shape"):
-            service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=60)
+        # [2^62, 1, 8, 8] FP32 is 2^70 bytes, 0 once wrapped to 64 bits: sent with 0 bytes
+        for shape, size in (([2**63 - 1], 256), ([2**31, 1, 8, 8], 256), ([2**62, 1, 8, 8], 0)):
+            request = service_pb2.ModelInferRequest(model_name="tiny")
+            request.inputs.add(name="images", datatype="FP32", shape=shape)
+            request.raw_input_contents.append(bytes(size))
+            with pytest.raises(grpc.RpcError, match="unexpected shape|byte size mismatch"):
+                service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=60)
     assert post(served.url, GOOD)[0] == 200
 
 
@@ -361,6 +363,21 @@ def test_cli_exits_1_in_one_line_when_triton_dies(tmp_path):
     assert not any("Traceback" in line or line.startswith("tmdeploy:") for line in server.stderr()[:-1])
     wait_gone(children)  # the stub sees its server gone and ends by itself
     assert len(children) >= 4 and running_of(children) == [] and triton_processes(server.proc.pid) == []
+
+
+@needs_pytriton
+@pytest.mark.timeout(300)
+def test_triton_that_cannot_start_is_one_line_at_once(tmp_path, monkeypatch, capsys):
+    model = write_model(tmp_path / "tiny.onnx")
+    with socket.socket() as taken:  # Triton's loopback port, taken by another process after serve chose it
+        taken.bind(("127.0.0.1", 0))
+        monkeypatch.setattr(serve, "_loopback_port", lambda: taken.getsockname()[1])
+        start = time.monotonic()
+        assert main(["serve", str(model), "--port", str(free_port_run())]) == 1
+    assert time.monotonic() - start < 60  # not PyTriton's two minutes of polling a server that has exited
+    assert capsys.readouterr().err.splitlines()[-1] == ("tmdeploy: error: tritonserver exited while starting "
+                                                        "(its log is on stdout)")
+    assert triton_processes(os.getpid()) == []
 
 
 @needs_pytriton

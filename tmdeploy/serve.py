@@ -27,10 +27,11 @@ import numpy as np
 
 from tmdeploy import kserve, runtime, signals
 from tmdeploy.engines.triton import check_batching, model_name, model_signature
-from tmdeploy.errors import TmdeployError, UsageError
+from tmdeploy.errors import TmdeployError, UsageError, first_line
 from tmdeploy.optional import require
 
 MONITOR_S = 0.5  # how often serve() checks that Triton still runs
+START_S = 300  # how long tritonserver may take to open its HTTP port
 
 
 def library_path_with(libdir: str, current: str | None) -> str:
@@ -131,6 +132,24 @@ def _quiet_stop() -> None:
     logging.getLogger("pytriton.server.triton_server").setLevel(logging.ERROR)
 
 
+def _wait_started(triton, port: int) -> None:
+    """Until Triton's HTTP endpoint takes connections; a TmdeployError as soon as tritonserver exits instead.
+
+    PyTriton's own wait polls a server that has exited for two minutes, then says it timed out.
+    """
+    deadline = time.monotonic() + START_S
+    while True:
+        if not triton.is_alive():
+            raise TmdeployError("tritonserver exited while starting (its log is on stdout)")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise TmdeployError(f"tritonserver did not open its HTTP port within {START_S} s") from None
+            time.sleep(0.1)
+
+
 def _loopback_port() -> int:
     """A free port on 127.0.0.1 for Triton's own HTTP endpoint, behind the front; Triton binds it a moment later."""
     with socket.socket() as probe:
@@ -154,6 +173,8 @@ def running(model_path, **options):
     check_ports_free(opts.host, *opts.ports)
     _import_pytriton()
     _signals_through_gevent()
+    from pytriton.client.exceptions import PyTritonClientError
+    from pytriton.exceptions import PyTritonError
     from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
     from pytriton.triton import Triton, TritonConfig
 
@@ -176,14 +197,19 @@ def running(model_path, **options):
             stack.callback(triton.stop)
             stack.callback(_quiet_stop)
             triton._run_server()  # pytriton's start of the process alone; run() below starts it only once
-        triton.run()  # waits until Triton is ready
-        triton.bind(
-            model_name=name, infer_func=_infer_function(predictor),
-            inputs=tensors(sig.inputs), outputs=tensors(sig.outputs),
-            config=ModelConfig(max_batch_size=opts.max_batch,
-                               batcher=DynamicBatcher(max_queue_delay_microseconds=opts.max_queue_delay_us)),
-            strict=True,
-        )
+        _wait_started(triton, upstream_port)
+        try:
+            triton.run()  # waits until Triton is ready
+            triton.bind(
+                model_name=name, infer_func=_infer_function(predictor),
+                inputs=tensors(sig.inputs), outputs=tensors(sig.outputs),
+                config=ModelConfig(max_batch_size=opts.max_batch,
+                                   batcher=DynamicBatcher(max_queue_delay_microseconds=opts.max_queue_delay_us)),
+                strict=True,
+            )
+        except (PyTritonError, PyTritonClientError, TimeoutError) as err:
+            raise TmdeployError(f"Triton did not start serving {name}: {type(err).__name__}: "
+                                f"{first_line(err)}") from None
         yield triton
 
 
