@@ -196,10 +196,10 @@ def running(model_path, **options):
             triton = Triton(config=config)
             stack.callback(triton.stop)
             stack.callback(_quiet_stop)
-            triton._run_server()  # pytriton's start of the process alone; run() below starts it only once
+            triton._run_server()  # PyTriton's start of the process alone (its run() is this and connect())
         _wait_started(triton, upstream_port)
         try:
-            triton.run()  # waits until Triton is ready
+            triton.connect()  # waits until Triton is ready
             triton.bind(
                 model_name=name, infer_func=_infer_function(predictor),
                 inputs=tensors(sig.inputs), outputs=tensors(sig.outputs),
