@@ -265,6 +265,18 @@ def test_check_request_takes_the_good_and_names_what_is_wrong_with_the_bad(tmp_p
                                   (header, len(header) + 1, "outside the body's"), (b"{", None, "not JSON")):
         with pytest.raises(kserve.BadRequest, match=message):
             kserve.check_request(contract, body, length)
+    # a baked graph takes uint8 pixels N×H×W×C: values must be bytes
+    baked = kserve.Contract.of("tiny", model_signature(write_model(tmp_path / "baked.onnx", baked=True)), 4)
+    kserve.check_request(baked, json.dumps(images([1, 8, 8, 1], [255] * 64, "UINT8")).encode(), None)
+    with pytest.raises(kserve.BadRequest, match="not a number of the input's datatype"):
+        kserve.check_request(baked, json.dumps(images([1, 8, 8, 1], [256] * 64, "UINT8")).encode(), None)
+    # where a graph leaves H and W open, the count alone bounds the shape: 2^80 elements declared, 64 sent
+    open_hw = kserve.Contract("m", (kserve.InputRule("images", "FP32", (1, -1, -1), 4),), 4)
+    kserve.check_request(open_hw, json.dumps(images([1, 1, 8, 8], [0.0] * 64)).encode(), None)
+    for shape, message in (([1, 1, 2**40, 2**40], f"64 values for shape .* which holds {2**80}"),
+                           ([1, 1, 0, 64], "does not fit the model's \\[batch, 1, any, any\\]")):
+        with pytest.raises(kserve.BadRequest, match=message):
+            kserve.check_request(open_hw, json.dumps(images(shape, [0.0] * 64)).encode(), None)
 
 
 @needs_pytriton

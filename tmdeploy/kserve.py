@@ -1,7 +1,7 @@
 """The HTTP front of ``tmdeploy serve``: KServe v2 requests checked against the model before Triton sees them.
 
 Triton's HTTP frontend allocates an input's buffer from the shape a JSON request declares, before anything
-counts the values sent or compares the shape with the model: with the Triton of nvidia-pytriton 0.7 a
+counts the values sent or compares the shape with the model: in Triton 2.51 (nvidia-pytriton 0.7) a
 declared ``[2**63-1]`` kills the server (measured). So Triton's HTTP endpoint listens on 127.0.0.1 only,
 and every request to the served port passes this front: an infer request is checked here (input names,
 datatype, shape against the model, batch within max_batch, the element count against the shape in Python
