@@ -83,8 +83,8 @@ class Contract:
         return BODY_SLACK + values * JSON_CHARS_PER_VALUE
 
 
-def _quote(value) -> str:
-    return clean(value)[:64]
+def _quote(value, limit: int = 64) -> str:
+    return clean(value)[:limit]
 
 
 def _shape(dims) -> str:
@@ -170,7 +170,7 @@ def check_request(contract: Contract, body: bytes, header_length: int | None) ->
     try:  # UTF-8 only, as Triton reads it (json.loads alone would also take UTF-16 and UTF-32)
         request = json.loads(header.decode("utf-8"), object_pairs_hook=_unique_keys)
     except (ValueError, RecursionError) as err:
-        raise BadRequest(f"the request is not JSON: {_quote(err)}") from None
+        raise BadRequest(f"the request is not JSON: {_quote(err, 160)}") from None
     inputs = request.get("inputs") if isinstance(request, dict) else None
     if not isinstance(inputs, list) or not all(isinstance(t, dict) for t in inputs):
         raise BadRequest("the request needs 'inputs', a list of objects")
