@@ -23,7 +23,7 @@ import onnxruntime as ort
 import pytest
 from test_runtime import normalized, pixels, write_model
 
-from tmdeploy import kserve, serve
+from tmdeploy import kserve, serve, signals
 from tmdeploy.cli import main
 from tmdeploy.engines.triton import model_signature
 from tmdeploy.errors import UsageError
@@ -53,6 +53,19 @@ def metric(text, name, model):
 def test_library_path_puts_the_running_python_first():
     assert serve.library_path_with("/py/lib", None) == "/py/lib"
     assert serve.library_path_with("/py/lib", f"/a{os.pathsep}/py/lib{os.pathsep}/b") == os.pathsep.join(["/py/lib", "/a", "/b"])
+
+
+def test_a_signal_while_deferred_is_raised_when_the_block_ends():
+    """What serve does around the start of tritonserver, so that the signal cannot fall between the fork and
+    the handle PyTriton keeps (and stop() needs)."""
+    reached, before = False, signal.getsignal(signal.SIGTERM)
+    with pytest.raises(signals.Interrupted) as interrupted, signals.handled():
+        with signals.deferred():
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.05)  # the handler runs here, between bytecodes: it must only note the signal
+            reached = True
+    assert reached and interrupted.value.exit_code == 143
+    assert signal.getsignal(signal.SIGTERM) is before  # handled() put back what was there
 
 
 def test_bad_options_are_usage_errors(tmp_path):
