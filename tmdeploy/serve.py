@@ -2,7 +2,8 @@
 
 Triton does the HTTP/gRPC endpoints and the dynamic batching; PyTriton hands each batch to a Python
 function that runs ``runtime.Predictor`` (onnxruntime, or TensorRT for a ``.plan``). Ports: HTTP on
-``port``, gRPC on ``port + 1``, metrics on ``port + 2`` unless given.
+``port`` (the checking front of :mod:`tmdeploy.kserve`, Triton's own HTTP endpoint behind it on a loopback
+port), gRPC on ``port + 1``, metrics on ``port + 2`` unless given.
 
 Two facts of nvidia-pytriton 0.7 this module works around or checks (both measured):
 - its Python backend stub loads ``libpython3.X.so`` through the system library path, which can find
@@ -18,16 +19,19 @@ import logging
 import os
 import socket
 import sysconfig
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from tmdeploy import runtime, signals
+from tmdeploy import kserve, runtime, signals
 from tmdeploy.engines.triton import check_batching, model_name, model_signature
-from tmdeploy.errors import TmdeployError, UsageError
+from tmdeploy.errors import TmdeployError, UsageError, first_line
 from tmdeploy.optional import require
 
+MONITOR_S = 0.5  # how often serve() checks that Triton still runs
+START_S = 300  # how long tritonserver may take to open its HTTP port
 
 
 def library_path_with(libdir: str, current: str | None) -> str:
@@ -111,9 +115,52 @@ def _infer_function(predictor: runtime.Predictor):
     return infer
 
 
+def _signals_through_gevent() -> None:
+    """PyTriton waits for Triton with tritonclient.http, whose gevent hub runs our signal handler when a signal
+    comes meanwhile; the hub prints what the handler raises (a traceback and a timestamp) before it passes it
+    on to the main greenlet, unless the type is in the hub's NOT_ERROR, gevent's setting for exactly this."""
+    from gevent.hub import Hub
+
+    if not issubclass(signals.Interrupted, Hub.NOT_ERROR):
+        Hub.NOT_ERROR = (*Hub.NOT_ERROR, signals.Interrupted)
+
+
+def _quiet_stop() -> None:
+    """Before our stop of Triton: a tritonserver still starting exits non-zero on the SIGINT that stops it, and
+    PyTriton warns "exited with failure" for it; that one is ours, not a failure. Its exit callback runs in
+    another thread after the stop, so the level stays (PyTriton logs nothing else at WARNING after a stop)."""
+    logging.getLogger("pytriton.server.triton_server").setLevel(logging.ERROR)
+
+
+def _wait_started(triton, port: int) -> None:
+    """Until Triton's HTTP endpoint takes connections; a TmdeployError as soon as tritonserver exits instead.
+
+    PyTriton's own wait polls a server that has exited for two minutes, then says it timed out.
+    """
+    deadline = time.monotonic() + START_S
+    while True:
+        if not triton.is_alive():
+            raise TmdeployError("tritonserver exited while starting (its log is on stdout)")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise TmdeployError(f"tritonserver did not open its HTTP port within {START_S} s") from None
+            time.sleep(0.1)
+
+
+def _loopback_port() -> int:
+    """A free port on 127.0.0.1 for Triton's own HTTP endpoint, behind the front; Triton binds it a moment later."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 @contextlib.contextmanager
 def running(model_path, **options):
-    """Start Triton with the model bound and ready; yields the ``pytriton.triton.Triton``; stops it on exit.
+    """Start Triton with the model bound and ready behind the checking HTTP front (:mod:`tmdeploy.kserve`);
+    yields the ``pytriton.triton.Triton``; stops it on exit, however the block ends (a signal included).
 
     ``options``: the fields of :class:`ServeOptions`.
     """
@@ -125,37 +172,58 @@ def running(model_path, **options):
     check_batching(opts.max_batch, None, opts.max_queue_delay_us, 1, sig.batch_range)
     check_ports_free(opts.host, *opts.ports)
     _import_pytriton()
+    _signals_through_gevent()
+    from pytriton.client.exceptions import PyTritonClientError
+    from pytriton.exceptions import PyTritonError
     from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
     from pytriton.triton import Triton, TritonConfig
 
-    predictor = runtime.load(model_path, providers=opts.providers)
     os.environ["LD_LIBRARY_PATH"] = library_path_with(sysconfig.get_config_var("LIBDIR"),
                                                       os.environ.get("LD_LIBRARY_PATH"))
     http_port, grpc_port, metrics_port = opts.ports
-    config = TritonConfig(http_address=opts.host, http_port=http_port, grpc_address=opts.host, grpc_port=grpc_port,
-                          metrics_address=opts.host, metrics_port=metrics_port)
+    upstream_port = _loopback_port()
+    config = TritonConfig(http_address="127.0.0.1", http_port=upstream_port, grpc_address=opts.host,
+                          grpc_port=grpc_port, metrics_address=opts.host, metrics_port=metrics_port)
 
     def tensors(specs):
         return [Tensor(name=s.name, dtype=np.dtype(s.dtype), shape=s.dims) for s in specs]
 
-    with predictor, Triton(config=config) as triton:
-        triton.bind(
-            model_name=name, infer_func=_infer_function(predictor),
-            inputs=tensors(sig.inputs), outputs=tensors(sig.outputs),
-            config=ModelConfig(max_batch_size=opts.max_batch,
-                               batcher=DynamicBatcher(max_queue_delay_microseconds=opts.max_queue_delay_us)),
-            strict=True,
-        )
+    with contextlib.ExitStack() as stack:
+        predictor = stack.enter_context(runtime.load(model_path, providers=opts.providers))
+        stack.enter_context(kserve.front(opts.host, http_port, kserve.Contract.of(name, sig, opts.max_batch),
+                                         upstream_port))
+        with signals.deferred():  # a signal now would come between tritonserver's fork and the handle stop() uses
+            triton = Triton(config=config)
+            stack.callback(triton.stop)
+            stack.callback(_quiet_stop)
+            triton._run_server()  # PyTriton's start of the process alone (its run() is this and connect())
+        _wait_started(triton, upstream_port)
+        try:
+            triton.connect()  # waits until Triton is ready
+            triton.bind(
+                model_name=name, infer_func=_infer_function(predictor),
+                inputs=tensors(sig.inputs), outputs=tensors(sig.outputs),
+                config=ModelConfig(max_batch_size=opts.max_batch,
+                                   batcher=DynamicBatcher(max_queue_delay_microseconds=opts.max_queue_delay_us)),
+                strict=True,
+            )
+        except (PyTritonError, PyTritonClientError, TimeoutError) as err:
+            raise TmdeployError(f"Triton did not start serving {name}: {type(err).__name__}: "
+                                f"{first_line(err)}") from None
         yield triton
 
 
 def serve(model_path, **options) -> None:
     """Serve until SIGINT (Ctrl-C) or SIGTERM (how service managers stop), then stop Triton cleanly.
 
+    The signal comes out as :class:`tmdeploy.signals.Interrupted` (the command line exits 130 or 143). If
+    Triton stops by itself, a TmdeployError (exit 1), so that a service manager restarts the command.
     ``options`` as for ``running``. Call from the main thread (it handles the signals).
     """
     opts = ServeOptions(**options)
     with signals.handled(), running(model_path, **options) as triton:
         log.warning("serving %s at http://%s:%d (Triton HTTP/gRPC, dynamic batching); Ctrl-C or SIGTERM stops",
                     model_name(model_path, opts.name), opts.host, opts.port)
-        triton.serve()
+        while triton.is_alive():  # not triton.serve(): it takes a signal for a normal end and returns
+            time.sleep(MONITOR_S)
+    raise TmdeployError("the Triton server stopped by itself (crashed or killed); the model is no longer served")
