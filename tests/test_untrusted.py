@@ -545,3 +545,100 @@ def test_dependency_floors_are_the_tested_versions():
         assert floors[package] == pins[package], (package, floors.get(package), pins[package])
     from onnxscript.rewriter.rules.common import fuse_batchnorm_into_conv_rule  # noqa: F401
     from polygraphy.comparator.compare import SimpleCompareFunc  # noqa: F401
+
+
+# ---- round three: a Triton repository's other versions and files --------------------------------------------
+
+
+def user_repository(root: Path) -> Path:
+    """A repository whose model ``m`` holds the user's version 2, a notes file and an old version 1."""
+    model_dir = root / "repo" / "m"
+    (model_dir / "2").mkdir(parents=True)
+    (model_dir / "2" / "model.onnx").write_bytes(b"the user's version 2")
+    (model_dir / "notes.md").write_text("the user's notes")
+    (model_dir / "1").mkdir()
+    (model_dir / "1" / "model.onnx").write_bytes(b"an old version 1")
+    (model_dir / "1" / "README").write_text("beside version 1")
+    return model_dir
+
+
+def test_writing_version_1_keeps_the_other_versions_and_files(tmp_path):
+    model_dir = user_repository(tmp_path)
+    onnx_file = write_model(tmp_path / "m.onnx")
+    assert triton.write_model_repository(onnx_file, tmp_path / "repo", name="m") == model_dir
+    assert (model_dir / "2" / "model.onnx").read_bytes() == b"the user's version 2"
+    assert (model_dir / "notes.md").read_text() == "the user's notes"
+    assert (model_dir / "1" / "README").read_text() == "beside version 1"
+    assert (model_dir / "1" / "model.onnx").read_bytes() == onnx_file.read_bytes()
+    assert (model_dir / "labels.txt").read_text().splitlines() == CLASSES
+    assert 'name: "m"' in (model_dir / "config.pbtxt").read_text()
+    assert sorted(p.name for p in (tmp_path / "repo").iterdir()) == ["m"]  # no staged or old directory left
+
+
+@pytest.mark.parametrize("blocker", ["config.pbtxt", "labels.txt", "1/model.onnx", "1", "m"])
+def test_something_in_the_way_of_a_repository_file_is_refused_before_anything_is_written(tmp_path, blocker):
+    model_dir = user_repository(tmp_path)
+    if blocker == "m":  # the model's directory itself is a link to another one
+        (tmp_path / "elsewhere").mkdir()
+        os.rename(model_dir, tmp_path / "elsewhere" / "m")
+        model_dir.symlink_to(tmp_path / "elsewhere" / "m")
+    elif blocker == "1":
+        for p in (model_dir / "1").iterdir():
+            p.unlink()
+        (model_dir / "1").rmdir()
+        (model_dir / "1").write_text("a file where version 1's folder goes")
+    else:
+        (model_dir / blocker).unlink(missing_ok=True)
+        (model_dir / blocker).mkdir()
+        (model_dir / blocker / "inside").write_text("kept")
+    onnx_file = write_model(tmp_path / "m.onnx")
+    real = model_dir.resolve()  # snapshot() does not follow the link itself
+    before = snapshot(real), sorted(os.listdir(tmp_path / "repo"))
+    with pytest.raises(UsageError, match="is in the way"):
+        triton.write_model_repository(onnx_file, tmp_path / "repo", name="m")
+    assert (snapshot(real), sorted(os.listdir(tmp_path / "repo"))) == before
+
+
+def test_triton_export_refuses_a_blocked_repository_in_one_line_and_keeps_it(work, tmp_path):
+    model_dir = user_repository(tmp_path)
+    (tmp_path / "repo" / "good").mkdir()
+    (tmp_path / "repo" / "good" / "config.pbtxt").mkdir()
+    (tmp_path / "good.pt").write_bytes((work / "good.pt").read_bytes())
+    before = snapshot(tmp_path)
+    result = tmdeploy("export", "good.pt", "--format", "triton", "--triton-model", "onnx", "--out", "repo",
+                      cwd=tmp_path)
+    one_line_error(result, 2, "repo/good/config.pbtxt is in the way")
+    assert snapshot(tmp_path) == before and model_dir.is_dir()
+
+
+@pytest.mark.slow
+def test_an_interrupted_triton_export_leaves_the_old_repository_or_the_new_one(tmp_path, big_checkpoint):
+    model_dir = user_repository(tmp_path)
+    big = model_dir.with_name("big")
+    os.rename(model_dir, big)
+    before = snapshot(tmp_path / "repo")
+    proc = subprocess.Popen([sys.executable, "-m", "tmdeploy", "export", str(big_checkpoint), "--format", "triton",
+                             "--triton-model", "onnx", "--out", str(tmp_path / "repo")],
+                            env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    sent = False
+    try:
+        while proc.poll() is None:
+            if temp_files(tmp_path / "repo", "big"):  # the staged directory
+                proc.send_signal(signal.SIGINT)
+                sent = True
+                break
+            time.sleep(0.002)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert sent, "the export finished before it could be interrupted"
+    after = snapshot(tmp_path / "repo")
+    if proc.returncode == 130:
+        assert stderr.splitlines() == ["tmdeploy: error: interrupted by SIGINT"], stderr
+        assert after == before
+    else:  # the signal came after the swap: the whole new state
+        assert proc.returncode == 0, stderr
+        assert after["big/2/model.onnx"] == before["big/2/model.onnx"] and "big/config.pbtxt" in after
+    assert sorted(p.name for p in (tmp_path / "repo").iterdir()) == ["big"]

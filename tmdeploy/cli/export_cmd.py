@@ -66,8 +66,14 @@ def run(args) -> int:
     export.validate()  # before the (slow) checkpoint load and export, so a bad option fails at once
     target.validate()
     batch = target.profile()
-    if args.out is not None and target.format == "triton":  # a Triton --out is the repository directory
-        check_output_dir(args.out, option="--out")
+    engine = target.builds_engine()
+    if target.format == "triton":  # a Triton --out is the repository directory; other models' files stay
+        from tmdeploy.engines.triton import check_model_dir, model_files, model_name
+
+        repo = args.out or args.checkpoint.parent / "model_repository"
+        check_output_dir(repo, option="--out")
+        platform = "tensorrt_plan" if engine else "onnxruntime_onnx"
+        check_model_dir(repo / model_name(args.checkpoint), model_files(platform))
     elif args.out is not None:
         check_output(args.out, args.checkpoint, option="--out")
     onnx_out = args.out
@@ -78,7 +84,6 @@ def run(args) -> int:
         check_output(onnx_out, args.checkpoint, option="--out")
     if target.timing_cache is not None:  # TensorRT writes it: the same rules as every other output
         check_output(target.timing_cache, args.checkpoint, option="--timing-cache")
-    engine = target.builds_engine()
     if engine:  # before anything is written: without TensorRT a failed export changes no file
         from tmdeploy.engines.tensorrt import UNSIGNED_INT8, import_tensorrt
 
@@ -108,9 +113,8 @@ def run(args) -> int:
             if target.format != "triton":
                 print(f"wrote {path} (+ {path.name}.json sidecar)")
         if target.format == "triton":
-            from tmdeploy.engines.triton import model_name, write_model_repository
+            from tmdeploy.engines.triton import write_model_repository
 
-            repo = args.out or args.checkpoint.parent / "model_repository"
             model_dir = write_model_repository(path, repo, name=model_name(args.checkpoint), max_batch_size=batch.max)
             served = "a TensorRT engine" if engine else "the ONNX file (onnxruntime)"
             print(f"wrote Triton model repository {model_dir}, serving {served}")
