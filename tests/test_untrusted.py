@@ -642,3 +642,48 @@ def test_an_interrupted_triton_export_leaves_the_old_repository_or_the_new_one(t
         assert proc.returncode == 0, stderr
         assert after["big/2/model.onnx"] == before["big/2/model.onnx"] and "big/config.pbtxt" in after
     assert sorted(p.name for p in (tmp_path / "repo").iterdir()) == ["big"]
+
+
+# ---- round three: signals in every long step, and in the tear-down -------------------------------------------
+
+# Runs the real command line, printing a marker when --tm-form auto starts timing (the real measure runs on).
+TIMING_MARKER = ("import sys\nfrom tmdeploy.optimize import forms\nmeasure = forms.measure\n"
+                 "def marked(*args, **kwargs):\n    print('TIMING', flush=True)\n    return measure(*args, **kwargs)\n"
+                 "forms.measure = marked\nfrom tmdeploy.cli import main\nsys.exit(main())\n")
+
+
+@pytest.mark.slow
+def test_sigint_while_tm_form_auto_times_the_forms_is_one_line_and_keeps_out(work, tmp_path):
+    (tmp_path / "out.onnx").write_bytes(b"previous artifact")
+    proc = subprocess.Popen([sys.executable, "-c", TIMING_MARKER, "export", str(work / "good.pt"), "--tm-form", "auto",
+                             "--out", "out.onnx"], cwd=tmp_path, env=ENV, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "TIMING"
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130 and stderr.splitlines() == ["tmdeploy: error: interrupted by SIGINT"], stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.onnx"]
+    assert (tmp_path / "out.onnx").read_bytes() == b"previous artifact"
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_after_the_work_is_done_does_not_kill_the_tear_down(work, tmp_path, signum):
+    """Torch's finalizers run at exit: a signal then used to end the process by the signal, or print a traceback."""
+    proc = subprocess.Popen([sys.executable, "-m", "tmdeploy", "export", str(work / "good.pt"), "--out", "x.onnx"],
+                            cwd=tmp_path, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().startswith("wrote")
+        time.sleep(0.05)  # past the command's return: in the interpreter's tear-down
+        proc.send_signal(signum)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0 and stderr == "", stderr
+    onnx.checker.check_model(str(tmp_path / "x.onnx"))

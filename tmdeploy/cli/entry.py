@@ -63,7 +63,8 @@ def _one_line(err: BaseException) -> str:
 
 
 def main(argv=None) -> int:
-    with signals.handled():  # first: an interrupt from here on is one line and a clean exit, never a traceback
+    """Run one command; ``argv`` None: the process's own command line, which exits when this returns."""
+    with signals.handled(exiting=argv is None):  # first: an interrupt from here on is one line, never a traceback
         return _main(sys.argv[1:] if argv is None else list(argv))
 
 
