@@ -687,3 +687,139 @@ def test_a_signal_after_the_work_is_done_does_not_kill_the_tear_down(work, tmp_p
             proc.wait()
     assert proc.returncode == 0 and stderr == "", stderr
     onnx.checker.check_model(str(tmp_path / "x.onnx"))
+
+
+# ---- round three: hangs on data, and sidecars ---------------------------------------------------------------
+
+
+def within(seconds: float, fn, *args):
+    """``fn(*args)`` in a daemon thread: its result or exception, or a failure if it blocks (a hang)."""
+    import threading
+
+    out = {}
+
+    def target():
+        try:
+            out["value"] = fn(*args)
+        except BaseException as err:  # noqa: BLE001 - handed to the test
+            out["error"] = err
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), f"{fn.__name__} still running after {seconds} s"
+    if "error" in out:
+        raise out["error"]
+    return out["value"]
+
+
+@pytest.mark.parametrize("link", ["loop-to-itself", "loop-to-the-root", "second-link-to-a-class", "test-links-to-train"])
+def test_folder_data_reads_each_real_folder_once_and_refuses_loops(tmp_path, link):
+    root = image_folder(tmp_path / "imgs")
+    if link == "loop-to-itself":
+        (root / "a" / "loop").symlink_to(".")
+    elif link == "loop-to-the-root":
+        (root / "b" / "up").symlink_to("..")
+    elif link == "second-link-to-a-class":
+        (root / "b" / "more").symlink_to(root / "a")
+    else:
+        image_folder(tmp_path / "split" / "train")
+        (tmp_path / "split" / "test").mkdir()
+        (tmp_path / "split" / "test" / "a").symlink_to(tmp_path / "split" / "train" / "a")
+        image_folder(tmp_path / "other")
+        (tmp_path / "split" / "test" / "b").symlink_to(tmp_path / "other" / "b")
+        root = tmp_path / "split"
+    with pytest.raises(TmdeployError, match="again .a link loop, or a second link to it."):
+        within(60, data.load, f"folder:{root}", 12)
+
+
+def test_folder_data_follows_a_link_to_another_folder_once(tmp_path):
+    root = image_folder(tmp_path / "imgs")
+    image_folder(tmp_path / "more")
+    (root / "a" / "extra").symlink_to(tmp_path / "more" / "a")  # four more images, read once
+    split = within(60, data.load, f"folder:{root}", 12)
+    assert len(split.train) + len(split.test) == 12
+
+
+def test_train_on_a_folder_with_a_link_loop_is_one_line(tmp_path):
+    root = image_folder(tmp_path / "imgs")
+    (root / "a" / "loop").symlink_to(".")
+    result = tmdeploy("train", "--data", "folder:imgs", "--epochs", "1", "--out", "t.pt", cwd=tmp_path)
+    one_line_error(result, 1, "imgs/a/loop is the folder imgs/a again")
+    assert not (tmp_path / "t.pt").exists()
+
+
+def test_a_16_bit_png_is_scaled_by_its_depth(tmp_path):
+    from PIL import Image
+
+    ramp = (np.arange(8, dtype=np.uint32) * 65535 // 7).astype(np.uint16)
+    for cls in ("a", "b"):
+        (tmp_path / "imgs" / cls).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(np.tile(ramp, (8, 1))).save(tmp_path / "imgs" / cls / f"{i}.png")
+    assert Image.open(tmp_path / "imgs" / "a" / "0.png").mode == "I;16"
+    split = data.load(f"folder:{tmp_path / 'imgs'}", image_size=8)
+    image = split.train[0][0]
+    assert image.shape == (3, 8, 8)
+    np.testing.assert_allclose(image[0, 0].numpy(), np.arange(8) / 7, atol=1 / 255)  # not [0, 1, 1, 1, ...]
+
+
+def test_a_32_bit_image_in_folder_data_is_refused(tmp_path):
+    from PIL import Image
+
+    root = image_folder(tmp_path / "imgs")
+    Image.fromarray(np.full((8, 8), 1 << 20, dtype=np.int32), "I").save(root / "a" / "deep.tif")
+    with pytest.raises(TmdeployError, match="deep.tif has 32-bit integer pixels"):
+        data.load(f"folder:{root}", 8)
+
+
+@pytest.mark.parametrize("fault", ["sparse-1-TiB", "fifo"])
+def test_a_cifar_batch_file_is_bounded_before_it_is_read(tmp_path, fault):
+    batches = tmp_path / "cifar-10-batches-py"
+    batches.mkdir()
+    target = batches / "data_batch_1"
+    if fault == "fifo":
+        os.mkfifo(target)
+    else:
+        try:
+            with open(target, "wb") as f:
+                f.truncate(1 << 40)
+        except OSError:
+            pytest.skip("this file system holds no 1 TiB sparse file")
+    expected = "more than any CIFAR10 batch file" if fault != "fifo" else "is not a regular file"
+    with pytest.raises(TmdeployError, match=expected):
+        within(30, data.load, f"cifar10:{tmp_path}")
+
+
+@pytest.fixture
+def plan(tmp_path):
+    from test_engines import fake_engine
+
+    engine, _ = fake_engine(tmp_path, write_model(tmp_path / "tiny.onnx"))
+    return engine
+
+
+def test_a_sidecar_that_is_a_fifo_is_refused_without_waiting(plan, tmp_path):
+    sidecar = plan.with_name(plan.name + ".json")
+    sidecar.unlink()
+    os.mkfifo(sidecar)
+    with pytest.raises(TmdeployError, match="tiny.plan.json is not a regular file"):
+        within(30, triton.model_signature, plan)
+
+
+@pytest.mark.parametrize("key, value, expected", [
+    ("batch", "1,32,256", "'batch' is '1,32,256', expected"),
+    ("batch", {"min": 1, "opt": 64, "max": 8}, "positive integers in order"),
+    ("batch", {"min": True, "opt": 1, "max": 8}, "'batch' is"),
+    ("profile", {"input": "images", "min": [1, "3"], "opt": [1], "max": [1]}, "'profile' is"),
+    ("metadata", ["class_names"], "'metadata' is"),
+    ("onnx_path", 7, "'onnx_path' is 7, expected a string"),
+])
+def test_malformed_sidecar_values_are_one_error(plan, tmp_path, key, value, expected):
+    sidecar = plan.with_name(plan.name + ".json")
+    content = json.loads(sidecar.read_text())
+    content[key] = value
+    sidecar.write_text(json.dumps(content))
+    with pytest.raises(TmdeployError, match=re.escape(expected)):
+        triton.write_model_repository(plan, tmp_path / "repo")
+    assert not (tmp_path / "repo").exists()
