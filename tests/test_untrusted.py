@@ -823,3 +823,39 @@ def test_malformed_sidecar_values_are_one_error(plan, tmp_path, key, value, expe
     with pytest.raises(TmdeployError, match=re.escape(expected)):
         triton.write_model_repository(plan, tmp_path / "repo")
     assert not (tmp_path / "repo").exists()
+
+
+# ---- round three: duplicate metadata keys, exact parameter counts ------------------------------------------
+
+
+def test_a_metadata_key_given_twice_is_refused_by_every_reader(work, tmp_path):
+    model = onnx.load(str(work / "good.onnx"))
+    model.metadata_props.add(key="class_names", value=json.dumps(["x", "y", "z"]))
+    path = tmp_path / "twice.onnx"
+    onnx.save(model, str(path))
+    message = "metadata key 'class_names' appears more than once"
+    for read in (onnxfile.load, runtime.load, triton.model_signature, metadata.read):  # serve reads through these
+        with pytest.raises(TmdeployError, match=message):
+            read(path)
+    results = run_all({"info": (tmp_path, ["info", path]), "check": (tmp_path, ["check", work / "good.pt", path])})
+    for result in results.values():
+        one_line_error(result, 1, "twice.onnx", message)
+
+
+def test_info_counts_parameters_exactly(tmp_path):
+    """An initializer may declare any dims without holding data (external data, never read by info)."""
+    model = onnx.load(str(write_model(tmp_path / "m.onnx")))
+    huge = model.graph.initializer.add(name="huge", data_type=onnx.TensorProto.FLOAT, dims=[1 << 40, 1 << 40])
+    huge.data_location = onnx.TensorProto.EXTERNAL
+    huge.external_data.add(key="location", value="huge.bin")
+    (tmp_path / "huge.bin").write_bytes(b"")
+    onnx.save(model, str(tmp_path / "huge.onnx"))
+    expected = (1 << 80) + graph.parameter_count(onnx.load(str(tmp_path / "m.onnx")))
+    assert graph.parameter_count(onnxfile.load(tmp_path / "huge.onnx")) == expected
+    result = tmdeploy("info", "huge.onnx", "--json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["parameters"] == expected
+    del huge.dims[:]
+    huge.dims.extend([4, -2])
+    with pytest.raises(TmdeployError, match="declares a negative dimension"):
+        graph.parameter_count(model)
