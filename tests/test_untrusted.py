@@ -859,3 +859,85 @@ def test_info_counts_parameters_exactly(tmp_path):
     huge.dims.extend([4, -2])
     with pytest.raises(TmdeployError, match="declares a negative dimension"):
         graph.parameter_count(model)
+
+
+# ---- round three: list options, memory bounds, empty splits, the exporter's opsets ---------------------------
+
+
+def test_list_options_refuse_a_value_given_twice():
+    from tmdeploy.bench import BenchOptions
+    from tmdeploy.export.options import ExportOptions
+    from tmdeploy.optimize import OptimizeOptions
+    from tmdeploy.verify import CheckOptions
+
+    for options, message in ((BenchOptions(backends=("ort-fp32", "pytorch", "ort-fp32")), "--backends names 'ort-fp32'"),
+                             (BenchOptions(batches=(1, 32, 1)), "--batch names 1 more than once"),
+                             (CheckOptions(batches=(7, 7)), "--batch names 7"),
+                             (OptimizeOptions(precisions=("fp32", "fp32")), "--precisions names 'fp32'"),
+                             (OptimizeOptions(forms=("folded", "folded")), "--forms names 'folded'"),
+                             (ExportOptions(precision="fp16", keep_fp32=("Conv", "Conv")), "--keep-fp32 names 'Conv'")):
+        with pytest.raises(UsageError, match=re.escape(message)):
+            options.validate()
+
+
+def one_image_folder(root: Path) -> Path:
+    from PIL import Image
+
+    (root / "a").mkdir(parents=True)
+    Image.fromarray(np.zeros((16, 16, 3), dtype=np.uint8)).save(root / "a" / "only.png")
+    return root
+
+
+def test_bad_values_and_sizes_are_one_line_at_the_command_line(work, tmp_path):
+    one_image_folder(tmp_path / "one")
+    good, good_onnx = work / "good.pt", work / "good.onnx"
+    torch.manual_seed(0)
+    rgb_model = models.create("rn26", num_classes=3, in_chans=3).eval()  # folder images are RGB
+    rgb = checkpoint.save(tmp_path.parent / f"{tmp_path.name}-rgb.pt", rgb_model,
+                          checkpoint.card_for(rgb_model, CLASSES, [0.5] * 3, [0.25] * 3, input_size=(3, 16, 16)))
+    jobs = {
+        "bench-backends-twice": ["bench", good, "--backends", "ort-fp32,ort-fp32"],
+        "check-batch-times-iterations": ["check", good, good_onnx, "--batch", "4096", "--iterations", "100000"],
+        "train-digits-at-4096": ["train", "--image-size", "4096", "--epochs", "1", "--out", "t.pt"],
+        "check-one-image": ["check", good, good_onnx, "--data", "folder:one"],
+        "bench-one-image": ["bench", rgb, "--data", "folder:one", "--backends", "pytorch", "--batch", "1"],
+        "opset-24": ["export", good, "--opset", "24", "--out", "o.onnx"],
+    }
+    results = run_all({name: (tmp_path, argv) for name, argv in jobs.items()})
+    one_line_error(results["bench-backends-twice"], 2, "--backends names 'ort-fp32' more than once")
+    one_line_error(results["check-batch-times-iterations"], 2, "409,600,000 random images, more than 1,000,000")
+    one_line_error(results["train-digits-at-4096"], 2, "digits at 4096x4096: 1,797 images of 1x4096x4096 take 112.3 GiB")
+    for name in ("check-one-image", "bench-one-image"):
+        one_line_error(results[name], 1, "data 'folder:one' gives an empty test split (1 images in all)")
+    one_line_error(results["opset-24"], 2, "--opset 24: the torchscript exporter writes opsets up to 20")
+    assert results["opset-24"].stdout == ""  # no Torch IR graph
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["one"]
+
+
+def test_random_check_inputs_are_bounded_in_bytes_before_they_are_made(tmp_path):
+    from tmdeploy.verify import CheckOptions
+    from tmdeploy.verify.parity import make_feeds
+
+    big = replace(metadata.read(write_model(tmp_path / "m.onnx")), input_size=(3, 1024, 1024))
+    with pytest.raises(UsageError, match="--batch x --iterations: 1,100 images of 3x1024x1024 take 12.9 GiB"):
+        make_feeds(big, CheckOptions(batches=(100, 10), iterations=10))
+
+
+@pytest.mark.slow
+def test_tm_form_auto_out_of_memory_is_one_line_without_escapes(tmp_path):
+    """The batch-32 timing runs with 100 MB more address space than the process holds: onnxruntime's allocation
+    fails for real. It was an IndexError, after onnxruntime's own log in terminal colours."""
+    torch.manual_seed(0)
+    model = models.create("rn26", num_classes=3, in_chans=1).eval()
+    card = checkpoint.card_for(model, CLASSES, [0.5], [0.25], input_size=(1, 256, 256))
+    checkpoint.save(tmp_path / "big.pt", model, card)
+    code = ("import re, resource, sys\nfrom tmdeploy.optimize import forms\nmeasure, calls = forms.measure, []\n"
+            "def limited(*args, **kwargs):\n    calls.append(1)\n    if len(calls) == 2:\n"
+            "        size = int(re.search(r'VmSize:\\s+(\\d+)', open('/proc/self/status').read()).group(1)) * 1024\n"
+            "        resource.setrlimit(resource.RLIMIT_AS, (size + (100 << 20), resource.RLIM_INFINITY))\n"
+            "    return measure(*args, **kwargs)\nforms.measure = limited\nfrom tmdeploy.cli import main\n"
+            "sys.exit(main())\n")
+    result = subprocess.run([sys.executable, "-c", code, "export", "big.pt", "--tm-form", "auto", "--out", "b.onnx"],
+                            cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=600)
+    one_line_error(result, 1, "--tm-form auto: the", "form's graph failed on onnxruntime at batch 32")
+    assert not (tmp_path / "b.onnx").exists()

@@ -28,7 +28,7 @@ from torch.nn import functional as F
 from torch.utils.data import Dataset, Subset, TensorDataset
 
 from tmdeploy.errors import TmdeployError, UsageError
-from tmdeploy.values import MAX_IMAGE_SIZE
+from tmdeploy.values import MAX_IMAGE_BYTES, MAX_IMAGE_SIZE, check_image_memory
 
 SOURCES = ("digits", "cifar10:DIR", "cifar100:DIR", "folder:DIR", "npz:FILE")
 # The input size a source trains at when none is asked for. Digits are 8×8: at 16×16 RN26's stride-2
@@ -117,6 +117,10 @@ def load(spec: str, image_size: int | None = None, in_chans: int | None = None, 
     else:
         train, test, names, native = _folder(Path(arg), image_size, seed)
         split_by = getattr(train, "split_by", "")
+    for part, images in (("training", train), ("test", test)):
+        if not len(images):
+            raise TmdeployError(f"data '{spec}' gives an empty {part} split ({len(train) + len(test)} images in "
+                                f"all): give it more images")
     channels = in_chans or native
     if channels not in (1, 3) or (native == 3 and channels == 1):
         raise UsageError(f"data '{spec}' has {native}-channel images; the model asks for {channels}")
@@ -137,8 +141,11 @@ def _arrays(spec, kind: str, image_size: int | None, in_chans: int | None) -> Da
 
 
 def channel_stats(dataset: Dataset, limit: int = 2000) -> tuple[list[float], list[float]]:
-    """Per-channel mean and std over (at most ``limit``) training images."""
-    xs = torch.stack([dataset[i][0] for i in range(min(len(dataset), limit))])
+    """Per-channel mean and std over (at most ``limit``) training images, and no more than an eighth of
+    ``MAX_IMAGE_BYTES`` of them (2000 images of 3x4096x4096 are 400 GB)."""
+    first = dataset[0][0]
+    limit = max(1, min(limit, (MAX_IMAGE_BYTES // 8) // (first.numel() * first.element_size())))
+    xs = torch.stack([first, *(dataset[i][0] for i in range(1, min(len(dataset), limit)))])
     mean = xs.mean(dim=(0, 2, 3))
     std = xs.std(dim=(0, 2, 3)).clamp_min(1e-3)
     return [round(float(m), 6) for m in mean], [round(float(s), 6) for s in std]
@@ -161,6 +168,8 @@ def _digits(image_size: int, seed: int):
     from sklearn.model_selection import train_test_split
 
     digits = load_digits()
+    check_image_memory(f"digits at {image_size}x{image_size}", len(digits.images), (1, image_size, image_size),
+                       fix="they are resized up front; use a smaller --image-size")
     images = torch.from_numpy(digits.images.astype(np.float32) / 16.0).unsqueeze(1)  # 0..16 -> [0, 1]
     if image_size != images.shape[-1]:
         images = F.interpolate(images, size=(image_size, image_size), mode="bilinear", align_corners=False)

@@ -86,6 +86,9 @@ def _main(argv: list[str]) -> int:
         code = getattr(err, "exit_code", 130)
         print(f"tmdeploy: error: interrupted by {signal.Signals(code - 128).name}", file=sys.stderr)
         return code
+    except MemoryError:  # the machine's or a ulimit's: not a bug, and its message is empty
+        print("tmdeploy: error: out of memory (a smaller --batch or input size needs less)", file=sys.stderr)
+        return 1
     except Exception as err:  # a bug, not bad input: still one line, the traceback behind --debug
         if debug:
             traceback.print_exc()

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tmdeploy.errors import UsageError, check_choice
+from tmdeploy.values import check_distinct
 
 FORMS = ("folded", "folded-padded", "deferred", "normalized")
 DEFAULT_FORM = "normalized"  # fastest on ONNX Runtime CPU: see benchmarks/tm_forms.py and the README table
@@ -51,6 +52,7 @@ class ExportOptions:
         check_choice(self.int8_target, INT8_TARGETS, "--int8-target")
         if self.keep_fp32 and self.precision != "fp16":
             raise UsageError(f"--keep-fp32 applies to --precision fp16 only, not {self.precision}")
+        check_distinct("--keep-fp32", self.keep_fp32)
         if self.calib_data is not None:
             from tmdeploy import data  # torch: only when there is a spec to check
 
