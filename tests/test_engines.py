@@ -318,11 +318,11 @@ def test_baked_repository_takes_uint8_pixels(tmp_path):
     assert not config.dynamic_batching.preferred_batch_size
 
 
-def test_rewriting_a_repository_replaces_it_whole(tmp_path, onnx_file):
+def test_rewriting_a_repository_replaces_only_its_own_files(tmp_path, onnx_file):
     out = triton.write_model_repository(onnx_file, tmp_path, max_batch_size=16)
-    (out / "stale.txt").write_text("from before")
+    (out / "notes.txt").write_text("the user's")  # issue 22: the user's files in the model's directory stay
     triton.write_model_repository(onnx_file, tmp_path, max_batch_size=32)
-    assert "max_batch_size: 32" in (out / "config.pbtxt").read_text() and not (out / "stale.txt").exists()
+    assert "max_batch_size: 32" in (out / "config.pbtxt").read_text() and (out / "notes.txt").exists()
     assert [p.name for p in tmp_path.iterdir() if p.name != "tiny.onnx"] == ["tiny"]
 
 

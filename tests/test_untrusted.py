@@ -545,3 +545,399 @@ def test_dependency_floors_are_the_tested_versions():
         assert floors[package] == pins[package], (package, floors.get(package), pins[package])
     from onnxscript.rewriter.rules.common import fuse_batchnorm_into_conv_rule  # noqa: F401
     from polygraphy.comparator.compare import SimpleCompareFunc  # noqa: F401
+
+
+# ---- round three: a Triton repository's other versions and files --------------------------------------------
+
+
+def user_repository(root: Path) -> Path:
+    """A repository whose model ``m`` holds the user's version 2, a notes file and an old version 1."""
+    model_dir = root / "repo" / "m"
+    (model_dir / "2").mkdir(parents=True)
+    (model_dir / "2" / "model.onnx").write_bytes(b"the user's version 2")
+    (model_dir / "notes.md").write_text("the user's notes")
+    (model_dir / "1").mkdir()
+    (model_dir / "1" / "model.onnx").write_bytes(b"an old version 1")
+    (model_dir / "1" / "README").write_text("beside version 1")
+    return model_dir
+
+
+def test_writing_version_1_keeps_the_other_versions_and_files(tmp_path):
+    model_dir = user_repository(tmp_path)
+    onnx_file = write_model(tmp_path / "m.onnx")
+    assert triton.write_model_repository(onnx_file, tmp_path / "repo", name="m") == model_dir
+    assert (model_dir / "2" / "model.onnx").read_bytes() == b"the user's version 2"
+    assert (model_dir / "notes.md").read_text() == "the user's notes"
+    assert (model_dir / "1" / "README").read_text() == "beside version 1"
+    assert (model_dir / "1" / "model.onnx").read_bytes() == onnx_file.read_bytes()
+    assert (model_dir / "labels.txt").read_text().splitlines() == CLASSES
+    assert 'name: "m"' in (model_dir / "config.pbtxt").read_text()
+    assert sorted(p.name for p in (tmp_path / "repo").iterdir()) == ["m"]  # no staged or old directory left
+
+
+@pytest.mark.parametrize("blocker", ["config.pbtxt", "labels.txt", "1/model.onnx", "1", "m"])
+def test_something_in_the_way_of_a_repository_file_is_refused_before_anything_is_written(tmp_path, blocker):
+    model_dir = user_repository(tmp_path)
+    if blocker == "m":  # the model's directory itself is a link to another one
+        (tmp_path / "elsewhere").mkdir()
+        os.rename(model_dir, tmp_path / "elsewhere" / "m")
+        model_dir.symlink_to(tmp_path / "elsewhere" / "m")
+    elif blocker == "1":
+        for p in (model_dir / "1").iterdir():
+            p.unlink()
+        (model_dir / "1").rmdir()
+        (model_dir / "1").write_text("a file where version 1's folder goes")
+    else:
+        (model_dir / blocker).unlink(missing_ok=True)
+        (model_dir / blocker).mkdir()
+        (model_dir / blocker / "inside").write_text("kept")
+    onnx_file = write_model(tmp_path / "m.onnx")
+    real = model_dir.resolve()  # snapshot() does not follow the link itself
+    before = snapshot(real), sorted(os.listdir(tmp_path / "repo"))
+    with pytest.raises(UsageError, match="is in the way"):
+        triton.write_model_repository(onnx_file, tmp_path / "repo", name="m")
+    assert (snapshot(real), sorted(os.listdir(tmp_path / "repo"))) == before
+
+
+def test_triton_export_refuses_a_blocked_repository_in_one_line_and_keeps_it(work, tmp_path):
+    model_dir = user_repository(tmp_path)
+    (tmp_path / "repo" / "good").mkdir()
+    (tmp_path / "repo" / "good" / "config.pbtxt").mkdir()
+    (tmp_path / "good.pt").write_bytes((work / "good.pt").read_bytes())
+    before = snapshot(tmp_path)
+    result = tmdeploy("export", "good.pt", "--format", "triton", "--triton-model", "onnx", "--out", "repo",
+                      cwd=tmp_path)
+    one_line_error(result, 2, "repo/good/config.pbtxt is in the way")
+    assert snapshot(tmp_path) == before and model_dir.is_dir()
+
+
+@pytest.mark.slow
+def test_an_interrupted_triton_export_leaves_the_old_repository_or_the_new_one(tmp_path, big_checkpoint):
+    model_dir = user_repository(tmp_path)
+    big = model_dir.with_name("big")
+    os.rename(model_dir, big)
+    before = snapshot(tmp_path / "repo")
+    proc = subprocess.Popen([sys.executable, "-m", "tmdeploy", "export", str(big_checkpoint), "--format", "triton",
+                             "--triton-model", "onnx", "--out", str(tmp_path / "repo")],
+                            env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    sent = False
+    try:
+        while proc.poll() is None:
+            if temp_files(tmp_path / "repo", "big"):  # the staged directory
+                proc.send_signal(signal.SIGINT)
+                sent = True
+                break
+            time.sleep(0.002)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert sent, "the export finished before it could be interrupted"
+    after = snapshot(tmp_path / "repo")
+    if proc.returncode == 130:
+        assert stderr.splitlines() == ["tmdeploy: error: interrupted by SIGINT"], stderr
+        assert after == before
+    else:  # the signal came after the swap: the whole new state
+        assert proc.returncode == 0, stderr
+        assert after["big/2/model.onnx"] == before["big/2/model.onnx"] and "big/config.pbtxt" in after
+    assert sorted(p.name for p in (tmp_path / "repo").iterdir()) == ["big"]
+
+
+# ---- round three: signals in every long step, and in the tear-down -------------------------------------------
+
+# Runs the real command line, printing a marker when --tm-form auto starts timing (the real measure runs on).
+TIMING_MARKER = ("import sys\nfrom tmdeploy.optimize import forms\nmeasure = forms.measure\n"
+                 "def marked(*args, **kwargs):\n    print('TIMING', flush=True)\n    return measure(*args, **kwargs)\n"
+                 "forms.measure = marked\nfrom tmdeploy.cli import main\nsys.exit(main())\n")
+
+
+@pytest.mark.slow
+def test_sigint_while_tm_form_auto_times_the_forms_is_one_line_and_keeps_out(work, tmp_path):
+    (tmp_path / "out.onnx").write_bytes(b"previous artifact")
+    proc = subprocess.Popen([sys.executable, "-c", TIMING_MARKER, "export", str(work / "good.pt"), "--tm-form", "auto",
+                             "--out", "out.onnx"], cwd=tmp_path, env=ENV, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "TIMING"
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130 and stderr.splitlines() == ["tmdeploy: error: interrupted by SIGINT"], stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.onnx"]
+    assert (tmp_path / "out.onnx").read_bytes() == b"previous artifact"
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_after_the_work_is_done_does_not_kill_the_tear_down(work, tmp_path, signum):
+    """Torch's finalizers run at exit: a signal then used to end the process by the signal, or print a traceback."""
+    proc = subprocess.Popen([sys.executable, "-m", "tmdeploy", "export", str(work / "good.pt"), "--out", "x.onnx"],
+                            cwd=tmp_path, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().startswith("wrote")
+        time.sleep(0.05)  # past the command's return: in the interpreter's tear-down
+        proc.send_signal(signum)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0 and stderr == "", stderr
+    onnx.checker.check_model(str(tmp_path / "x.onnx"))
+
+
+# ---- round three: hangs on data, and sidecars ---------------------------------------------------------------
+
+
+def within(seconds: float, fn, *args):
+    """``fn(*args)`` in a daemon thread: its result or exception, or a failure if it blocks (a hang)."""
+    import threading
+
+    out = {}
+
+    def target():
+        try:
+            out["value"] = fn(*args)
+        except BaseException as err:  # noqa: BLE001 - handed to the test
+            out["error"] = err
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), f"{fn.__name__} still running after {seconds} s"
+    if "error" in out:
+        raise out["error"]
+    return out["value"]
+
+
+@pytest.mark.parametrize("link", ["loop-to-itself", "loop-to-the-root", "second-link-to-a-class", "test-links-to-train"])
+def test_folder_data_reads_each_real_folder_once_and_refuses_loops(tmp_path, link):
+    root = image_folder(tmp_path / "imgs")
+    if link == "loop-to-itself":
+        (root / "a" / "loop").symlink_to(".")
+    elif link == "loop-to-the-root":
+        (root / "b" / "up").symlink_to("..")
+    elif link == "second-link-to-a-class":
+        (root / "b" / "more").symlink_to(root / "a")
+    else:
+        image_folder(tmp_path / "split" / "train")
+        (tmp_path / "split" / "test").mkdir()
+        (tmp_path / "split" / "test" / "a").symlink_to(tmp_path / "split" / "train" / "a")
+        image_folder(tmp_path / "other")
+        (tmp_path / "split" / "test" / "b").symlink_to(tmp_path / "other" / "b")
+        root = tmp_path / "split"
+    with pytest.raises(TmdeployError, match="again .a link loop, or a second link to it."):
+        within(60, data.load, f"folder:{root}", 12)
+
+
+def test_folder_data_follows_a_link_to_another_folder_once(tmp_path):
+    root = image_folder(tmp_path / "imgs")
+    image_folder(tmp_path / "more")
+    (root / "a" / "extra").symlink_to(tmp_path / "more" / "a")  # four more images, read once
+    split = within(60, data.load, f"folder:{root}", 12)
+    assert len(split.train) + len(split.test) == 12
+
+
+def test_train_on_a_folder_with_a_link_loop_is_one_line(tmp_path):
+    root = image_folder(tmp_path / "imgs")
+    (root / "a" / "loop").symlink_to(".")
+    result = tmdeploy("train", "--data", "folder:imgs", "--epochs", "1", "--out", "t.pt", cwd=tmp_path)
+    one_line_error(result, 1, "imgs/a/loop is the folder imgs/a again")
+    assert not (tmp_path / "t.pt").exists()
+
+
+def test_a_16_bit_png_is_scaled_by_its_depth(tmp_path):
+    from PIL import Image
+
+    ramp = (np.arange(8, dtype=np.uint32) * 65535 // 7).astype(np.uint16)
+    for cls in ("a", "b"):
+        (tmp_path / "imgs" / cls).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(np.tile(ramp, (8, 1))).save(tmp_path / "imgs" / cls / f"{i}.png")
+    assert Image.open(tmp_path / "imgs" / "a" / "0.png").mode == "I;16"
+    split = data.load(f"folder:{tmp_path / 'imgs'}", image_size=8)
+    image = split.train[0][0]
+    assert image.shape == (3, 8, 8)
+    np.testing.assert_allclose(image[0, 0].numpy(), np.arange(8) / 7, atol=1 / 255)  # not [0, 1, 1, 1, ...]
+
+
+def test_a_32_bit_image_in_folder_data_is_refused(tmp_path):
+    from PIL import Image
+
+    root = image_folder(tmp_path / "imgs")
+    Image.fromarray(np.full((8, 8), 1 << 20, dtype=np.int32), "I").save(root / "a" / "deep.tif")
+    with pytest.raises(TmdeployError, match="deep.tif has 32-bit integer pixels"):
+        data.load(f"folder:{root}", 8)
+
+
+@pytest.mark.parametrize("fault", ["sparse-1-TiB", "fifo"])
+def test_a_cifar_batch_file_is_bounded_before_it_is_read(tmp_path, fault):
+    batches = tmp_path / "cifar-10-batches-py"
+    batches.mkdir()
+    target = batches / "data_batch_1"
+    if fault == "fifo":
+        os.mkfifo(target)
+    else:
+        try:
+            with open(target, "wb") as f:
+                f.truncate(1 << 40)
+        except OSError:
+            pytest.skip("this file system holds no 1 TiB sparse file")
+    expected = "more than any CIFAR10 batch file" if fault != "fifo" else "is not a regular file"
+    with pytest.raises(TmdeployError, match=expected):
+        within(30, data.load, f"cifar10:{tmp_path}")
+
+
+@pytest.fixture
+def plan(tmp_path):
+    from test_engines import fake_engine
+
+    engine, _ = fake_engine(tmp_path, write_model(tmp_path / "tiny.onnx"))
+    return engine
+
+
+def test_a_sidecar_that_is_a_fifo_is_refused_without_waiting(plan, tmp_path):
+    sidecar = plan.with_name(plan.name + ".json")
+    sidecar.unlink()
+    os.mkfifo(sidecar)
+    with pytest.raises(TmdeployError, match="tiny.plan.json is not a regular file"):
+        within(30, triton.model_signature, plan)
+
+
+@pytest.mark.parametrize("key, value, expected", [
+    ("batch", "1,32,256", "'batch' is '1,32,256', expected"),
+    ("batch", {"min": 1, "opt": 64, "max": 8}, "positive integers in order"),
+    ("batch", {"min": True, "opt": 1, "max": 8}, "'batch' is"),
+    ("profile", {"input": "images", "min": [1, "3"], "opt": [1], "max": [1]}, "'profile' is"),
+    ("metadata", ["class_names"], "'metadata' is"),
+    ("onnx_path", 7, "'onnx_path' is 7, expected a string"),
+])
+def test_malformed_sidecar_values_are_one_error(plan, tmp_path, key, value, expected):
+    sidecar = plan.with_name(plan.name + ".json")
+    content = json.loads(sidecar.read_text())
+    content[key] = value
+    sidecar.write_text(json.dumps(content))
+    with pytest.raises(TmdeployError, match=re.escape(expected)):
+        triton.write_model_repository(plan, tmp_path / "repo")
+    assert not (tmp_path / "repo").exists()
+
+
+# ---- round three: duplicate metadata keys, exact parameter counts ------------------------------------------
+
+
+def test_a_metadata_key_given_twice_is_refused_by_every_reader(work, tmp_path):
+    model = onnx.load(str(work / "good.onnx"))
+    model.metadata_props.add(key="class_names", value=json.dumps(["x", "y", "z"]))
+    path = tmp_path / "twice.onnx"
+    onnx.save(model, str(path))
+    message = "metadata key 'class_names' appears more than once"
+    for read in (onnxfile.load, runtime.load, triton.model_signature, metadata.read):  # serve reads through these
+        with pytest.raises(TmdeployError, match=message):
+            read(path)
+    results = run_all({"info": (tmp_path, ["info", path]), "check": (tmp_path, ["check", work / "good.pt", path])})
+    for result in results.values():
+        one_line_error(result, 1, "twice.onnx", message)
+
+
+def test_info_counts_parameters_exactly(tmp_path):
+    """An initializer may declare any dims without holding data (external data, never read by info)."""
+    model = onnx.load(str(write_model(tmp_path / "m.onnx")))
+    huge = model.graph.initializer.add(name="huge", data_type=onnx.TensorProto.FLOAT, dims=[1 << 40, 1 << 40])
+    huge.data_location = onnx.TensorProto.EXTERNAL
+    huge.external_data.add(key="location", value="huge.bin")
+    (tmp_path / "huge.bin").write_bytes(b"")
+    onnx.save(model, str(tmp_path / "huge.onnx"))
+    expected = (1 << 80) + graph.parameter_count(onnx.load(str(tmp_path / "m.onnx")))
+    assert graph.parameter_count(onnxfile.load(tmp_path / "huge.onnx")) == expected
+    result = tmdeploy("info", "huge.onnx", "--json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["parameters"] == expected
+    del huge.dims[:]
+    huge.dims.extend([4, -2])
+    with pytest.raises(TmdeployError, match="declares a negative dimension"):
+        graph.parameter_count(model)
+
+
+# ---- round three: list options, memory bounds, empty splits, the exporter's opsets ---------------------------
+
+
+def test_list_options_refuse_a_value_given_twice():
+    from tmdeploy.bench import BenchOptions
+    from tmdeploy.export.options import ExportOptions
+    from tmdeploy.optimize import OptimizeOptions
+    from tmdeploy.verify import CheckOptions
+
+    for options, message in ((BenchOptions(backends=("ort-fp32", "pytorch", "ort-fp32")), "--backends names 'ort-fp32'"),
+                             (BenchOptions(batches=(1, 32, 1)), "--batch names 1 more than once"),
+                             (CheckOptions(batches=(7, 7)), "--batch names 7"),
+                             (OptimizeOptions(precisions=("fp32", "fp32")), "--precisions names 'fp32'"),
+                             (OptimizeOptions(forms=("folded", "folded")), "--forms names 'folded'"),
+                             (ExportOptions(precision="fp16", keep_fp32=("Conv", "Conv")), "--keep-fp32 names 'Conv'")):
+        with pytest.raises(UsageError, match=re.escape(message)):
+            options.validate()
+
+
+def one_image_folder(root: Path) -> Path:
+    from PIL import Image
+
+    (root / "a").mkdir(parents=True)
+    Image.fromarray(np.zeros((16, 16, 3), dtype=np.uint8)).save(root / "a" / "only.png")
+    return root
+
+
+def test_bad_values_and_sizes_are_one_line_at_the_command_line(work, tmp_path):
+    one_image_folder(tmp_path / "one")
+    good, good_onnx = work / "good.pt", work / "good.onnx"
+    torch.manual_seed(0)
+    rgb_model = models.create("rn26", num_classes=3, in_chans=3).eval()  # folder images are RGB
+    rgb = checkpoint.save(tmp_path.parent / f"{tmp_path.name}-rgb.pt", rgb_model,
+                          checkpoint.card_for(rgb_model, CLASSES, [0.5] * 3, [0.25] * 3, input_size=(3, 16, 16)))
+    jobs = {
+        "bench-backends-twice": ["bench", good, "--backends", "ort-fp32,ort-fp32"],
+        "check-batch-times-iterations": ["check", good, good_onnx, "--batch", "4096", "--iterations", "100000"],
+        "train-digits-at-4096": ["train", "--image-size", "4096", "--epochs", "1", "--out", "t.pt"],
+        "check-one-image": ["check", good, good_onnx, "--data", "folder:one"],
+        "bench-one-image": ["bench", rgb, "--data", "folder:one", "--backends", "pytorch", "--batch", "1"],
+        "opset-24": ["export", good, "--opset", "24", "--out", "o.onnx"],
+    }
+    results = run_all({name: (tmp_path, argv) for name, argv in jobs.items()})
+    one_line_error(results["bench-backends-twice"], 2, "--backends names 'ort-fp32' more than once")
+    one_line_error(results["check-batch-times-iterations"], 2, "409,600,000 random images, more than 1,000,000")
+    one_line_error(results["train-digits-at-4096"], 2, "digits at 4096x4096: 1,797 images of 1x4096x4096 take 112.3 GiB")
+    for name in ("check-one-image", "bench-one-image"):
+        one_line_error(results[name], 1, "data 'folder:one' gives an empty test split (1 images in all)")
+    one_line_error(results["opset-24"], 2, "--opset 24: the torchscript exporter writes opsets up to 20")
+    assert results["opset-24"].stdout == ""  # no Torch IR graph
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["one"]
+
+
+def test_random_check_inputs_are_bounded_in_bytes_before_they_are_made(tmp_path):
+    from tmdeploy.verify import CheckOptions
+    from tmdeploy.verify.parity import make_feeds
+
+    big = replace(metadata.read(write_model(tmp_path / "m.onnx")), input_size=(3, 1024, 1024))
+    with pytest.raises(UsageError, match="--batch x --iterations: 1,100 images of 3x1024x1024 take 12.9 GiB"):
+        make_feeds(big, CheckOptions(batches=(100, 10), iterations=10))
+
+
+@pytest.mark.slow
+def test_tm_form_auto_out_of_memory_is_one_line_without_escapes(tmp_path):
+    """The batch-32 timing runs with 100 MB more address space than the process holds: onnxruntime's allocation
+    fails for real. It was an IndexError, after onnxruntime's own log in terminal colours."""
+    torch.manual_seed(0)
+    model = models.create("rn26", num_classes=3, in_chans=1).eval()
+    card = checkpoint.card_for(model, CLASSES, [0.5], [0.25], input_size=(1, 256, 256))
+    checkpoint.save(tmp_path / "big.pt", model, card)
+    code = ("import re, resource, sys\nfrom tmdeploy.optimize import forms\nmeasure, calls = forms.measure, []\n"
+            "def limited(*args, **kwargs):\n    calls.append(1)\n    if len(calls) == 2:\n"
+            "        size = int(re.search(r'VmSize:\\s+(\\d+)', open('/proc/self/status').read()).group(1)) * 1024\n"
+            "        resource.setrlimit(resource.RLIMIT_AS, (size + (100 << 20), resource.RLIM_INFINITY))\n"
+            "    return measure(*args, **kwargs)\nforms.measure = limited\nfrom tmdeploy.cli import main\n"
+            "sys.exit(main())\n")
+    result = subprocess.run([sys.executable, "-c", code, "export", "big.pt", "--tm-form", "auto", "--out", "b.onnx"],
+                            cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=600)
+    one_line_error(result, 1, "--tm-form auto: the", "form's graph failed on onnxruntime at batch 32")
+    assert not (tmp_path / "b.onnx").exists()

@@ -17,7 +17,7 @@ so that a deployed model can bake it into its graph or an application can apply 
 
 from __future__ import annotations
 
-import os
+import stat
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -27,14 +27,15 @@ import torch
 from torch.nn import functional as F
 from torch.utils.data import Dataset, Subset, TensorDataset
 
-from tmdeploy.errors import TmdeployError, UsageError, first_line
-from tmdeploy.values import MAX_IMAGE_SIZE
+from tmdeploy.errors import TmdeployError, UsageError
+from tmdeploy.values import MAX_IMAGE_BYTES, MAX_IMAGE_SIZE, check_image_memory
 
 SOURCES = ("digits", "cifar10:DIR", "cifar100:DIR", "folder:DIR", "npz:FILE")
 # The input size a source trains at when none is asked for. Digits are 8×8: at 16×16 RN26's stride-2
 # stages still see 8×8 and 4×4 maps, and training costs a quarter of 32×32 with nothing lost.
 DEFAULT_IMAGE_SIZES = {"digits": 16, "cifar10": 32, "cifar100": 32, "folder": 32}  # arrays: their own
 NATIVE_SIZES = {"digits": 8, "cifar10": 32, "cifar100": 32}  # the images as stored; folders vary
+MAX_CIFAR_FILE_BYTES = 200 << 20  # the largest real batch file, CIFAR-100's train, is 155 MB; CIFAR-10's are 31 MB
 
 
 @dataclass
@@ -116,6 +117,10 @@ def load(spec: str, image_size: int | None = None, in_chans: int | None = None, 
     else:
         train, test, names, native = _folder(Path(arg), image_size, seed)
         split_by = getattr(train, "split_by", "")
+    for part, images in (("training", train), ("test", test)):
+        if not len(images):
+            raise TmdeployError(f"data '{spec}' gives an empty {part} split ({len(train) + len(test)} images in "
+                                f"all): give it more images")
     channels = in_chans or native
     if channels not in (1, 3) or (native == 3 and channels == 1):
         raise UsageError(f"data '{spec}' has {native}-channel images; the model asks for {channels}")
@@ -136,8 +141,11 @@ def _arrays(spec, kind: str, image_size: int | None, in_chans: int | None) -> Da
 
 
 def channel_stats(dataset: Dataset, limit: int = 2000) -> tuple[list[float], list[float]]:
-    """Per-channel mean and std over (at most ``limit``) training images."""
-    xs = torch.stack([dataset[i][0] for i in range(min(len(dataset), limit))])
+    """Per-channel mean and std over (at most ``limit``) training images, and no more than an eighth of
+    ``MAX_IMAGE_BYTES`` of them (2000 images of 3x4096x4096 are 400 GB)."""
+    first = dataset[0][0]
+    limit = max(1, min(limit, (MAX_IMAGE_BYTES // 8) // (first.numel() * first.element_size())))
+    xs = torch.stack([first, *(dataset[i][0] for i in range(1, min(len(dataset), limit)))])
     mean = xs.mean(dim=(0, 2, 3))
     std = xs.std(dim=(0, 2, 3)).clamp_min(1e-3)
     return [round(float(m), 6) for m in mean], [round(float(s), 6) for s in std]
@@ -160,6 +168,8 @@ def _digits(image_size: int, seed: int):
     from sklearn.model_selection import train_test_split
 
     digits = load_digits()
+    check_image_memory(f"digits at {image_size}x{image_size}", len(digits.images), (1, image_size, image_size),
+                       fix="they are resized up front; use a smaller --image-size")
     images = torch.from_numpy(digits.images.astype(np.float32) / 16.0).unsqueeze(1)  # 0..16 -> [0, 1]
     if image_size != images.shape[-1]:
         images = F.interpolate(images, size=(image_size, image_size), mode="bilinear", align_corners=False)
@@ -176,6 +186,7 @@ def _cifar(kind: str, root: Path, image_size: int):
     from torchvision import datasets
 
     cls = datasets.CIFAR10 if kind == "cifar10" else datasets.CIFAR100
+    _check_cifar_files(cls, root)
     tf = _image_transform(image_size)
     try:
         train = cls(str(root), train=True, download=False, transform=tf)
@@ -189,14 +200,32 @@ def _cifar(kind: str, root: Path, image_size: int):
     return train, test, list(train.classes), 3
 
 
+def _check_cifar_files(cls, root: Path) -> None:
+    """Each batch file a regular file of a real batch's size, before torchvision hashes it whole (its check
+    before unpickling): a FIFO, or a huge sparse file, would block or run for hours."""
+    for name, _ in [*cls.train_list, *cls.test_list, (cls.meta["filename"], None)]:
+        path = root / cls.base_folder / name
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            continue  # torchvision names what is missing
+        except OSError as err:
+            raise TmdeployError(f"cannot read {path}: {err.strerror or err}") from None
+        if not stat.S_ISREG(st.st_mode):
+            raise TmdeployError(f"{path} is not a regular file (a FIFO, socket or device?); refusing to read it")
+        if st.st_size > MAX_CIFAR_FILE_BYTES:
+            raise TmdeployError(f"{path} holds {st.st_size:,} bytes, more than any {cls.__name__} batch file "
+                                f"({MAX_CIFAR_FILE_BYTES:,}); refusing to read it")
+
+
 def _folder(root: Path, image_size: int, seed: int):
-    from torchvision import datasets
+    from tmdeploy.data_folder import ImageFolder
 
     if not root.is_dir():
         raise TmdeployError(f"image folder not found: {root}")
     tf = _image_transform(image_size)
     split_dirs = [root / "train", next((root / d for d in ("val", "test") if (root / d).is_dir()), None)]
-    folder = partial(datasets.ImageFolder, transform=tf, loader=_load_image, is_valid_file=_checked_image_file)
+    folder = partial(ImageFolder, transform=tf, seen={})  # one listing: no image in both train and test
     try:
         if split_dirs[0].is_dir() and split_dirs[1] is not None:
             train = folder(str(split_dirs[0]))
@@ -215,42 +244,6 @@ def _folder(root: Path, image_size: int, seed: int):
     except FileNotFoundError as err:
         raise TmdeployError(f"{root} is not an image folder with one sub-folder per class: {err}") from err
     return train, test, list(train.classes), 3
-
-
-def _checked_image_file(path: str) -> bool:
-    """ImageFolder's file filter: image names only, and each one a regular file that decodes.
-
-    Checked when the folder is listed, before training starts: a FIFO named ``x.png`` would block the
-    first read forever, and a corrupt image would fail an epoch half-way through.
-    """
-    from PIL import Image
-    from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
-
-    if not has_file_allowed_extension(path, IMG_EXTENSIONS):
-        return False
-    if not os.path.isfile(path):  # follows links; False for FIFOs, sockets, devices
-        raise TmdeployError(f"{path} is not a regular file (a FIFO, socket or device?); refusing to read it")
-    try:
-        with Image.open(path) as image:
-            image.verify()
-    except Exception as err:  # PIL raises UnidentifiedImageError, SyntaxError, OSError, DecompressionBombError...
-        raise TmdeployError(f"{path} is not a readable image ({_reason(err)}): remove or replace it") from None
-    return True
-
-
-def _load_image(path: str):
-    """Decode one image; a fault the listing's check could not see (data cut short) names the file."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
-    except Exception as err:
-        raise TmdeployError(f"{path} is not a readable image ({_reason(err)}): remove or replace it") from None
-
-
-def _reason(err: Exception) -> str:
-    return first_line(err, 160) or type(err).__name__
 
 
 def _image_transform(image_size: int):

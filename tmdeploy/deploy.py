@@ -33,8 +33,13 @@ def plan(export: ExportOptions, target: TargetOptions, out: Path | None, checkpo
     export.validate()
     target.validate()
     target.profile()
-    if out is not None and target.format == "triton":  # a Triton --out is the repository directory
-        check_output_dir(out, option="--out")
+    engine = target.builds_engine()
+    if target.format == "triton":  # a Triton --out is the repository directory; other models' files stay
+        from tmdeploy.engines.triton import check_model_dir, model_files, model_name
+
+        repo = out or checkpoint.parent / "model_repository"
+        check_output_dir(repo, option="--out")
+        check_model_dir(repo / model_name(checkpoint), model_files("tensorrt_plan" if engine else "onnxruntime_onnx"))
     elif out is not None:
         check_output(out, checkpoint, option="--out")
     onnx_out = out
@@ -45,7 +50,6 @@ def plan(export: ExportOptions, target: TargetOptions, out: Path | None, checkpo
         check_output(onnx_out, checkpoint, option="--out")
     if target.timing_cache is not None:  # TensorRT writes it: the same rules as every other output
         check_output(target.timing_cache, checkpoint, option="--timing-cache")
-    engine = target.builds_engine()
     if engine:  # before anything is written: without TensorRT a failed export changes no file
         from tmdeploy.engines.tensorrt import UNSIGNED_INT8, import_tensorrt
 

@@ -15,6 +15,7 @@ import onnx
 from onnx.external_data_helper import ExternalDataInfo, uses_external_data
 
 from tmdeploy.errors import TmdeployError, first_line
+from tmdeploy.sanitize import clean
 
 CPU = ("CPUExecutionProvider",)
 CUDA = "CUDAExecutionProvider"
@@ -87,6 +88,7 @@ def load(path) -> onnx.ModelProto:
         raise TmdeployError(f"{path} is not a valid ONNX file: its {field} is not UTF-8 text (corrupt file?)")
     if not model.graph.output:
         raise TmdeployError(f"{path} is not a usable ONNX model: its graph has no outputs")
+    _check_unique_metadata(model, path)
     _check_external_data(model, path)
     return model
 
@@ -107,6 +109,17 @@ def session(path, providers=CPU, provider_options=None, fuse: bool = True):
         return ort.InferenceSession(str(path), options, providers=list(providers), provider_options=provider_options)
     except Exception as err:  # onnxruntime raises its own Fail/InvalidGraph/NotImplemented/... types
         raise TmdeployError(f"onnxruntime cannot load {path}: {first_line(err) or type(err).__name__}") from err
+
+
+def _check_unique_metadata(model: onnx.ModelProto, path: Path) -> None:
+    """Each metadata key once (onnx's checker requires it): which of two values a reader takes is its own
+    choice, so a file naming ``class_names`` twice would show one set of labels in ``info`` and serve another."""
+    seen = set()
+    for prop in model.metadata_props:
+        if prop.key in seen:
+            raise TmdeployError(f"{path}: metadata key '{clean(prop.key)[:100]}' appears more than once; which value "
+                                f"holds would depend on the reader: refusing the file")
+        seen.add(prop.key)
 
 
 def _check_external_data(model: onnx.ModelProto, path: Path) -> None:

@@ -27,9 +27,12 @@ class Interrupted(KeyboardInterrupt):
 
 
 @contextlib.contextmanager
-def handled():
+def handled(exiting: bool = False):
     """Within the block, SIGINT and SIGTERM raise :class:`Interrupted`; the previous handlers come back after.
 
+    ``exiting``: the process exits after the block, so from its end on both signals are ignored instead.
+    The command's outcome is settled by then, and the interpreter's tear-down (torch's finalizers take a
+    while) would otherwise die by the signal, exit -2 and no message, after its files were written.
     Signal handlers belong to the main thread: elsewhere (a test calling the CLI from a thread) nothing changes.
     """
     if threading.current_thread() is not threading.main_thread():
@@ -40,7 +43,7 @@ def handled():
         yield
     finally:
         for signum, handler in previous.items():
-            signal.signal(signum, handler)
+            signal.signal(signum, signal.SIG_IGN if exiting else handler)
 
 
 def _raise(signum, frame):

@@ -28,7 +28,8 @@ from torch.utils.data import DataLoader, Dataset
 from tmdeploy import checkpoint, data, models
 from tmdeploy.errors import UsageError
 from tmdeploy.models.losses import auxiliary_loss
-from tmdeploy.values import MAX_BATCH, MAX_CHANNELS, MAX_IMAGE_SIZE, MAX_ITERATIONS, MAX_SEED, check_option
+from tmdeploy.values import (MAX_BATCH, MAX_CHANNELS, MAX_IMAGE_SIZE, MAX_ITERATIONS, MAX_SEED, check_image_memory,
+                             check_option)
 
 
 @dataclass
@@ -125,6 +126,8 @@ def train(config: TrainConfig, out: Path | None = None, show_progress: bool = Tr
         checkpoint.check_save_path(out)
     seed_everything(config.seed)
     split = data.load(config.data, image_size=config.image_size, in_chans=config.in_chans, seed=config.seed)
+    check_image_memory("--batch-size", config.batch_size, (split.in_chans, split.image_size, split.image_size),
+                       fix="lower it or --image-size")
     model = models.create(config.arch, num_classes=len(split.class_names), in_chans=split.in_chans)
     loader = DataLoader(
         split.train, batch_size=config.batch_size, shuffle=True, drop_last=len(split.train) > config.batch_size,

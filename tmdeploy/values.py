@@ -16,6 +16,9 @@ MAX_IMAGE_SIZE = 4096  # pixels per side: 4096² float32 images of 3 channels ar
 MAX_CHANNELS = 64
 MAX_BATCH = 4096  # the largest batch an exported graph's dynamic axis admits (export's Dim max)
 MAX_CLASSES = 1_000_000
+# Images held in memory at once (a data set resized up front, a check's inputs, a training batch): each
+# bound alone let 1,797 digits at 4096² (120 GB) or --batch 4096 × --iterations 100000 (400 GB) through
+MAX_IMAGE_BYTES = 4 << 30
 
 
 def normalization_problem(mean, std, dtype=np.float32) -> str | None:
@@ -64,6 +67,26 @@ def check_batches(batches) -> None:
         raise UsageError(f"--batch needs positive batch sizes, got {batches}")
     for b in batches:
         check_option("--batch", b, 1, MAX_BATCH)
+    check_distinct("--batch", batches)
+
+
+def check_distinct(option: str, values) -> None:
+    """UsageError when a list option names a value twice (``--backends ort-fp32,ort-fp32``): every such list
+    is a set of things to run or keep, and a second copy would be measured and reported twice."""
+    seen = set()
+    for value in values or ():
+        if value in seen:
+            raise UsageError(f"{option} names {value!r:.60} more than once")
+        seen.add(value)
+
+
+def check_image_memory(what: str, count: int, shape, itemsize: int = 4, fix: str = "") -> None:
+    """UsageError when ``count`` images of ``shape`` (C, H, W) would take more than ``MAX_IMAGE_BYTES``."""
+    need = int(count) * int(np.prod(shape, dtype=object)) * itemsize
+    if need > MAX_IMAGE_BYTES:
+        size = "x".join(map(str, shape))
+        raise UsageError(f"{what}: {count:,} images of {size} take {need / 2**30:,.1f} GiB, more than tmdeploy holds "
+                         f"at once ({MAX_IMAGE_BYTES >> 30} GiB){': ' + fix if fix else ''}")
 
 
 def check_option(option: str, value, low, high) -> None:

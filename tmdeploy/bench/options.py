@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from tmdeploy.bench.backends import NAMES
 from tmdeploy.bench.timing import Budget
 from tmdeploy.errors import TmdeployError, UsageError, check_choice
-from tmdeploy.values import MAX_ITERATIONS, MAX_SECONDS, MAX_SEED, MAX_THREADS, check_batches, check_option
+from tmdeploy.values import MAX_ITERATIONS, MAX_SECONDS, MAX_SEED, MAX_THREADS, check_batches, check_distinct, check_option
 from tmdeploy.verify.options import DEVICES
 
 
@@ -37,6 +37,7 @@ class BenchOptions:
         unknown = [n for n in self.backends or () if n not in NAMES]
         if unknown or self.backends == ():
             raise UsageError(f"unknown backend '{unknown[0] if unknown else ''}'; choose from: {', '.join(NAMES)}")
+        check_distinct("--backends", self.backends)
         check_option("--min-time", self.min_time, 0, MAX_SECONDS)
         check_option("--min-iterations", self.min_iterations, 1, MAX_ITERATIONS)
         check_option("--warmup", self.warmup, 0, MAX_ITERATIONS)

@@ -57,6 +57,7 @@ class OrtSession:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
+        options.log_severity_level = 4  # a failed run is reported as our one line, not also as onnxruntime's colored log
         if threads:
             options.intra_op_num_threads = threads
         if not fuse:  # QDQ pairs run op by op in float: TensorRT's exact integer arithmetic, for agreement only

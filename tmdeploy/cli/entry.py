@@ -63,7 +63,8 @@ def _one_line(err: BaseException) -> str:
 
 
 def main(argv=None) -> int:
-    with signals.handled():  # first: an interrupt from here on is one line and a clean exit, never a traceback
+    """Run one command; ``argv`` None: the process's own command line, which exits when this returns."""
+    with signals.handled(exiting=argv is None):  # first: an interrupt from here on is one line, never a traceback
         return _main(sys.argv[1:] if argv is None else list(argv))
 
 
@@ -85,6 +86,9 @@ def _main(argv: list[str]) -> int:
         code = getattr(err, "exit_code", 130)
         print(f"tmdeploy: error: interrupted by {signal.Signals(code - 128).name}", file=sys.stderr)
         return code
+    except MemoryError:  # the machine's or a ulimit's: not a bug, and its message is empty
+        print("tmdeploy: error: out of memory (a smaller --batch or input size needs less)", file=sys.stderr)
+        return 1
     except Exception as err:  # a bug, not bad input: still one line, the traceback behind --debug
         if debug:
             traceback.print_exc()

@@ -21,6 +21,8 @@ from pathlib import Path
 
 from tmdeploy import __version__
 from tmdeploy.engines.profiles import BatchProfile, parse_batch, profile_shapes
+from tmdeploy.engines.sidecar import (SIDECAR_FORMAT, read_sidecar, sidecar_metadata, sidecar_path,  # noqa: F401
+                                      write_sidecar)
 from tmdeploy.errors import TmdeployError, UsageError, first_line
 from tmdeploy.export import metadata
 from tmdeploy.fileio import atomic_write, check_output, file_sha256
@@ -28,10 +30,6 @@ from tmdeploy.optional import require
 
 INPUT_NAME = "images"
 ENGINE_SUFFIXES = (".plan", ".engine")  # what runtime.load, serve and Triton repositories take as an engine
-SIDECAR_FORMAT = "1"
-# Keys that loading and Triton read without further checks: a hand-edited sidecar lacking one is refused.
-SIDECAR_KEYS = ("cache_key", "engine_sha256", "tensorrt", "gpu", "compute_capability", "precision", "profile", "batch",
-                "onnx_path", "onnx_sha256", "metadata")
 MIN_TENSORRT_MAJOR = 10
 STRONGLY_TYPED_MAJOR = 11  # TensorRT 11 dropped the FP16/INT8 builder flags: precision lives in the graph
 
@@ -128,11 +126,6 @@ def default_timing_cache(engine_path: Path, env: Environment) -> Path:
     return Path(engine_path).parent / f"timing-trt{env.tensorrt}-sm{env.compute_capability.replace('.', '')}.cache"
 
 
-def sidecar_path(engine_path) -> Path:
-    engine_path = Path(engine_path)
-    return engine_path.with_name(engine_path.name + ".json")
-
-
 def make_sidecar(spec: BuildSpec, *, engine_sha256: str, onnx_path: Path, meta: metadata.ModelMetadata,
                  layer_precisions: dict) -> dict:
     """What an engine says about itself: how and where it was built, from what, and the model it holds."""
@@ -154,33 +147,6 @@ def make_sidecar(spec: BuildSpec, *, engine_sha256: str, onnx_path: Path, meta: 
         "layer_precisions": layer_precisions,
         "metadata": meta.to_props(),
     }
-
-
-def write_sidecar(engine_path, sidecar: dict) -> Path:
-    path = sidecar_path(engine_path)
-    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(sidecar, indent=2, sort_keys=True) + "\n"))
-    return path
-
-
-def read_sidecar(engine_path) -> dict:
-    """The engine's sidecar; TmdeployError when it is missing or not tmdeploy's."""
-    path = sidecar_path(engine_path)
-    try:
-        sidecar = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise TmdeployError(f"{engine_path} has no sidecar {path.name}: rebuild the engine with tmdeploy") from None
-    except (OSError, ValueError) as err:
-        raise TmdeployError(f"cannot read {path}: {err}") from err
-    if not isinstance(sidecar, dict) or sidecar.get("sidecar_format") != SIDECAR_FORMAT:
-        raise TmdeployError(f"{path} is not a tmdeploy engine sidecar (format {SIDECAR_FORMAT})")
-    missing = [k for k in SIDECAR_KEYS if k not in sidecar]
-    if missing:
-        raise TmdeployError(f"{path} lacks '{missing[0]}': rebuild the engine with tmdeploy")
-    return sidecar
-
-
-def sidecar_metadata(sidecar: dict) -> metadata.ModelMetadata:
-    return metadata.ModelMetadata.from_props(sidecar.get("metadata") or {})
 
 
 def engine_is_current(engine_path, key: str) -> bool:

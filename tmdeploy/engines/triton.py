@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import stat
 import tempfile
 import uuid
 from dataclasses import dataclass
@@ -166,10 +167,11 @@ def labels_text(meta: metadata.ModelMetadata) -> str:
 def write_model_repository(model_path, repo_dir, name=None, max_batch_size: int | None = None,
                            preferred_batch_sizes=None, max_queue_delay_us: int = 100, instance_count: int = 1,
                            onnx_path=None) -> Path:
-    """Write ``repo_dir/NAME`` for ``model_path`` (.onnx or .plan) and return that directory.
+    """Write version 1 of ``repo_dir/NAME`` for ``model_path`` (.onnx or .plan) and return ``repo_dir/NAME``.
 
-    ``max_batch_size`` defaults to 256, or to the profile maximum of a ``.plan``. The directory appears
-    whole or not at all: it is written beside its final place and renamed in, replacing an older one.
+    ``max_batch_size`` defaults to 256, or to the profile maximum of a ``.plan``. Only ``config.pbtxt``,
+    ``labels.txt`` and ``1/model.onnx`` (or ``1/model.plan``) are replaced: the model's other versions and
+    files stay. The change is all or nothing: see :func:`_write_dir`.
     """
     model_path, repo_dir = Path(model_path), Path(repo_dir)
     sig = model_signature(model_path, onnx_path)
@@ -184,30 +186,63 @@ def write_model_repository(model_path, repo_dir, name=None, max_batch_size: int 
         instance_count=instance_count,
     )
     labels = labels_text(sig.metadata)
-
-    def fill(tmp: Path) -> None:
-        (tmp / "1").mkdir()
-        shutil.copyfile(model_path, tmp / "1" / FILE_NAMES[platform])
-        (tmp / "config.pbtxt").write_text(config)
-        (tmp / LABELS_FILE).write_text(labels)
-
-    return _write_dir(repo_dir / name, fill)
+    writers = (lambda path: shutil.copyfile(model_path, path), lambda path: path.write_text(config),
+               lambda path: path.write_text(labels))
+    return _write_dir(repo_dir / name, dict(zip(model_files(platform), writers)))
 
 
-def _write_dir(final: Path, fill) -> Path:
-    """Fill a temporary directory beside ``final``, then swap it in (the old one, if any, is removed after)."""
+def model_files(platform: str) -> tuple[str, ...]:
+    """The paths, inside ``REPO/NAME``, that tmdeploy writes for a model served on ``platform``."""
+    return f"1/{FILE_NAMES[platform]}", "config.pbtxt", LABELS_FILE
+
+
+def check_model_dir(final, names) -> Path:
+    """Refuse, before anything is written, a ``REPO/NAME`` where something is in the way of ``names``:
+    NAME or a folder on the way that is not a directory (or is a link), a file name taken by anything but
+    a regular file or a link."""
+    final = Path(final)
+    for name in names:
+        parts = Path(name).parts
+        folders = [final.joinpath(*parts[:i]) for i in range(len(parts))]
+        for path, folder in [*((f, True) for f in folders), (final / name, False)]:
+            try:
+                mode = os.lstat(path).st_mode
+            except FileNotFoundError:
+                break
+            except OSError as err:
+                raise TmdeployError(f"cannot write {path}: {err.strerror or err}") from err
+            if folder and not stat.S_ISDIR(mode):
+                raise UsageError(f"{path} is in the way: it is not a directory; refusing to replace it")
+            if not folder and not (stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
+                raise UsageError(f"{path} is in the way: it is not a regular file; refusing to replace it")
+    return final
+
+
+def _write_dir(final: Path, files: dict) -> Path:
+    """Stage ``final`` beside it, then swap it in: an interrupt leaves the old directory or the new one.
+
+    The stage holds the old directory's other entries (hard links, or copies where the file system will
+    not link) and ``files`` ({relative path: write(path)}) written fresh; the old directory is removed after.
+    """
+    check_model_dir(final, files)
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
         prefix = temp_prefix(final.name, final.parent)
-        if final.is_symlink() or (final.exists() and not final.is_dir()):
-            raise UsageError(f"{final} exists and is not a directory; refusing to replace it")
         tmp = Path(tempfile.mkdtemp(prefix=prefix, suffix=".tmp", dir=final.parent))
     except OSError as err:
         raise TmdeployError(f"cannot write {final}: {err.strerror or err}") from err
     old = final.with_name(f"{prefix}{uuid.uuid4().hex[:8]}.old")  # as long as the temporary name: fits NAME_MAX
     try:
-        fill(tmp)
-        os.chmod(tmp, 0o755)  # mkdtemp makes 0700 directories; the server may run as another user
+        mode = 0o755  # mkdtemp makes 0700 directories; the server may run as another user
+        if final.exists():
+            mode = stat.S_IMODE(final.stat().st_mode)
+            ours = {final / name for name in files}
+            shutil.copytree(final, tmp, symlinks=True, dirs_exist_ok=True, copy_function=_link_or_copy,
+                            ignore=lambda d, entries: [e for e in entries if Path(d, e) in ours])
+        for name, write in files.items():
+            (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+            write(tmp / name)
+        os.chmod(tmp, mode)
         if final.exists():
             os.rename(final, old)
         os.rename(tmp, final)
@@ -220,3 +255,11 @@ def _write_dir(final: Path, fill) -> Path:
         raise
     shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def _link_or_copy(src, dst) -> None:
+    """The user's files, kept in the staged directory: a hard link costs nothing, a copy where links fail."""
+    try:
+        os.link(src, dst, follow_symlinks=False)
+    except OSError:
+        shutil.copy2(src, dst, follow_symlinks=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import math
 from functools import lru_cache
 
 import numpy as np
@@ -169,4 +170,8 @@ def op_histogram(model: onnx.ModelProto) -> dict[str, int]:
 
 
 def parameter_count(model: onnx.ModelProto) -> int:
-    return int(sum(np.prod(t.dims, dtype=np.int64) for t in model.graph.initializer))
+    """Exact, in Python ints: numpy's int64 wrapped a declared [2**40, 2**40] around to a small count."""
+    for t in model.graph.initializer:
+        if any(d < 0 for d in t.dims):
+            raise TmdeployError(f"initializer '{t.name[:100]}' declares a negative dimension {list(t.dims)}")
+    return sum(math.prod(t.dims) for t in model.graph.initializer)

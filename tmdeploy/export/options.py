@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tmdeploy.errors import UsageError, check_choice
+from tmdeploy.values import check_distinct
 
 # The TM export forms (docs/models.md, "Export forms"), each with the name of its PyTorch module in
 # tmdeploy.export.forms (imported there on use: it needs torch); the graph-level rewrite of a user's own
@@ -60,6 +61,7 @@ class ExportOptions:
         check_choice(self.int8_target, INT8_TARGETS, "--int8-target")
         if self.keep_fp32 and self.precision != "fp16":
             raise UsageError(f"--keep-fp32 applies to --precision fp16 only, not {self.precision}")
+        check_distinct("--keep-fp32", self.keep_fp32)
         if self.calib_data is not None:
             from tmdeploy import data  # torch: only when there is a spec to check
 

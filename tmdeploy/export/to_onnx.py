@@ -93,9 +93,11 @@ def to_model_proto(deployable, options: ExportOptions) -> onnx.ModelProto:
     module = deploy_module(ckpt, options)
     names = output_names(options.patch_logits)
     example = example_input(ckpt, options.bake_preprocess)
+    exporter = ckpt.exporter or options.exporter
+    check_opset(options.opset, exporter)
     try:
         with torch_threads(1):  # a trace runs one small batch: more threads only wait on each other
-            exported, scopes = _EXPORTERS[ckpt.exporter or options.exporter](module, example, options.opset, names)
+            exported, scopes = _EXPORTERS[exporter](module, example, options.opset, names)
     except Exception as err:
         raise TmdeployError(f"torch.onnx.export failed for {ckpt.card.arch}: {first_line(err)}") from err
     proto = graph.check(graph.clean_up(exported))
@@ -130,6 +132,19 @@ def calibration_data(ckpt: Deployable, spec: str | None, option: str = "--calib-
     c, h, w = ckpt.card.input_size
     data.check_calibration_fit(spec, c, max(h, w), ckpt.card.training_data)
     return spec
+
+
+def check_opset(opset: int, exporter: str) -> None:
+    """UsageError for an opset the exporter in use does not write, before it runs, with torch's own limits:
+    past 20 the TorchScript exporter fails after printing the whole Torch IR graph on stdout (from C++), and
+    past its maximum the dynamo one hands the graph to a fallback converter, which failed at 28."""
+    from torch.onnx import _constants
+
+    newest = (_constants.ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET if exporter == "torchscript"
+              else _constants.ONNX_MAX_OPSET)
+    if opset > newest:
+        hint = "; --exporter dynamo writes newer ones" if newest < _constants.ONNX_MAX_OPSET else ""
+        raise UsageError(f"--opset {opset}: the {exporter} exporter writes opsets up to {newest}{hint}")
 
 
 def torchscript_graph(module: nn.Module, example: Tensor, opset: int, names: list[str]):

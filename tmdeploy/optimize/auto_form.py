@@ -21,6 +21,7 @@ from tmdeploy.bench.timing import Budget, latency_stats, measure, paired_ratio
 from tmdeploy.checkpoint import as_deployable
 from tmdeploy.export.options import DEFAULT_FORM, FORMS, ExportOptions
 from tmdeploy.export.to_onnx import default_output, save_model, to_model_proto
+from tmdeploy.errors import TmdeployError
 from tmdeploy.fileio import check_output
 
 TIMINGS_KEY = "tm_form_timings"
@@ -39,6 +40,10 @@ def fastest_form(model, options: ExportOptions, threads: int | None = None,
     for batch in batches:
         x = np.random.default_rng(0).standard_normal((batch, *ckpt.card.input_size)).astype(np.float32)
         samples = measure({form: s.bind(x) for form, s in sessions.items()}, budget)
+        failed = next((form for form, s in samples.items() if s.error is not None), None)
+        if failed is not None:  # out of memory, most often: a form that cannot run cannot be timed
+            raise TmdeployError(f"--tm-form auto: the {failed} form's graph failed on onnxruntime at batch {batch} "
+                                f"({samples[failed].error}); export a form by name")
         per_batch[str(batch)] = {form: {"p50_ms": latency_stats(s.times, batch)["p50_ms"],
                                         "speedup_vs_default": paired_ratio(samples[DEFAULT_FORM], s)}
                                  for form, s in samples.items()}

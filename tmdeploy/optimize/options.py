@@ -10,7 +10,7 @@ from tmdeploy.errors import TmdeployError, UsageError, check_choice
 from tmdeploy.export.options import DEFAULT_FORM, EXPORTERS, FORMS, PRECISIONS
 from tmdeploy.fileio import check_output_dir
 from tmdeploy.runtimes import DEVICES, RUNTIMES, by_label, get, require, where
-from tmdeploy.values import MAX_SECONDS, MAX_SEED, MAX_THREADS, check_batches, check_option
+from tmdeploy.values import MAX_SECONDS, MAX_SEED, MAX_THREADS, check_batches, check_distinct, check_option
 
 # what optimize writes into --out, named once: checked before the run, then written
 OUTPUT_FILES = {"model": "model.onnx", "status": "status.json", "report": "report.md", "latency": "latency.png"}
@@ -107,6 +107,7 @@ class OptimizeOptions:
                 raise UsageError(f"{option} needs at least one of: {', '.join(choices)}")
             for value in values or ():
                 check_choice(value, choices, option)
+            check_distinct(option, values)
         for name in self.runtimes or ():  # asked for by name: a missing install is the one hint
             if RUNTIMES[self.device][name].missing == "drop":  # (the others are listed SKIPPED with it)
                 require(RUNTIMES[self.device][name])

@@ -56,6 +56,10 @@ class CheckOptions:
             onnxfile.providers("cuda")
         check_batches(self.batches)
         check_option("--iterations", self.iterations, 1, MAX_ITERATIONS)
+        if self.data is None and sum(self.batches) * self.iterations > MAX_CHECK_IMAGES:  # all made before the run
+            raise UsageError(f"--batch {','.join(map(str, self.batches))} x --iterations {self.iterations} is "
+                             f"{sum(self.batches) * self.iterations:,} random images, more than "
+                             f"{MAX_CHECK_IMAGES:,}: lower either")
         check_option("--seed", self.seed, 0, MAX_SEED)
         for option, value, high in (("--atol", self.atol, math.inf), ("--rtol", self.rtol, math.inf),
                                     ("--min-top1", self.min_top1, 1.0)):

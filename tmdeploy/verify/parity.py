@@ -28,6 +28,7 @@ from tmdeploy.fileio import atomic_write, json_text
 from tmdeploy.sanitize import clean
 from tmdeploy.threads import torch_threads
 from tmdeploy.runtimes import get as get_runtime
+from tmdeploy.values import check_image_memory
 from tmdeploy.verify.runners import TorchRunner, onnxrt_runner
 from tmdeploy.verify.options import CheckOptions
 from tmdeploy.verify.stats import DEFAULT_TOLERANCES, Tolerance, output_stats
@@ -90,6 +91,8 @@ def make_feeds(meta: metadata.ModelMetadata, options: CheckOptions) -> tuple[lis
     if options.data is not None:
         return _data_feeds(meta, options)
     c, h, w = meta.input_size
+    check_image_memory("--batch x --iterations", sum(options.batches) * options.iterations, (c, h, w),
+                       1 if meta.preprocess == "baked" else 4, fix="lower either")
     rng = np.random.default_rng(options.seed)
     feeds = []
     for batch in options.batches:
@@ -105,6 +108,8 @@ def make_feeds(meta: metadata.ModelMetadata, options: CheckOptions) -> tuple[lis
 def _data_feeds(meta: metadata.ModelMetadata, options: CheckOptions) -> tuple[list[dict], str]:
     c, h, _ = meta.input_size
     split = data.load(options.data, image_size=h, in_chans=c, seed=options.seed)
+    count = len(split.test) if options.limit is None else min(options.limit, len(split.test))
+    check_image_memory(f"--data {clean(split.name)}", count, (c, h, h), fix="bound them with --limit")
     images, _ = data.stack(split.test, limit=options.limit)
     if not len(images):
         raise TmdeployError(f"--data {clean(split.name)}: its test split holds no images")
