@@ -647,7 +647,7 @@ def test_an_interrupted_triton_export_leaves_the_old_repository_or_the_new_one(t
 # ---- round three: signals in every long step, and in the tear-down -------------------------------------------
 
 # Runs the real command line, printing a marker when --tm-form auto starts timing (the real measure runs on).
-TIMING_MARKER = ("import sys\nfrom tmdeploy.optimize import forms\nmeasure = forms.measure\n"
+TIMING_MARKER = ("import sys\nfrom tmdeploy.optimize import auto_form as forms\nmeasure = forms.measure\n"
                  "def marked(*args, **kwargs):\n    print('TIMING', flush=True)\n    return measure(*args, **kwargs)\n"
                  "forms.measure = marked\nfrom tmdeploy.cli import main\nsys.exit(main())\n")
 
@@ -931,7 +931,7 @@ def test_tm_form_auto_out_of_memory_is_one_line_without_escapes(tmp_path):
     model = models.create("rn26", num_classes=3, in_chans=1).eval()
     card = checkpoint.card_for(model, CLASSES, [0.5], [0.25], input_size=(1, 256, 256))
     checkpoint.save(tmp_path / "big.pt", model, card)
-    code = ("import re, resource, sys\nfrom tmdeploy.optimize import forms\nmeasure, calls = forms.measure, []\n"
+    code = ("import re, resource, sys\nfrom tmdeploy.optimize import auto_form as forms\nmeasure, calls = forms.measure, []\n"
             "def limited(*args, **kwargs):\n    calls.append(1)\n    if len(calls) == 2:\n"
             "        size = int(re.search(r'VmSize:\\s+(\\d+)', open('/proc/self/status').read()).group(1)) * 1024\n"
             "        resource.setrlimit(resource.RLIMIT_AS, (size + (100 << 20), resource.RLIM_INFINITY))\n"

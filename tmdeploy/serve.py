@@ -132,6 +132,24 @@ def _quiet_stop() -> None:
     logging.getLogger("pytriton.server.triton_server").setLevel(logging.ERROR)
 
 
+def _end_helper_processes(timeout_s: float = 10.0) -> None:
+    """Every process PyTriton started is gone before the command exits, so whoever sees the exit (a service
+    manager, a test) finds none left: its multiprocessing children are joined (killed if they hang), and the
+    standard library's resource tracker, which ignores SIGINT and SIGTERM and would end only on noticing our
+    exit, a moment after it, is stopped and waited for. ``_stop`` is private, but it is the one way the
+    standard library stops its tracker (its own tests use it); a public one does not exist."""
+    import multiprocessing
+    from multiprocessing import resource_tracker
+
+    for child in multiprocessing.active_children():
+        child.terminate()
+        child.join(timeout_s)
+        if child.is_alive():
+            child.kill()
+            child.join()
+    resource_tracker._resource_tracker._stop()
+
+
 def _wait_started(triton, port: int) -> None:
     """Until Triton's HTTP endpoint takes connections; a TmdeployError as soon as tritonserver exits instead.
 
@@ -194,6 +212,7 @@ def running(model_path, **options):
                                          upstream_port))
         with signals.deferred():  # a signal now would come between tritonserver's fork and the handle stop() uses
             triton = Triton(config=config)
+            stack.callback(_end_helper_processes)  # after Triton's stop (the stack runs callbacks last first)
             stack.callback(triton.stop)
             stack.callback(_quiet_stop)
             triton._run_server()  # PyTriton's start of the process alone (its run() is this and connect())
