@@ -635,13 +635,15 @@ def test_an_interrupted_triton_export_leaves_the_old_repository_or_the_new_one(t
             proc.wait()
     assert sent, "the export finished before it could be interrupted"
     after = snapshot(tmp_path / "repo")
+    assert proc.returncode in (0, 130), stderr
     if proc.returncode == 130:
         assert stderr.splitlines() == ["tmdeploy: error: interrupted by SIGINT"], stderr
-        assert after == before
-    else:  # the signal came after the swap: the whole new state
-        assert proc.returncode == 0, stderr
-        assert after["big/2/model.onnx"] == before["big/2/model.onnx"] and "big/config.pbtxt" in after
-    assert sorted(p.name for p in (tmp_path / "repo").iterdir()) == ["big"]
+    if after != before:  # the signal came after the swap: the whole new state
+        new_files = {"big/config.pbtxt", "big/labels.txt"}
+        assert {k: v for k, v in after.items() if k not in new_files and k != "big/1/model.onnx"} == {
+            k: v for k, v in before.items() if k != "big/1/model.onnx"}
+        assert new_files <= set(after) and after["big/1/model.onnx"] != before["big/1/model.onnx"]
+    assert sorted(p.name for p in (tmp_path / "repo").iterdir()) == ["big"]  # no staged or old directory
 
 
 # ---- round three: signals in every long step, and in the tear-down -------------------------------------------
@@ -678,7 +680,7 @@ def test_a_signal_after_the_work_is_done_does_not_kill_the_tear_down(work, tmp_p
                             cwd=tmp_path, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert proc.stdout.readline().startswith("wrote")
-        time.sleep(0.05)  # past the command's return: in the interpreter's tear-down
+        time.sleep(0.3)  # past the command's return, inside the tear-down (about a second here)
         proc.send_signal(signum)
         _, stderr = proc.communicate(timeout=120)
     finally:

@@ -247,13 +247,15 @@ def _write_dir(final: Path, files: dict) -> Path:
             os.rename(final, old)
         os.rename(tmp, final)
     except BaseException as err:
-        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(tmp, ignore_errors=True)  # gone already once swapped in
         if old.exists() and not final.exists():
             os.rename(old, final)
         if isinstance(err, OSError):
             raise TmdeployError(f"cannot write {final}: {err.strerror or err}") from err
         raise
-    shutil.rmtree(old, ignore_errors=True)
+    finally:  # also when a signal comes after the swap, or during this (a second signal is ignored)
+        if final.exists():
+            shutil.rmtree(old, ignore_errors=True)
     return final
 
 
