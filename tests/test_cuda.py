@@ -24,7 +24,7 @@ from tmdeploy.bench.cuda import CudaGraphSession, OrtCudaGraphSession, OrtIoBind
 from tmdeploy.bench.sessions import OrtSession, TorchSession
 from tmdeploy.cli import main
 from tmdeploy.export import ExportOptions, export_onnx, to_model_proto
-from tmdeploy.optimize.search import CHOICE_KEY
+from tmdeploy.optimize.stage import CHOICE_KEY
 from tmdeploy.verify import CheckOptions, check
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")

@@ -15,7 +15,8 @@ from tmdeploy.cli import main
 from tmdeploy.errors import TmdeployError, UsageError
 from tmdeploy.optimize import OptimizeOptions, optimize
 from tmdeploy.optimize.candidates import Candidate
-from tmdeploy.optimize.search import CHOICE_KEY, _decide
+from tmdeploy.optimize.decide import decide as _decide
+from tmdeploy.optimize.stage import CHOICE_KEY
 
 # one thread, short windows, few held-out images: seconds on a shared 2-core machine
 FAST = ["--quick", "--threads", "1", "--batch", "1,4", "--window-s", "0.05", "--profile-s", "2",
@@ -291,7 +292,7 @@ def test_tm_form_auto_exports_the_fastest_form_with_its_timings(tiny_tm, tmp_pat
 
 def test_screening_keeps_the_contenders_and_the_default():
     from tmdeploy.bench.timing import Samples
-    from tmdeploy.optimize.search import _screen
+    from tmdeploy.optimize.profile import screen as _screen
 
     window = {"default": Samples(times=[3.0]), "fast": Samples(times=[1.0]), "close": Samples(times=[1.2]),
               "slow": Samples(times=[2.0])}
