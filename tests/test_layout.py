@@ -7,7 +7,7 @@ import sys
 def test_numpy_only_modules_import_without_torch():
     code = ("import sys, tmdeploy.verify.stats, tmdeploy.bench.timing, tmdeploy.bench.machine, tmdeploy.report, "
             "tmdeploy.export.options, tmdeploy.export.metadata, tmdeploy.runtime, tmdeploy.cli, "
-            "tmdeploy.optimize.options; "
+            "tmdeploy.optimize.options, tmdeploy.optimize.status, tmdeploy.runtimes, tmdeploy.deploy; "
             "tmdeploy.cli.build_parser(); "
             "heavy = [m for m in ('torch', 'polygraphy', 'onnxscript') if m in sys.modules]; "
             "assert not heavy, heavy")

@@ -1,8 +1,9 @@
 """``status.json``: one typed record of an optimize run (:class:`Status`), written by the run and read back
 by the report stage, so its fields are named once, here.
 
-Torch-free, and read tolerantly: a field an older file lacks takes its default, and a field this version does
-not know is kept aside, so a report can be rendered from any status.json written since format 1.
+Torch-free, and read tolerantly: a field an older file lacks takes its default, a top-level field this
+version does not know is kept aside (a candidate's is dropped), so a report can be rendered from any
+status.json written since format 1.
 """
 
 from __future__ import annotations
