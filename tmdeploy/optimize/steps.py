@@ -152,13 +152,17 @@ def _parity_reason(tol: dict, stats: dict) -> str:
     return f"top-1 agreement {stats['top1_agreement']:.2%} < {tol['min_top1']:.2%}"
 
 
-def _reproduce_command(run: Run, cand: Candidate, check_options: CheckOptions, tol: dict, stats: dict) -> dict:
+def _reproduce_command(run: Run, cand: Candidate, check_options: CheckOptions, tol: dict,
+                       stats: dict) -> dict | None:
     """The CLI line, run in the output folder, that re-checks this file's logits against PyTorch's: polygraphy's
     own, without tmdeploy, where polygraphy runs the runtime; else ``tmdeploy check --runtime`` (the entry's).
 
     FP32/FP16 use the precision's tolerances. INT8 is judged by top-1 agreement, which polygraphy does not
-    check: its line bounds the errors at the measured maximum instead, a regression check.
+    check: its line bounds the errors at the measured maximum instead, a regression check. None: the runtime
+    has no such line.
     """
+    if cand.entry.reproduce is None:
+        return None
     if tol["elementwise"]:
         atol, rtol, what = tol["atol"], tol["rtol"], "the precision's tolerances"
     else:
