@@ -439,3 +439,22 @@ def test_a_read_only_folder_is_refused_before_any_file_is_replaced(tmp_path):
         assert (out / "status.json").read_text() == "out"
     finally:
         out.chmod(0o755)
+
+
+def test_status_json_is_the_status_record_and_an_older_file_still_renders(run_dir):
+    """status.json is Status.to_dict(): read back, it is the same file; one written with the old upper-case
+    words (before bench's ok/failed/skipped) renders the same report."""
+    from tmdeploy.optimize.status import Status
+    from tmdeploy.report.optimize import to_markdown
+
+    status = _strict((run_dir / "status.json").read_text())
+    assert Status.from_dict(status).to_dict() == status
+    assert {c["status"] for c in status["candidates"]} <= {"ok", "failed", "skipped"}
+    old = json.loads(json.dumps(status))
+    for c in old["candidates"]:
+        c["status"] = c["status"].upper()
+        for step in c["steps"]:
+            step["status"] = step["status"].upper()
+        del c["device"]  # a field older files lack
+    assert to_markdown(old).replace("(OK)", "(ok)").replace("(FAILED)", "(failed)").replace(
+        "(SKIPPED)", "(skipped)") == to_markdown(status)
