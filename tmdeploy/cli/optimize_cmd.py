@@ -31,7 +31,7 @@ def register(sub) -> None:
                                                "tensorrt; cuda: tensorrt",
                help="comma-separated INT8 recipes")
     api_option(p, "--exporters", OPT, help="comma-separated torch.onnx exporters")
-    api_option(p, "--runtimes", OPT, shown="every one of the target installed",
+    api_option(p, "--runtimes", OPT, shown="every one installed for the --device",
                help="comma-separated runtimes that run the files ("
                     + "; ".join(f"{device}: {', '.join(names)}" for device, names in RUNTIMES.items()) + ")")
     api_option(p, "--data", OPT, help="held-out (test split) and calibration (train split) data; auto: the data the "
