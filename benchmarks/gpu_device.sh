@@ -6,7 +6,7 @@
 #   tests         pytest tests/test_cuda.py
 #   bench ARCH    tmdeploy bench --device cuda, batch 1, 32 and 256, every backend but max-autotune (below)
 #   check ARCH    tmdeploy check --device cuda of FP32 and FP16 exports on the digits test split
-#   optimize ARCH tmdeploy optimize --target cuda (status.json, report.md, latency.png, model.onnx; not the
+#   optimize ARCH tmdeploy optimize --device cuda (status.json, report.md, latency.png, model.onnx; not the
 #                 candidates' files, which would outgrow what a call returns)
 #   tm-cost       benchmarks/gpu_tm_cost.py --profile (rn26-tm ÷ rn26 per configuration)
 # Results go to /tmp/gpu and, at the end, into one archive under $OUT (a call returns at most 8 files).
@@ -53,7 +53,7 @@ while [ $# -gt 0 ]; do
         done; rm -f $RESULTS/*.onnx ;;
     optimize)
         arch=$1; shift; log "optimize $arch"
-        limited python3 -m tmdeploy optimize runs/$arch.pt --target cuda --quiet --out $RESULTS/optimize-$arch \
+        limited python3 -m tmdeploy optimize runs/$arch.pt --device cuda --quiet --out $RESULTS/optimize-$arch \
             2>&1 | tee $RESULTS/optimize-$arch.log | tail -40
         rm -rf $RESULTS/optimize-$arch/candidates ;;
     tm-cost)

@@ -1,5 +1,5 @@
 """The CUDA paths: event timing, CUDA graphs, onnxruntime's CUDA provider (IO binding, its CUDA graph),
-``check --device cuda``, ``bench --device cuda`` and ``optimize --target cuda``.
+``check --device cuda``, ``bench --device cuda`` and ``optimize --device cuda``.
 
 Skipped on machines without a GPU (CI); benchmarks/gpu_device.sh runs this file on a lent H100/H200.
 The onnxruntime tests also need onnxruntime-gpu, which replaces the CPU wheel.
@@ -24,7 +24,7 @@ from tmdeploy.bench.cuda import CudaGraphSession, OrtCudaGraphSession, OrtIoBind
 from tmdeploy.bench.sessions import OrtSession, TorchSession
 from tmdeploy.cli import main
 from tmdeploy.export import ExportOptions, export_onnx, to_model_proto
-from tmdeploy.optimize.search import CHOICE_KEY
+from tmdeploy.optimize.stage import CHOICE_KEY
 from tmdeploy.verify import CheckOptions, check
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
@@ -117,7 +117,7 @@ def _polygraphy(command: str, cwd) -> subprocess.CompletedProcess:
 @needs_ort_cuda
 def test_optimize_on_cuda_picks_the_fastest_passing_candidate_and_names_its_provider_settings(small_ckpt, tmp_path):
     out = tmp_path / "out"
-    assert main(["optimize", str(small_ckpt.path), "--target", "cuda", "--quick", "--batch", "1,8", "--window-s",
+    assert main(["optimize", str(small_ckpt.path), "--device", "cuda", "--quick", "--batch", "1,8", "--window-s",
                  "0.05", "--profile-s", "4", "--accuracy-limit", "64", "--quiet", "--out", str(out)]) == 0
     status = json.loads((out / "status.json").read_text(), parse_constant=lambda name: pytest.fail(name))
     by_name = {c["name"]: c for c in status["candidates"]}

@@ -7,7 +7,7 @@ import sys
 def test_numpy_only_modules_import_without_torch():
     code = ("import sys, tmdeploy.verify.stats, tmdeploy.bench.timing, tmdeploy.bench.machine, tmdeploy.report, "
             "tmdeploy.export.options, tmdeploy.export.metadata, tmdeploy.runtime, tmdeploy.cli, "
-            "tmdeploy.optimize.options; "
+            "tmdeploy.optimize.options, tmdeploy.optimize.status, tmdeploy.runtimes, tmdeploy.deploy; "
             "tmdeploy.cli.build_parser(); "
             "heavy = [m for m in ('torch', 'polygraphy', 'onnxscript') if m in sys.modules]; "
             "assert not heavy, heavy")
@@ -197,3 +197,20 @@ def test_a_runtime_is_one_entry():
     root = Path(runtimes.__file__).parent.parent
     spelled = sorted(str(p.relative_to(root)) for p in root.rglob("*.py") if "openvino" in p.read_text().lower())
     assert len(spelled) <= 4, spelled
+
+
+def test_the_runtime_registry_sits_below_every_stage():
+    """tmdeploy/runtimes/ imports no stage at module level, so every stage may read it; what a runtime opens
+    (the bench stage's sessions, verify's runners) is imported inside the function that opens it, by the
+    stage that calls it."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent / "tmdeploy" / "runtimes"
+    found = []
+    for path in sorted(root.glob("*.py")):
+        for node in ast.parse(path.read_text()).body:
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            found += [(path.name, n) for n in names if n.split(".")[:2][-1] in STAGES and n.startswith("tmdeploy.")]
+    assert not found, found

@@ -15,7 +15,8 @@ from tmdeploy.cli import main
 from tmdeploy.errors import TmdeployError, UsageError
 from tmdeploy.optimize import OptimizeOptions, optimize
 from tmdeploy.optimize.candidates import Candidate
-from tmdeploy.optimize.search import CHOICE_KEY, _decide
+from tmdeploy.optimize.decide import decide as _decide
+from tmdeploy.optimize.stage import CHOICE_KEY
 
 # one thread, short windows, few held-out images: seconds on a shared 2-core machine
 FAST = ["--quick", "--threads", "1", "--batch", "1,4", "--window-s", "0.05", "--profile-s", "2",
@@ -291,7 +292,7 @@ def test_tm_form_auto_exports_the_fastest_form_with_its_timings(tiny_tm, tmp_pat
 
 def test_screening_keeps_the_contenders_and_the_default():
     from tmdeploy.bench.timing import Samples
-    from tmdeploy.optimize.search import _screen
+    from tmdeploy.optimize.profile import screen as _screen
 
     window = {"default": Samples(times=[3.0]), "fast": Samples(times=[1.0]), "close": Samples(times=[1.2]),
               "slow": Samples(times=[2.0])}
@@ -343,3 +344,117 @@ def test_target_is_the_deprecated_name_of_device(tiny_tm, tmp_path, capsys):
     assert err.count("deprecated") == 1 and "use --device" in err
     status = json.loads((out / "status.json").read_text())
     assert status["options"]["device"] == status["options"]["target"] == "cpu"
+
+
+def _snapshot(folder: Path) -> dict:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() if p.is_file() else "dir"
+            for p in sorted(folder.rglob("*"))}
+
+
+FP32_ONLY = ["--quick", "--precisions", "fp32", "--batch", "1", "--profile-s", "0", "--window-s", "0",
+             "--accuracy-limit", "16", "--threads", "1", "--quiet"]
+
+
+def test_a_target_in_the_way_is_refused_before_any_file_is_replaced(tiny_tm, tmp_path, capsys):
+    """Issue 22: repro/inputs.json a directory came after candidates/ had been replaced. Now every target is
+    checked first, and a later run replaces tmdeploy's files and keeps the user's."""
+    out = tmp_path / "opt"
+    argv = ["optimize", str(tiny_tm.path), *FP32_ONLY, "--out", str(out)]
+    assert main(argv) == 0
+    (out / "notes.txt").write_text("mine")
+    (out / "repro" / "inputs.json").unlink()
+    (out / "repro" / "inputs.json").mkdir()
+    before = _snapshot(out)
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "inputs.json is a directory" in err, err
+    assert _snapshot(out) == before
+    (out / "repro" / "inputs.json").rmdir()
+    status = (out / "status.json").read_text()
+    assert main(argv) == 0
+    assert (out / "notes.txt").read_text() == "mine" and (out / "repro" / "inputs.json").is_file()
+    assert (out / "status.json").read_text() != status  # the new run's (its timings differ)
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no staging folder left
+
+
+def test_the_commit_is_all_or_nothing(tmp_path):
+    from tmdeploy.optimize.stage import _swap, commit
+
+    files = ["candidates/a.onnx", "status.json", "repro/inputs.json"]
+    scratch, out = tmp_path / "scratch", tmp_path / "out"
+    for root, words in ((scratch, "new"), (out, "old")):
+        for name in files[:2] if root == out else files:
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            (root / name).write_text(f"{words} {name}")
+    (out / "notes.txt").write_text("mine")
+    # a target that became a directory after the run's first check: refused before anything is replaced
+    (out / "repro" / "inputs.json").mkdir(parents=True)
+    before = _snapshot(out)
+    with pytest.raises(UsageError, match="inputs.json is a directory"):
+        commit(scratch, out, files, None)
+    assert _snapshot(out) == before
+    (out / "repro" / "inputs.json").rmdir()
+    (out / "repro").rmdir()
+    before = _snapshot(out)
+    # a rename that fails halfway (status.json's new file is missing): the file already replaced is put back
+    staging = tmp_path / "staging"
+    (staging / "new" / "candidates").mkdir(parents=True)
+    (staging / "new" / "candidates" / "a.onnx").write_text("new candidates/a.onnx")
+    with pytest.raises(FileNotFoundError):
+        _swap(out, staging, files)
+    assert _snapshot(out) == before
+    commit(scratch, out, files, None)
+    assert {name: (out / name).read_text() for name in files} == {name: f"new {name}" for name in files}
+    assert (out / "notes.txt").read_text() == "mine" and sorted(p.name for p in out.iterdir()) == [
+        "candidates", "notes.txt", "repro", "status.json"]
+
+
+def test_a_signal_during_the_commit_waits_until_it_is_done():
+    """SIGINT during the final renames left opt/ half old, half new (issue 22): now it waits for the last one.
+    In a fresh interpreter: a SIGINT to a process that has loaded OpenVINO crashes it (SIGSEGV, seen here)."""
+    code = ("import os, signal, time\nfrom tmdeploy import signals\ndone = []\ntry:\n"
+            "    with signals.handled():\n        with signals.deferred():\n"
+            "            os.kill(os.getpid(), signal.SIGINT)\n            time.sleep(0.05)\n"
+            "            done.append('committed')\n"
+            "except signals.Interrupted as err:\n    print('interrupted after', done, err.exit_code)\n")
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(root)})
+    assert done.stdout.strip() == "interrupted after ['committed'] 130", done.stdout + done.stderr
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_a_read_only_folder_is_refused_before_any_file_is_replaced(tmp_path):
+    from tmdeploy.optimize.stage import commit
+
+    scratch, out = tmp_path / "scratch", tmp_path / "out"
+    for root in (scratch, out):
+        root.mkdir()
+        (root / "status.json").write_text(root.name)
+    out.chmod(0o555)
+    try:
+        with pytest.raises(TmdeployError, match="permission denied"):
+            commit(scratch, out, ["status.json"], None)
+        assert (out / "status.json").read_text() == "out"
+    finally:
+        out.chmod(0o755)
+
+
+def test_status_json_is_the_status_record_and_an_older_file_still_renders(run_dir):
+    """status.json is Status.to_dict(): read back, it is the same file; one written with the old upper-case
+    words (before bench's ok/failed/skipped) renders the same report."""
+    from tmdeploy.optimize.status import Status
+    from tmdeploy.report.optimize import to_markdown
+
+    status = _strict((run_dir / "status.json").read_text())
+    assert Status.from_dict(status).to_dict() == status
+    assert {c["status"] for c in status["candidates"]} <= {"ok", "failed", "skipped"}
+    old = json.loads(json.dumps(status))
+    for c in old["candidates"]:
+        c["status"] = c["status"].upper()
+        for step in c["steps"]:
+            step["status"] = step["status"].upper()
+        del c["device"]  # a field older files lack
+    assert to_markdown(old).replace("(OK)", "(ok)").replace("(FAILED)", "(failed)").replace(
+        "(SKIPPED)", "(skipped)") == to_markdown(status)

@@ -46,6 +46,24 @@ def handled(exiting: bool = False):
             signal.signal(signum, signal.SIG_IGN if exiting else handler)
 
 
+@contextlib.contextmanager
+def deferred():
+    """Within the block, SIGINT and SIGTERM wait: the block finishes (a commit of several renames that must
+    not stop halfway), and a signal that came meanwhile is then delivered to the handler in force before."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    arrived: list[int] = []
+    previous = {signum: signal.signal(signum, lambda signum, frame: arrived.append(signum)) for signum in SIGNALS}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        if arrived:
+            signal.raise_signal(arrived[0])
+
+
 def _raise(signum, frame):
     for other in SIGNALS:  # a second signal must not interrupt the clean-up the first one started
         signal.signal(other, signal.SIG_IGN)

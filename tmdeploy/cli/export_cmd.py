@@ -5,7 +5,7 @@ from pathlib import Path
 from tmdeploy.cli._common import add_checkpoint_args, api_option, api_values, comma_list, load_checkpoint
 
 EXPORT = "tmdeploy.export.options:ExportOptions"
-TARGET = "tmdeploy.engines.options:TargetOptions"
+ENGINE = "tmdeploy.engines.options:EngineOptions"
 
 
 def register(sub) -> None:
@@ -14,7 +14,7 @@ def register(sub) -> None:
 
     p = sub.add_parser("export", help="export a checkpoint to ONNX, TensorRT or a Triton model repository")
     add_checkpoint_args(p)
-    api_option(p, "--format", TARGET, choices=FORMATS, help="what to write")
+    api_option(p, "--format", ENGINE, choices=FORMATS, help="what to write")
     p.add_argument("--out", type=Path, default=None, help="output path (default: beside the checkpoint)")
     api_option(p, "--opset", EXPORT, type=int, help="ONNX opset, at least 13")
     api_option(p, "--tm-form", EXPORT, choices=(*FORMS, AUTO_FORM),
@@ -34,24 +34,24 @@ def register(sub) -> None:
                help="calibration data")
     api_option(low, "--keep-fp32", EXPORT, help="fp16: comma-separated op types or node names kept in FP32")
     trt = p.add_argument_group("TensorRT (--format trt) and Triton (--format triton)")
-    api_option(trt, "--batch", TARGET, help="optimization profile MIN,OPT,MAX (MAX: Triton's max_batch_size)")
-    api_option(trt, "--workspace-mib", TARGET, type=int, shown="TensorRT's own", help="TensorRT workspace limit in MiB")
-    api_option(trt, "--timing-cache", TARGET, type=Path, shown="beside the engine",
+    api_option(trt, "--batch", ENGINE, help="optimization profile MIN,OPT,MAX (MAX: Triton's max_batch_size)")
+    api_option(trt, "--workspace-mib", ENGINE, type=int, shown="TensorRT's own", help="TensorRT workspace limit in MiB")
+    api_option(trt, "--timing-cache", ENGINE, type=Path, shown="beside the engine",
                help="TensorRT timing cache file, reused across builds")
-    api_option(trt, "--force", TARGET, action="store_true", help="rebuild the engine even if an identical one exists")
-    api_option(trt, "--triton-model", TARGET, choices=TRITON_MODELS,
+    api_option(trt, "--force", ENGINE, action="store_true", help="rebuild the engine even if an identical one exists")
+    api_option(trt, "--triton-model", ENGINE, choices=TRITON_MODELS,
                help="what the Triton repository serves: an engine built here, or the ONNX file; auto: an engine "
                     "where TensorRT is installed, else the ONNX file")
     p.set_defaults(func=run)
 
 
 def options(args):
-    """The API's options for these arguments: (ExportOptions, TargetOptions)."""
-    from tmdeploy.engines.options import TargetOptions
+    """The API's options for these arguments: (ExportOptions, EngineOptions)."""
+    from tmdeploy.engines.options import EngineOptions
     from tmdeploy.export.options import ExportOptions
 
     return (ExportOptions(**api_values(args, ExportOptions, keep_fp32=comma_list)),
-            TargetOptions(**api_values(args, TargetOptions)))
+            EngineOptions(**api_values(args, EngineOptions)))
 
 
 def run(args) -> int:

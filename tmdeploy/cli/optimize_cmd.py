@@ -31,7 +31,7 @@ def register(sub) -> None:
                                                "tensorrt; cuda: tensorrt",
                help="comma-separated INT8 recipes")
     api_option(p, "--exporters", OPT, help="comma-separated torch.onnx exporters")
-    api_option(p, "--runtimes", OPT, shown="every one of the target installed",
+    api_option(p, "--runtimes", OPT, shown="every one installed for the --device",
                help="comma-separated runtimes that run the files ("
                     + "; ".join(f"{device}: {', '.join(names)}" for device, names in RUNTIMES.items()) + ")")
     api_option(p, "--data", OPT, help="held-out (test split) and calibration (train split) data; auto: the data the "
@@ -80,6 +80,7 @@ def options(args):
 def run(args) -> int:
     from tmdeploy.errors import TmdeployError
     from tmdeploy.optimize import optimize
+    from tmdeploy.optimize.options import OUTPUT_FILES
     from tmdeploy.report import write_optimize_report
 
     opt = options(args)
@@ -88,13 +89,12 @@ def run(args) -> int:
         print("tmdeploy: warning: --target is deprecated and goes in the next release: use --device",
               file=sys.stderr)
     ckpt = load_checkpoint(args)
-    result = optimize(ckpt, opt)
-    paths = write_optimize_report(result.status, result.out)
-    decision = result.status["decision"]
-    print(f"wrote {result.out}/: status.json, " + ", ".join(p.name for p in paths.values())
-          + (", model.onnx" if decision else ""))
+    result = optimize(ckpt, opt, report=write_optimize_report)  # the report is committed with the rest
+    decision = result.record.decision
+    shown = [OUTPUT_FILES[k] for k in ("status", "report", "latency", "model") if OUTPUT_FILES[k] in result.files]
+    print(f"wrote {result.out}/: {', '.join(shown)}")
     if decision is None:
-        raise TmdeployError(f"no candidate passed; see {paths['markdown']}")
+        raise TmdeployError(f"no candidate passed; see {result.out / OUTPUT_FILES['report']}")
     speedup = decision.get("speedup_vs_default")
     print(f"chose {decision['chosen']} by {decision['strategy']}: batch {decision['batch']}, p50 "
           f"{decision['p50_ms']:.3g} ms, {decision['throughput']:,.0f} images/s"

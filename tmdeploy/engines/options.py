@@ -15,7 +15,7 @@ TRITON_MODELS = ("auto", "trt", "onnx")
 
 
 @dataclass(frozen=True)
-class TargetOptions:
+class EngineOptions:
     format: str = "onnx"
     batch: str = "1,32,256"  # TensorRT optimization profile MIN,OPT,MAX; its MAX is Triton's max_batch_size
     workspace_mib: int | None = None  # TensorRT workspace limit; None: TensorRT's own

@@ -1,4 +1,4 @@
-"""The candidates ``tmdeploy optimize`` tries on a target, and what is recorded about each.
+"""The candidates ``tmdeploy optimize`` tries on a device, and what is recorded about each.
 
 A candidate is one ONNX file: a TM export form, an exporter, and a precision (with its INT8 recipe), and
 the runtime that runs it (:mod:`tmdeploy.runtimes`: on the CPU, onnxruntime or another runtime reading the

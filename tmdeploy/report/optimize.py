@@ -1,6 +1,8 @@
-"""The optimize report: ``status.json`` (a plain dict, as written or loaded) as ``report.md`` and a PNG.
+"""The optimize report: ``status.json`` as ``report.md`` and a PNG.
 
-Rendered from the dict alone, so a report can be rewritten from an old status.json without re-running.
+Rendered from the file's contents alone (a dict as written or loaded, read as the typed
+:class:`tmdeploy.optimize.status.Status`), so a report can be rewritten from an old status.json without
+re-running.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from pathlib import Path
 from tmdeploy.bench import machine
 from tmdeploy.fileio import atomic_write
 from tmdeploy.optimize.options import OUTPUT_FILES
+from tmdeploy.optimize.status import CandidateRecord, Status
 from tmdeploy.report.markdown import MARKS, number, percent, table
 from tmdeploy.report.plots import _figure
 from tmdeploy.runtimes import by_label
@@ -19,12 +22,8 @@ from tmdeploy.sanitize import clean
 _MARK = {"ok": MARKS["passed"], "failed": MARKS["failed"], "skipped": MARKS["skipped"]}
 
 
-def _stat(cand: dict, batch: int) -> dict | None:
-    return next((s for s in cand["latency"] if s["batch"] == batch), None)
-
-
-def _errors(cand: dict) -> list[str]:
-    e, tol = cand.get("errors"), cand.get("tolerance")
+def _errors(cand: CandidateRecord) -> list[str]:
+    e, tol = cand.errors, cand.tolerance
     if not e:
         return ["–", "–"]
     bound = f"atol {number(tol['atol'])}, rtol {number(tol['rtol'])}" if tol and tol["elementwise"] else "top-1 only"
@@ -52,18 +51,17 @@ def _speedup(stats: dict | None) -> str:
     return f"{stats['speedup_vs_default']:.2f}×" + ("†" if stats.get("first_window_only") else "")
 
 
-def to_markdown(status: dict) -> str:
-    model, options, decision = status["model"], status["options"], status["decision"]
+def to_markdown(status: dict | Status) -> str:
+    status = status if isinstance(status, Status) else Status.from_dict(status)
+    model, options, decision, env = status.model, status.options, status.decision, status.environment
     batches = options["batches"]
     size = "×".join(map(str, model["input_size"]))
-    data = status["data"]
+    data = status.data
     lines = [f"# Optimize: {model['arch']} ({size} input, {model['classes']} classes)", "",
-             f"- Machine: {machine.summary(status['environment'])}; CPU flags: "
-             f"{', '.join(status['environment']['cpu_flags']) or 'none known'}",
+             f"- Machine: {machine.summary(env)}; CPU flags: {', '.join(env['cpu_flags']) or 'none known'}",
              f"- INT8 recipes tried: {', '.join(options['int8_recipes'])} "
-             f"(this {'GPU' if status['environment'].get('gpu') else 'CPU'}'s picks: "
-             f"{', '.join(status['environment']['int8_recipes_for_this_cpu']['recipes'])} — "
-             f"{status['environment']['int8_recipes_for_this_cpu']['why']})",
+             f"(this {'GPU' if env.get('gpu') else 'CPU'}'s picks: "
+             f"{', '.join(env['int8_recipes_for_this_cpu']['recipes'])} — {env['int8_recipes_for_this_cpu']['why']})",
              f"- Accuracy on {data['spec']} ({data['split']} split, {data['samples']} images): at most "
              f"{options['max_top1_drop']:g} points of top-1 below PyTorch FP32, "
              f"agreement ≥ {options['min_agreement']:.2%}"
@@ -83,21 +81,21 @@ def to_markdown(status: dict) -> str:
               "agreement", "top-1 drop (points)", *(f"p50 ms b{b}" for b in batches), f"images/s b{max(batches)}",
               *(f"speed-up b{b}" for b in batches)]
     rows = []
-    for c in status["candidates"]:
-        acc = c.get("accuracy") or {}
-        big = _stat(c, max(batches))
-        rows.append([f"`{c['name']}`" + (" (default)" if c["default_export"] else ""), c["precision"],
-                     _MARK[c["status"].lower()], number(c["size_mb"]), number(c["build_s"]), *_errors(c),
+    for c in status.candidates:
+        acc = c.accuracy or {}
+        big = c.stat(max(batches))
+        rows.append([f"`{c.name}`" + (" (default)" if c.default_export else ""), c.precision,
+                     _MARK[c.status.lower()], number(c.size_mb), number(c.build_s), *_errors(c),
                      percent(acc.get("top1")), percent(acc.get("agreement")), number(acc.get("top1_drop_points")),
-                     *(number((_stat(c, b) or {}).get("p50_ms")) for b in batches),
-                     f"{big['throughput']:,.0f}" if big else "–", *(_speedup(_stat(c, b)) for b in batches)])
+                     *(number((c.stat(b) or {}).get("p50_ms")) for b in batches),
+                     f"{big['throughput']:,.0f}" if big else "–", *(_speedup(c.stat(b)) for b in batches)])
     lines += ["## Candidates", ""] + table(header, rows, text_columns=3) + [""]
-    if any(s.get("first_window_only") for c in status["candidates"] for s in c["latency"]):
+    if any(s.get("first_window_only") for c in status.candidates for s in c.latency):
         lines += ["†: screened out after the first timing window; its numbers and speed-up come from that window "
                   "(paired with the default export's rounds there), the others' from the last two.", ""]
-    failed = [c for c in status["candidates"] if c["status"].lower() != "ok"]
+    failed = [c for c in status.candidates if not c.passed]
     if failed:
-        lines += ["## Not chosen because", ""] + [f"- `{c['name']}` ({c['status']}): {c['reason']}" for c in failed]
+        lines += ["## Not chosen because", ""] + [f"- `{c.name}` ({c.status}): {c.reason}" for c in failed]
         lines.append("")
     lines += ["## Timing", "", "Candidates timed side by side in interleaved rounds (as `tmdeploy bench`), in windows "
               f"of at least {options['window_s']:g} s each, until two windows in a row agreed (the same fastest "
@@ -111,40 +109,41 @@ def to_markdown(status: dict) -> str:
                  else " (the last two windows had different leaders)" if p["windows"] > 1 else "")
               + (f"; timed in the first window only, more than {p['screen_slower']:g}× slower than the fastest: "
                  f"{', '.join(p['screened_out'])}" if p.get("screened_out") else "")
-              for p in status["profile"]]
+              for p in status.profile]
     lines += ["", "## Reproduce a parity check without tmdeploy", "",
               "In this folder (inputs and PyTorch's outputs saved in polygraphy's JSON formats):", ""]
-    lines += [f"- `{c['name']}`: `{c['reproduce']['command']}`" for c in status["candidates"] if c.get("reproduce")]
-    for runtime in dict.fromkeys(c["runtime"] for c in status["candidates"]
-                                 if "why_not_polygraphy" in (c.get("reproduce") or {})):
+    lines += [f"- `{c.name}`: `{c.reproduce['command']}`" for c in status.candidates if c.reproduce]
+    for runtime in dict.fromkeys(c.runtime for c in status.candidates if "why_not_polygraphy" in (c.reproduce or {})):
         lines += ["", f"The {by_label(runtime)} candidates' lines are `tmdeploy check --runtime {runtime}`: polygraphy "
                       f"has no {by_label(runtime)} runner."]
     lines.append("")
     return clean("\n".join(lines), newlines=True)
 
 
-def latency_figure(status: dict):
+def latency_figure(status: dict | Status):
     """p50 latency at the largest batch per timed candidate; the choice and the default marked."""
-    batch = max(status["options"]["batches"])
-    timed = [(c, _stat(c, batch)) for c in status["candidates"] if _stat(c, batch)]
+    status = status if isinstance(status, Status) else Status.from_dict(status)
+    batch = max(status.options["batches"])
+    timed = [(c, c.stat(batch)) for c in status.candidates if c.stat(batch)]
     if not timed:
         return None
-    chosen = (status["decision"] or {}).get("chosen")
+    chosen = (status.decision or {}).get("chosen")
     figure, ax = _figure(8, 0.45 * len(timed) + 1.6)
-    colors = ["C2" if c["name"] == chosen else "C7" if c["default_export"] else "C0" for c, _ in timed]
+    colors = ["C2" if c.name == chosen else "C7" if c.default_export else "C0" for c, _ in timed]
     bars = ax.barh(range(len(timed)), [s["p50_ms"] for _, s in timed], color=colors)
     ax.bar_label(bars, labels=[f"{s['p50_ms']:.3g} ms" for _, s in timed], padding=3, fontsize=8)
-    ax.set_yticks(range(len(timed)), [c["name"] for c, _ in timed], fontsize=8)
+    ax.set_yticks(range(len(timed)), [c.name for c, _ in timed], fontsize=8)
     ax.invert_yaxis()
     ax.set_xlabel(f"p50 latency at batch {batch}, ms (green: the choice, grey: the default export)")
-    env = status["environment"]
-    ax.set_title(f"{status['model']['arch']} on {env.get('gpu') or env['cpu']}", fontsize=10)
+    env = status.environment
+    ax.set_title(f"{status.model['arch']} on {env.get('gpu') or env['cpu']}", fontsize=10)
     return figure
 
 
-def write_optimize_report(status: dict, directory) -> dict[str, Path]:
+def write_optimize_report(status: dict | Status, directory) -> dict[str, Path]:
     """Write ``report.md`` and ``latency.png`` (when anything was timed) into ``directory``."""
     directory = Path(directory)
+    status = status if isinstance(status, Status) else Status.from_dict(status)
     paths = {"markdown": directory / OUTPUT_FILES["report"]}
     atomic_write(paths["markdown"], lambda tmp: tmp.write_text(to_markdown(status)))
     figure = latency_figure(status)

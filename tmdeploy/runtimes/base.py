@@ -51,10 +51,6 @@ class Runtime:
     bench_prefix: str = ""
     bench_int8_recipe: str | None = None  # whose INT8 recipe its bench INT8 file uses
 
-    @property
-    def int8(self) -> bool:
-        return "int8" in self.precisions
-
 
 @dataclass(frozen=True)
 class Line:
