@@ -135,8 +135,8 @@ class OptimizeOptions:
 
 
 def int8_recipe_names() -> tuple[str, ...]:
-    """The names of tmdeploy.export.precision.INT8_RECIPES, the one table (imported here on use: it needs torch)."""
-    from tmdeploy.export.precision import INT8_RECIPES
+    """The names of tmdeploy.export.int8_recipes.INT8_RECIPES, the one table (imported on use: onnx is slow to load)."""
+    from tmdeploy.export.int8_recipes import INT8_RECIPES
 
     return tuple(INT8_RECIPES)
 
