@@ -49,7 +49,8 @@ def handled(exiting: bool = False):
 @contextlib.contextmanager
 def deferred():
     """Within the block, SIGINT and SIGTERM wait: the block finishes (a commit of several renames that must
-    not stop halfway), and a signal that came meanwhile is then delivered to the handler in force before."""
+    not stop halfway; a child process started and its handle kept, so that nothing is left that no one
+    stops), and a signal that came meanwhile is then delivered to the handler in force before."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -68,24 +69,3 @@ def _raise(signum, frame):
     for other in SIGNALS:  # a second signal must not interrupt the clean-up the first one started
         signal.signal(other, signal.SIG_IGN)
     raise Interrupted(signum)
-
-
-@contextlib.contextmanager
-def deferred():
-    """Within :func:`handled`, a SIGINT or SIGTERM in the block is raised when the block ends, not inside it.
-
-    For a step that must not be cut in two, such as starting a child process and keeping its handle: an
-    interruption between the fork and the handle would leave a child nothing stops.
-    """
-    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is not _raise:
-        yield
-        return
-    arrived: list[int] = []
-    previous = {signum: signal.signal(signum, lambda signum, frame: arrived.append(signum)) for signum in SIGNALS}
-    try:
-        yield
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-    if arrived:
-        _raise(arrived[0], None)
