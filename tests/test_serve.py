@@ -23,7 +23,7 @@ import onnxruntime as ort
 import pytest
 from test_runtime import normalized, pixels, write_model
 
-from tmdeploy import kserve, serve, signals
+from tmdeploy import kserve, serve
 from tmdeploy.cli import main
 from tmdeploy.engines.triton import model_signature
 from tmdeploy.errors import UsageError
@@ -55,17 +55,23 @@ def test_library_path_puts_the_running_python_first():
     assert serve.library_path_with("/py/lib", f"/a{os.pathsep}/py/lib{os.pathsep}/b") == os.pathsep.join(["/py/lib", "/a", "/b"])
 
 
+# In its own interpreter: a signal sent to pytest's own process after an in-process optimize had run OpenVINO
+# candidates killed it by SIGSEGV (not pinned down; a real `tmdeploy optimize` exits 130 on one)
+DEFERRED_SIGNAL = ("import os, signal, time\nfrom tmdeploy import signals\n"
+                   "before, reached = signal.getsignal(signal.SIGTERM), False\ntry:\n"
+                   "    with signals.handled():\n        with signals.deferred():\n"
+                   "            os.kill(os.getpid(), signal.SIGTERM)\n"
+                   "            time.sleep(0.05)  # the handler runs here: it must only note the signal\n"
+                   "            reached = True\n"
+                   "except signals.Interrupted as err:\n"
+                   "    print(reached, err.exit_code, signal.getsignal(signal.SIGTERM) is before)\n")
+
+
 def test_a_signal_while_deferred_is_raised_when_the_block_ends():
     """What serve does around the start of tritonserver, so that the signal cannot fall between the fork and
-    the handle PyTriton keeps (and stop() needs)."""
-    reached, before = False, signal.getsignal(signal.SIGTERM)
-    with pytest.raises(signals.Interrupted) as interrupted, signals.handled():
-        with signals.deferred():
-            os.kill(os.getpid(), signal.SIGTERM)
-            time.sleep(0.05)  # the handler runs here, between bytecodes: it must only note the signal
-            reached = True
-    assert reached and interrupted.value.exit_code == 143
-    assert signal.getsignal(signal.SIGTERM) is before  # handled() put back what was there
+    the handle PyTriton keeps (and stop() needs); handled() then puts back the handler that was there."""
+    result = subprocess.run([sys.executable, "-c", DEFERRED_SIGNAL], capture_output=True, text=True, timeout=120)
+    assert result.stdout.split() == ["True", "143", "True"], result.stderr
 
 
 def test_bad_options_are_usage_errors(tmp_path):
