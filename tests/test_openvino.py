@@ -96,6 +96,23 @@ def test_optimize_lists_openvino_candidates_with_their_numbers(tiny, tmp_path):
     assert "polygraphy has no OpenVINO runner" in (out / "report.md").read_text()
 
 
+# What a long-lived process does after optimize: take a signal. It was SIGSEGV before any handler ran: OpenVINO's
+# CPU plugin registers an alternate signal stack in the compiling thread and may free it while still registered
+# (tmdeploy.signals.alternate_stack_kept). In its own interpreter, so that a regression fails this test alone.
+SIGNAL_AFTER_OPTIMIZE = ("import os, signal, sys, time\nfrom tmdeploy.cli import main\n"
+                         "assert main(sys.argv[1:]) == 0\ngot = []\n"
+                         "signal.signal(signal.SIGTERM, lambda signum, frame: got.append(signum))\n"
+                         "os.kill(os.getpid(), signal.SIGTERM)\ntime.sleep(0.1)\nprint('handled', got)\n")
+
+
+@pytest.mark.slow
+def test_a_signal_after_optimize_ran_openvino_candidates_is_handled(tiny, tmp_path):
+    result = _python("-c", SIGNAL_AFTER_OPTIMIZE, "optimize", str(tiny("rn26-tm").path), "--quick", "--threads", "1",
+                     "--batch", "1,4", "--precisions", "fp32,fp16", "--runtimes", "openvino", "--window-s", "0.05",
+                     "--profile-s", "1", "--accuracy-limit", "32", "--quiet", "--out", str(tmp_path / "out"))
+    assert result.returncode == 0 and "handled [15]" in result.stdout, result.stderr[-2000:]
+
+
 def test_optimize_runtimes_openvino_without_it_is_the_install_hint(tiny_ckpt, tmp_path):
     code = ("import sys; sys.modules['openvino'] = None\nfrom tmdeploy.cli import main\n"
             f"sys.exit(main(['optimize', {str(tiny_ckpt.path)!r}, '--runtimes', 'openvino', '--out', "

@@ -55,8 +55,8 @@ def test_library_path_puts_the_running_python_first():
     assert serve.library_path_with("/py/lib", f"/a{os.pathsep}/py/lib{os.pathsep}/b") == os.pathsep.join(["/py/lib", "/a", "/b"])
 
 
-# In its own interpreter: a signal sent to pytest's own process after an in-process optimize had run OpenVINO
-# candidates killed it by SIGSEGV (not pinned down; a real `tmdeploy optimize` exits 130 on one)
+# In its own interpreter: the signal goes to a process of its own, not to pytest's with whatever earlier tests
+# left in it (OpenVINO's stale alternate signal stack once made such a signal a SIGSEGV: test_openvino.py)
 DEFERRED_SIGNAL = ("import os, signal, time\nfrom tmdeploy import signals\n"
                    "before, reached = signal.getsignal(signal.SIGTERM), False\ntry:\n"
                    "    with signals.handled():\n        with signals.deferred():\n"

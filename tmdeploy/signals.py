@@ -8,6 +8,8 @@ stopped. The command line then prints one line and exits 128 + the signal number
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import signal
 import threading
 
@@ -69,3 +71,32 @@ def _raise(signum, frame):
     for other in SIGNALS:  # a second signal must not interrupt the clean-up the first one started
         signal.signal(other, signal.SIG_IGN)
     raise Interrupted(signum)
+
+
+class _AlternateStack(ctypes.Structure):  # stack_t of sigaltstack(2)
+    _fields_ = [("ss_sp", ctypes.c_void_p), ("ss_flags", ctypes.c_int), ("ss_size", ctypes.c_size_t)]
+
+
+@contextlib.contextmanager
+def alternate_stack_kept():
+    """The calling thread's alternate signal stack as it was before the block.
+
+    OpenVINO's CPU plugin registers an alternate stack of its own in the thread that compiles a model, and may
+    free it while it is still registered. The next SIGINT or SIGTERM to that thread then dies by SIGSEGV before
+    any handler runs, since Python's handlers run on the alternate stack (SA_ONSTACK): measured here after an
+    optimize with OpenVINO candidates. Python has no binding of sigaltstack(2), hence ctypes; where libc is
+    not at hand the block runs as it is."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        sigaltstack = libc.sigaltstack
+    except (OSError, AttributeError):
+        yield
+        return
+    saved = _AlternateStack()
+    if sigaltstack(None, ctypes.byref(saved)) != 0:
+        yield
+        return
+    try:
+        yield
+    finally:
+        sigaltstack(ctypes.byref(saved), None)

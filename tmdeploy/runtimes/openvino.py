@@ -8,6 +8,7 @@ from typing import Callable
 
 import numpy as np
 
+from tmdeploy import signals
 from tmdeploy.errors import TmdeployError, first_line
 from tmdeploy.runtimes.base import Line, Runtime
 
@@ -45,7 +46,8 @@ def compiled(model: bytes | str, threads: int | None = None, what: str = "the ON
         config["INFERENCE_NUM_THREADS"] = threads
     core = ov.Core()
     try:
-        return core.compile_model(core.read_model(model), "CPU", config)
+        with signals.alternate_stack_kept():  # its CPU plugin registers one it may free: signals then crash
+            return core.compile_model(core.read_model(model), "CPU", config)
     except Exception as err:  # OpenVINO raises RuntimeError with its whole frontend log
         raise TmdeployError(f"{LABEL} cannot compile {what}: {first_line(err) or type(err).__name__}") from err
 
