@@ -454,17 +454,15 @@ def test_serve_on_a_busy_port_fails_fast_with_one_line(tmp_path):
 # ---- SIGINT and SIGTERM ---------------------------------------------------------------------------------
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("signum, status", [(signal.SIGTERM, 143), (signal.SIGINT, 130)], ids=["SIGTERM", "SIGINT"])
-def test_signal_mid_write_removes_the_temp_file_and_keeps_the_target(tmp_path, big_checkpoint, signum, status):
-    target = tmp_path / "model.onnx"
-    target.write_bytes(b"previous artifact")
-    proc = subprocess.Popen([sys.executable, "-m", "tmdeploy", "export", str(big_checkpoint), "--out", str(target)],
-                            env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def interrupt_when(argv: list, ready, signum: int) -> tuple[bool, int, str]:
+    """``tmdeploy ARGV`` in a fresh process, sent ``signum`` as soon as ``ready()`` holds: (sent, exit status,
+    stderr); sent is False when the command finished first."""
+    proc = subprocess.Popen([sys.executable, "-m", "tmdeploy", *map(str, argv)], env=ENV, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
     sent = False
     try:
         while proc.poll() is None:
-            if partly_written(tmp_path, target.name) is not None:
+            if ready():
                 proc.send_signal(signum)
                 sent = True
                 break
@@ -474,8 +472,18 @@ def test_signal_mid_write_removes_the_temp_file_and_keeps_the_target(tmp_path, b
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+    return sent, proc.returncode, stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum, status", [(signal.SIGTERM, 143), (signal.SIGINT, 130)], ids=["SIGTERM", "SIGINT"])
+def test_signal_mid_write_removes_the_temp_file_and_keeps_the_target(tmp_path, big_checkpoint, signum, status):
+    target = tmp_path / "model.onnx"
+    target.write_bytes(b"previous artifact")
+    sent, returncode, stderr = interrupt_when(["export", big_checkpoint, "--out", target],
+                                              lambda: partly_written(tmp_path, target.name) is not None, signum)
     assert sent, "the export finished before it could be interrupted"
-    assert proc.returncode == status, stderr
+    assert returncode == status, stderr
     assert stderr.splitlines() == [f"tmdeploy: error: interrupted by {signal.Signals(signum).name}"], stderr
     assert target.read_bytes() == b"previous artifact"
     assert not temp_files(tmp_path, target.name) and sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
@@ -617,26 +625,13 @@ def test_an_interrupted_triton_export_leaves_the_old_repository_or_the_new_one(t
     big = model_dir.with_name("big")
     os.rename(model_dir, big)
     before = snapshot(tmp_path / "repo")
-    proc = subprocess.Popen([sys.executable, "-m", "tmdeploy", "export", str(big_checkpoint), "--format", "triton",
-                             "--triton-model", "onnx", "--out", str(tmp_path / "repo")],
-                            env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    sent = False
-    try:
-        while proc.poll() is None:
-            if temp_files(tmp_path / "repo", "big"):  # the staged directory
-                proc.send_signal(signal.SIGINT)
-                sent = True
-                break
-            time.sleep(0.002)
-        _, stderr = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    sent, returncode, stderr = interrupt_when(
+        ["export", big_checkpoint, "--format", "triton", "--triton-model", "onnx", "--out", tmp_path / "repo"],
+        lambda: temp_files(tmp_path / "repo", "big"), signal.SIGINT)  # the staged directory
     assert sent, "the export finished before it could be interrupted"
     after = snapshot(tmp_path / "repo")
-    assert proc.returncode in (0, 130), stderr
-    if proc.returncode == 130:
+    assert returncode in (0, 130), stderr
+    if returncode == 130:
         assert stderr.splitlines() == ["tmdeploy: error: interrupted by SIGINT"], stderr
     if after != before:  # the signal came after the swap: the whole new state
         new_files = {"big/config.pbtxt", "big/labels.txt"}

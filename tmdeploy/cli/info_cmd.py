@@ -53,9 +53,8 @@ def _int8_safe_on(model, path: Path) -> str | None:
     from tmdeploy.export import int8_saturation
 
     try:
-        if not int8_saturation.pair_sums(model, path.parent):
-            return None
-        return int8_saturation.safe_on(model, path.parent)
+        sums = int8_saturation.pair_sums(model, path.parent)
+        return int8_saturation.exact_on(sums) if sums else None
     except (ValueError, OSError) as err:  # weights that do not match their declared shape, unreadable data
         return f"unknown: the INT8 weights cannot be read ({type(err).__name__})"
 

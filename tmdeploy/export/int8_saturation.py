@@ -91,7 +91,12 @@ def saturating(model: onnx.ModelProto, base_dir: Path | str | None = None) -> li
 
 def safe_on(model: onnx.ModelProto, base_dir: Path | str | None = None) -> str:
     """Which x86 CPUs onnxruntime computes ``model``'s integer convolutions exactly on, as the metadata says."""
-    return VNNI_ONLY if saturating(model, base_dir) else ANY_X86
+    return exact_on(pair_sums(model, base_dir))
+
+
+def exact_on(sums: list[PairSum]) -> str:
+    """:func:`safe_on` for pair sums already computed."""
+    return VNNI_ONLY if any(s.saturates for s in sums) else ANY_X86
 
 
 def warning(model: onnx.ModelProto, base_dir: Path | str | None = None) -> str | None:

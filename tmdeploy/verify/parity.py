@@ -187,14 +187,14 @@ def _check(ckpt: Deployable, onnx_path, options: CheckOptions, runner, reference
         warnings.append("the checkpoint is not the one this ONNX file was exported from (sha256 differs)")
     if list(meta.input_size) != list(ckpt.card.input_size):
         raise TmdeployError(f"input sizes differ: ONNX {meta.input_size}, checkpoint {list(ckpt.card.input_size)}")
-    arithmetic = ""
+    arithmetic = None  # a key of INT8_ARITHMETIC: how an INT8 file is judged on onnxruntime's CPU provider
     if meta.precision == "int8" and runner is None and options.runtime == "onnxruntime" and options.device == "cpu":
         arithmetic, warning = _int8_arithmetic(model, onnx_path, options)
         warnings += [warning] if warning else []
     with torch_threads(1):  # small batches: more threads only wait on each other, badly so on a shared machine
         reference = references.get(meta, options)
         if runner is None:
-            if arithmetic == INT8_ARITHMETIC["tensorrt"]:  # TensorRT's arithmetic: onnxruntime without fusions
+            if arithmetic == "tensorrt":  # TensorRT's arithmetic: onnxruntime without its fusions
                 runner = onnxrt_runner(onnx_path, fuse=False)
             else:
                 runtime = get_runtime(options.runtime, options.device)
@@ -225,7 +225,8 @@ def _check(ckpt: Deployable, onnx_path, options: CheckOptions, runner, reference
     return CheckReport(
         onnx=str(onnx_path), checkpoint=str(ckpt.path or ""), precision=meta.precision, tolerance=asdict(tol),
         passed=passed, outputs=outputs, inputs=reference.source, batches=list(options.batches), warnings=warnings,
-        divergence=divergence, device=options.device, runtime=options.runtime, arithmetic=arithmetic,
+        divergence=divergence, device=options.device, runtime=options.runtime,
+        arithmetic=INT8_ARITHMETIC[arithmetic] if arithmetic else "",
     )
 
 
@@ -237,14 +238,15 @@ INT8_ARITHMETIC = {
 
 
 def _int8_arithmetic(model, onnx_path: Path, options: CheckOptions) -> tuple[str, str | None]:
-    """How an INT8 file is judged on the CPU, and the warning for one that can saturate there without VNNI.
+    """How an INT8 file is judged on the CPU (a key of INT8_ARITHMETIC), and the warning for one that can
+    saturate there without VNNI.
 
     A file of TensorRT's recipe (signed activations) is judged in the arithmetic it was made for; judged on
     onnxruntime's x86 kernels it would measure their 16-bit saturation on CPUs without VNNI instead
     (tmdeploy.export.int8_saturation)."""
     if options.tensorrt_int8_arithmetic and int8_saturation.signed_activations(model):
-        return INT8_ARITHMETIC["tensorrt"], None
-    return INT8_ARITHMETIC["onnxruntime"], int8_saturation.warning(model, onnx_path.parent)
+        return "tensorrt", None
+    return "onnxruntime", int8_saturation.warning(model, onnx_path.parent)
 
 
 def report_names(stem: str) -> tuple[str, str]:
